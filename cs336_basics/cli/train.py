@@ -1,0 +1,288 @@
+"""`train_h100.py`: data -> tokenizer -> token files -> model -> (fp8) -> Trainer -> checkpoint -> sample.
+
+Flags left unset fall back to the preset (model shape) or to TrainConfig's defaults; on --resume they fall
+back to the checkpoint instead, and a model-shape flag that contradicts the checkpoint is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cs336_basics.cli import run_main
+from cs336_basics.data.batches import RandomWindows, check_length
+from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks, write_default_corpus
+from cs336_basics.data.tokenizer import eot_id, load_tokenizer, tokenizer_fingerprint, train_tokenizer
+from cs336_basics.data.tokens import encode_files
+from cs336_basics.errors import UserError
+from cs336_basics.generation import generate
+from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
+from cs336_basics.perf.hardware import current_device_peaks
+from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device, convert_model_to_fp8, linear_shapes
+from cs336_basics.training.attention import attention_backends, probe_backend
+from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
+from cs336_basics.training.summary import RunShape, format_summary
+from cs336_basics.training.trainer import TrainConfig, Trainer
+from cs336_basics.training.transforms import COMPILE_MODES
+
+MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
+TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in
+                    ("compile_model", "compile_mode", "gradient_checkpointing", "use_flash_attn"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = p.add_argument_group("model (unset flags come from --preset)")
+    m.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="model shape to start from")
+    for name in MODEL_FLAGS:
+        m.add_argument(f"--{name}", type=int)
+    m.add_argument("--tie_embeddings", action="store_true", default=None, help="share embedding and output weights")
+
+    t = p.add_argument_group("training (unset flags: TrainConfig defaults, or the checkpoint's on --resume)")
+    for f in fields(TrainConfig):
+        if f.name in TRAIN_FLAGS:
+            t.add_argument(f"--{f.name}", type=type(f.default), help=f"default {f.default}")
+    t.add_argument("--max_tokens", type=int, help="token budget instead of --max_steps")
+
+    s = p.add_argument_group("speed")
+    s.add_argument("--use_fp8", action="store_true", help="TorchAO float8 training for the blocks' linear layers")
+    s.add_argument("--fp8_recipe", default="tensorwise", choices=RECIPES)
+    s.add_argument("--fp8_filter", default="all", choices=FILTERS,
+                   help="all: every eligible layer; auto: only layers measured faster in fp8 on this GPU")
+    s.add_argument("--fp8_emulate", action="store_true", help="emulated float8 (any device, slow: for testing)")
+    s.add_argument("--compile_model", action="store_true", help="torch.compile each block and the loss")
+    s.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
+    s.add_argument("--use_flash_attn", action="store_true", help="fused attention kernels (cuDNN / Flash)")
+    s.add_argument("--no_gradient_checkpointing", action="store_true", help="keep activations (faster, more memory)")
+
+    d = p.add_argument_group("data and output")
+    d.add_argument("--train_data", type=Path, nargs="+", help="UTF-8 text file(s); default: CPython's doc topics")
+    d.add_argument("--val_data", type=Path, help="UTF-8 text; default: the last 2%% of the training tokens")
+    d.add_argument("--tokenizer", type=Path, help="tokenizer.json to use instead of training one")
+    d.add_argument("--cache_dir", type=Path, default=Path("data_cache"), help="tokenizers and token files")
+    d.add_argument("--out_dir", type=Path, help="run directory (default runs/<preset>-<time>)")
+    d.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    d.add_argument("--overwrite", action="store_true", help="replace the run in --out_dir")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    d.add_argument("--sample_tokens", type=int, default=80, help="tokens to generate after training (0: none)")
+    d.add_argument("--prompt", default="The ", help="prompt for that sample")
+    return p
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def resolve_model_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> ModelConfig:
+    if saved is not None:
+        cfg = ModelConfig(**saved)
+        for name in (*MODEL_FLAGS, "tie_embeddings"):
+            given = getattr(args, name)
+            if given is not None and given != getattr(cfg, name):
+                raise UserError(f"--{name} {given} contradicts the checkpoint being resumed ({getattr(cfg, name)}); "
+                                f"drop the flag or start a new run")
+        return cfg
+    overrides = {n: getattr(args, n) for n in (*MODEL_FLAGS, "tie_embeddings") if getattr(args, n) is not None}
+    return replace(PRESETS[args.preset], **overrides).validate()
+
+
+def resolve_train_config(args: argparse.Namespace, saved: dict[str, Any] | None, context_length: int) -> TrainConfig:
+    base = TrainConfig(**saved) if saved else TrainConfig()
+    values = {n: getattr(args, n) for n in TRAIN_FLAGS if getattr(args, n) is not None}
+    values.update(compile_model=args.compile_model, use_flash_attn=args.use_flash_attn,
+                  gradient_checkpointing=not args.no_gradient_checkpointing, compile_mode=args.compile_mode)
+    cfg = replace(base, **values)
+    if args.max_tokens is not None:
+        if args.max_steps is not None:
+            raise UserError("give --max_steps or --max_tokens, not both")
+        if args.max_tokens <= 0:
+            raise UserError(f"--max_tokens must be positive, got {args.max_tokens}")
+        per_step = cfg.batch_size * cfg.gradient_accumulation_steps * context_length
+        cfg = replace(cfg, max_steps=math.ceil(args.max_tokens / per_step))
+    return cfg.validate()
+
+
+def prepare_out_dir(args: argparse.Namespace) -> Path:
+    if args.resume:
+        if args.out_dir and args.out_dir.resolve() != args.resume.resolve():
+            raise UserError("--resume DIR continues in DIR; drop --out_dir or make it the same directory")
+        return args.resume
+    out_dir = args.out_dir or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out_dir / "run.json").exists() or list_checkpoints(out_dir):
+        if not args.overwrite:
+            raise UserError(f"{out_dir} holds another run; pass --resume {out_dir} to continue it, --overwrite to "
+                            f"replace it, or another --out_dir")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def prepare_tokenizer(args, train_paths: list[Path], vocab_size: int, out_dir: Path, resumed: dict | None):
+    saved = out_dir / "tokenizer.json"
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    elif resumed is not None:
+        if not saved.exists():
+            raise UserError(f"{saved} is missing; the run cannot be resumed without its tokenizer")
+        tokenizer = load_tokenizer(saved)
+    else:
+        key = "|".join(file_key(p) for p in train_paths) + f"|{vocab_size}"
+        cached = args.cache_dir / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        if cached.exists():
+            tokenizer = load_tokenizer(cached)
+        else:
+            print(f"training a {vocab_size}-token byte-level BPE tokenizer on {', '.join(map(str, train_paths))}")
+            chunks = (chunk for p in train_paths for chunk in iter_chunks(p))
+            tokenizer = train_tokenizer(chunks, vocab_size)
+            args.cache_dir.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(str(cached))
+    if resumed is not None and tokenizer_fingerprint(tokenizer) != resumed.get("tokenizer_fingerprint"):
+        raise UserError("this tokenizer is not the one the checkpoint was trained with; resume with the run's own "
+                        f"{saved} (drop --tokenizer)")
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab_size is "
+                        f"{vocab_size}; raise --vocab_size or use a smaller tokenizer")
+    if not saved.exists():
+        tokenizer.save(str(saved))
+    return tokenizer
+
+
+def prepare_data(args, model_cfg: ModelConfig, out_dir: Path, resumed: dict | None):
+    if args.train_data is None and resumed is not None:
+        args.train_data = [Path(p) for p in resumed["train_data"]]
+        args.val_data = Path(resumed["val_data"]) if resumed.get("val_data") else None
+    if args.train_data is None:
+        default_train, default_val = write_default_corpus(args.cache_dir / "default_corpus")
+        train_paths, val_path = [default_train], default_val
+        print(f"data: CPython's bundled documentation topics (pydoc_data.topics), written to {train_paths[0].parent}")
+    else:
+        train_paths, val_path = list(args.train_data), args.val_data
+    for p in train_paths + ([val_path] if val_path else []):
+        check_text_file(p)
+    tokenizer = prepare_tokenizer(args, train_paths, model_cfg.vocab_size, out_dir, resumed)
+    train_file = encode_files(train_paths, tokenizer, args.cache_dir, "train")
+    if val_path is not None:
+        val_file = encode_files([val_path], tokenizer, args.cache_dir, "val")
+        train_tokens, val_tokens = train_file.tokens, val_file.tokens
+        max_id = max(train_file.max_id, val_file.max_id)
+    else:  # hold out the tail of the training tokens; training never samples it
+        n_val = max(model_cfg.context_length + 1, len(train_file.tokens) // 50)
+        train_tokens, val_tokens = train_file.tokens[:-n_val], train_file.tokens[-n_val:]
+        max_id = train_file.max_id
+    if max_id >= model_cfg.vocab_size:
+        raise UserError(f"token file {train_file.path} holds id {max_id} >= the model's vocab_size {model_cfg.vocab_size}; "
+                        f"raise --vocab_size or re-encode with the run's tokenizer")
+    check_length(train_tokens, model_cfg.context_length, "the training data")
+    check_length(val_tokens, model_cfg.context_length, "the validation data")
+    print(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} validation tokens "
+          f"(vocabulary {tokenizer.get_vocab_size():,})")
+    data_info = {"train_data": [str(p) for p in train_paths], "val_data": str(val_path) if val_path else None}
+    return tokenizer, train_tokens, val_tokens, data_info
+
+
+def prepare_model(model_cfg: ModelConfig, args: argparse.Namespace, device: torch.device, micro_batch_tokens: int):
+    """The order of operations, in one place:
+    1. build the plain model (fp32 weights: the optimizer's master copy; compute runs in bf16 via autocast,
+       which TorchAO float8 also expects, so no bf16 cast of the weights is needed or wanted);
+    2. move it to the device;
+    3. swap eligible nn.Linear layers for TorchAO Float8Linear (--use_fp8);
+    4. the Trainer then detects the Float8 modules, applies activation checkpointing and compiles.
+    """
+    model = Transformer(model_cfg)
+    model.to(device)
+    report = None
+    if args.use_fp8:
+        speedups = None
+        if args.fp8_filter == "auto":
+            if args.fp8_emulate or device.type != "cuda":
+                raise UserError("--fp8_filter auto times each layer shape on the GPU; with --fp8_emulate use --fp8_filter all")
+            from cs336_basics.perf.layer_bench import measure_fp8_speedups
+
+            print(f"--fp8_filter auto: timing bf16 vs fp8 for {len(linear_shapes(model))} layer shapes ...")
+            speedups = measure_fp8_speedups(linear_shapes(model), micro_batch_tokens, args.fp8_recipe, device)
+            for (k, n), s in speedups.items():
+                print(f"  {k:>6} -> {n:<6} fp8 speedup {s:.2f}x")
+        report = convert_model_to_fp8(model, args.fp8_recipe, args.fp8_emulate, speedups)
+    return model, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.fp8_emulate and not args.use_fp8:
+        raise UserError("--fp8_emulate only applies with --use_fp8")
+    device = resolve_device(args.device)
+    if args.use_fp8:
+        check_fp8_device(device, args.fp8_emulate)
+    out_dir = prepare_out_dir(args)
+    resumed = load_checkpoint(out_dir) if args.resume else None
+    model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
+    train_cfg = resolve_train_config(args, resumed["train_config"] if resumed else None, model_cfg.context_length)
+    torch.manual_seed(train_cfg.seed)
+    np.random.seed(train_cfg.seed)
+
+    tokenizer, train_tokens, val_tokens, data_info = prepare_data(args, model_cfg, out_dir, resumed)
+    model, fp8_report = prepare_model(model_cfg, args, device, train_cfg.batch_size * model_cfg.context_length)
+    backend = probe_backend(attention_backends(train_cfg.use_flash_attn), model_cfg.head_dim, device,
+                            torch.bfloat16 if device.type == "cuda" else torch.float32)
+    run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,
+                         train_cfg.compile_mode, backend.name, train_cfg.gradient_checkpointing,
+                         train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length)
+    print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
+                         current_device_peaks(device), fp8_report.summary() if fp8_report else None))
+
+    run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info}
+    sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed)
+    trainer = Trainer(model, train_cfg, sampler, val_tokens, device, out_dir, run_info)
+    if resumed is not None:
+        trainer.load_state_dict(resumed)
+        print(f"resumed from {resumed['path']} at step {trainer.step}")
+    else:
+        (out_dir / "run.json").write_text(json.dumps(
+            {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg), **run_info,
+             "fp8": args.use_fp8, "fp8_recipe": args.fp8_recipe if args.use_fp8 else None}, indent=1))
+    summary = trainer.train()
+    report_results(summary, out_dir)
+    if args.sample_tokens > 0:
+        ids = generate(trainer.eval_model, tokenizer.encode(args.prompt).ids, args.sample_tokens, temperature=0.8,
+                       top_k=50, stop_id=eot_id(tokenizer), generator=torch.Generator().manual_seed(train_cfg.seed))
+        print(f"sample: {args.prompt}{tokenizer.decode(ids)}")
+    return 0
+
+
+def report_results(summary: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    parts = [f"trained {summary['steps']} steps", f"final train loss {summary['final_train_loss']:.4f}"]
+    if "val_loss" in summary:
+        parts.append(f"val loss {summary['val_loss']:.4f}")
+    if "tokens_per_second" in summary:
+        parts.append(f"measured {summary['tokens_per_second']:,.0f} tokens/s")
+    if "mfu_bf16_peak" in summary:
+        parts.append(f"MFU {100 * summary['mfu_bf16_peak']:.1f}% of the bf16 peak")
+    if "fraction_of_roofline" in summary:
+        parts.append(f"{100 * summary['fraction_of_roofline']:.0f}% of the roofline bound")
+    if "peak_memory_gib" in summary:
+        parts.append(f"peak memory {summary['peak_memory_gib']:.1f} GiB")
+    print("; ".join(parts))
+    print(f"run directory: {out_dir} (metrics.jsonl, loss.png, checkpoints/, tokenizer.json)")
+
+
+def cli() -> int:
+    return run_main(main)

@@ -1,0 +1,71 @@
+"""Reading UTF-8 corpora in bounded chunks, and the default corpus that needs no download."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from cs336_basics.data.tokenizer import EOT
+from cs336_basics.errors import UserError
+
+CHUNK_CHARS = 1 << 20  # ~1 MB of text per chunk: bounded memory whatever the corpus size
+
+
+def check_text_file(path: Path) -> None:
+    """Fail early, with a fix, on a missing, empty or non-UTF-8 corpus file."""
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist; check the path or omit --train_data for the default corpus")
+    if path.stat().st_size == 0:
+        raise UserError(f"data file {path} is empty; give a UTF-8 text file with content")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # a multi-byte character cut at the end of the sample is fine
+            raise UserError(
+                f"data file {path} is not UTF-8 text (bad byte at offset {e.start}); convert it with "
+                f"`iconv -f <encoding> -t utf-8`"
+            ) from None
+
+
+def iter_chunks(path: Path) -> Iterator[str]:
+    """Yield pieces of about CHUNK_CHARS characters that end at a line boundary."""
+    pending: list[str] = []
+    size = 0
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for line in f:
+                pending.append(line)
+                size += len(line)
+                if size >= CHUNK_CHARS:
+                    yield "".join(pending)
+                    pending, size = [], 0
+    except UnicodeDecodeError as e:
+        raise UserError(f"data file {path} is not valid UTF-8 ({e.reason} at byte {e.start} of a chunk); convert it first") from None
+    if pending:
+        yield "".join(pending)
+
+
+def file_key(path: Path) -> str:
+    """Identity of a corpus file for caching: resolved path, size and modification time."""
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def write_default_corpus(directory: Path) -> tuple[Path, Path]:
+    """CPython's bundled documentation topics (`pydoc_data.topics`, ~460 KB of English technical prose,
+    shipped with every Python) as one document per topic; every tenth topic goes to validation."""
+    from pydoc_data.topics import topics
+
+    directory.mkdir(parents=True, exist_ok=True)
+    train_path, val_path = directory / "pydoc_topics_train.txt", directory / "pydoc_topics_val.txt"
+    if not (train_path.exists() and val_path.exists()):
+        names = sorted(topics)
+        val_names = set(names[5::10])
+        for path, selected in ((train_path, [n for n in names if n not in val_names]), (val_path, sorted(val_names))):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(EOT.join(topics[n] for n in selected), encoding="utf-8")
+            os.replace(tmp, path)
+    return train_path, val_path

@@ -1,0 +1,74 @@
+"""Encoding corpora once into flat token files (uint16 or uint32), cached and keyed so stale files are never reused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks
+from cs336_basics.data.tokenizer import EOT, eot_id, tokenizer_fingerprint
+
+CHUNKS_PER_BATCH = 16  # chunks encoded together, in parallel, by tokenizers' thread pool
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    path: Path
+    tokens: np.ndarray  # read-only memmap, 1-D
+    max_id: int
+
+
+def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def encode_files(paths: list[Path], tokenizer: Tokenizer, cache_dir: Path, name: str) -> TokenFile:
+    """Encode `paths` (in order, separated by <|endoftext|>) into `cache_dir`, or reuse the cached result.
+
+    The cache key covers the tokenizer's full definition and each file's path, size and mtime, so a
+    changed corpus or tokenizer produces a new file. Writes go to a temporary file renamed at the end: a
+    crash never leaves a truncated token file that a later run would trust.
+    """
+    for p in paths:
+        check_text_file(p)
+    key_src = tokenizer_fingerprint(tokenizer) + "|" + "|".join(file_key(p) for p in paths)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    bin_path, meta_path = cache_dir / f"{name}-{key}.bin", cache_dir / f"{name}-{key}.json"
+    dtype = token_dtype(tokenizer.get_vocab_size())
+    if bin_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return TokenFile(bin_path, np.memmap(bin_path, dtype=meta["dtype"], mode="r"), meta["max_id"])
+
+    tmp_path = bin_path.with_suffix(".tmp")
+    n_tokens, max_id, eot = 0, 0, eot_id(tokenizer)
+    total_bytes = sum(p.stat().st_size for p in paths)
+    with open(tmp_path, "wb") as out, tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"encoding {name}") as bar:
+        for i, path in enumerate(paths):
+            if i > 0:
+                np.array([eot], dtype=dtype).tofile(out)
+                n_tokens += 1
+            chunks = iter_chunks(path)
+            while batch := list(islice(chunks, CHUNKS_PER_BATCH)):
+                for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
+                    ids = np.asarray(enc.ids, dtype=np.int64)
+                    if ids.size:
+                        max_id = max(max_id, int(ids.max()))
+                        ids.astype(dtype).tofile(out)
+                        n_tokens += ids.size
+                bar.update(sum(len(c.encode("utf-8")) for c in batch))
+    os.replace(tmp_path, bin_path)
+    meta = dict(dtype=np.dtype(dtype).name, n_tokens=n_tokens, max_id=max_id, sources=[file_key(p) for p in paths],
+                tokenizer=tokenizer_fingerprint(tokenizer), separator=EOT)
+    tmp_meta = meta_path.with_suffix(".jsontmp")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, meta_path)
+    return TokenFile(bin_path, np.memmap(bin_path, dtype=dtype, mode="r"), max_id)

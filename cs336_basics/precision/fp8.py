@@ -1,0 +1,119 @@
+"""TorchAO float8 training: which nn.Linear layers to convert, the conversion itself, and what it reports.
+
+The output head stays in bf16 (its 50K-wide product feeds the loss, where fp8's error costs quality),
+layers whose dimensions are not multiples of 16 cannot use the fp8 matrix units, and with
+`--fp8_filter auto` layers whose measured fp8 forward+backward is not faster than bf16 are kept too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from cs336_basics.errors import UserError
+from cs336_basics.perf.hardware import supports_fp8
+
+RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+FILTERS = ("all", "auto")
+HEAD_FQN = "output.proj"
+
+# torchao logs a warning at import for each optional CUDA extension it cannot load (always, on CPU), and
+# torch warns that torchao registers an Enum as a pytree constant: neither is actionable for a user.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+LayerShape = tuple[int, int]  # (in_features, out_features)
+
+
+@dataclass
+class ConversionReport:
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # fqn -> reason
+
+    @property
+    def total(self) -> int:
+        return len(self.converted) + len(self.skipped)
+
+    def summary(self) -> str:
+        lines = [f"FP8: converted {len(self.converted)} of {self.total} linear layers to Float8Linear"]
+        reasons: dict[str, list[str]] = {}
+        for fqn, reason in self.skipped.items():
+            reasons.setdefault(reason, []).append(fqn)
+        for reason, fqns in reasons.items():
+            shown = ", ".join(fqns[:4]) + (f" and {len(fqns) - 4} more" if len(fqns) > 4 else "")
+            lines.append(f"  kept in bf16 ({reason}): {shown}")
+        return "\n".join(lines)
+
+
+def float8_config(recipe: str, emulate: bool):
+    from torchao.float8 import Float8LinearConfig
+
+    if recipe not in RECIPES:
+        raise UserError(f"--fp8_recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+    return dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate)
+
+
+def check_fp8_device(device: torch.device, emulate: bool) -> None:
+    if emulate or supports_fp8(device):
+        return
+    if device.type == "cuda":
+        cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        where = f"{torch.cuda.get_device_name(device)} (compute capability {cap})"
+    else:
+        where = f"the {device.type} device"
+    raise UserError(
+        f"--use_fp8 needs a GPU with float8 tensor cores (compute capability >= 8.9: Ada, Hopper, Blackwell); "
+        f"{where} has none. Drop --use_fp8, or add --fp8_emulate to test the numerics (slow)"
+    )
+
+
+def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float] | None) -> str | None:
+    """Why a linear layer stays in bf16, or None to convert it. `fp8_speedup` (auto filter) maps a layer
+    shape to its measured bf16-time / fp8-time for forward+backward."""
+    if fqn == HEAD_FQN:
+        return "output head"
+    if linear.in_features % 16 or linear.out_features % 16:
+        return "dimension not divisible by 16"
+    if fp8_speedup is not None:
+        speedup = fp8_speedup[(linear.in_features, linear.out_features)]
+        if speedup <= 1.0:
+            return "measured slower in fp8"
+    return None
+
+
+def convert_model_to_fp8(
+    model: nn.Module, recipe: str = "tensorwise", emulate: bool = False,
+    fp8_speedup: dict[LayerShape, float] | None = None,
+) -> ConversionReport:
+    """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear, in place."""
+    from torchao.float8 import convert_to_float8_training
+
+    report = ConversionReport()
+    for fqn, module in model.named_modules():
+        if type(module) is nn.Linear:
+            reason = skip_reason(fqn, module, fp8_speedup)
+            if reason:
+                report.skipped[fqn] = reason
+            else:
+                report.converted.append(fqn)
+    convert_set = set(report.converted)
+    convert_to_float8_training(
+        model, config=float8_config(recipe, emulate), module_filter_fn=lambda mod, fqn: fqn in convert_set
+    )
+    return report
+
+
+def is_float8_model(model: nn.Module) -> bool:
+    from torchao.float8.float8_linear import Float8Linear
+
+    return any(isinstance(m, Float8Linear) for m in model.modules())
+
+
+def linear_shapes(model: nn.Module) -> list[LayerShape]:
+    """Distinct (in, out) shapes of the plain nn.Linear layers that fp8 could convert (the head excluded)."""
+    shapes = {(m.in_features, m.out_features) for fqn, m in model.named_modules() if type(m) is nn.Linear and fqn != HEAD_FQN}
+    return sorted(shapes)

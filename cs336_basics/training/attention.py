@@ -1,0 +1,32 @@
+"""Which scaled_dot_product_attention kernels may run: the fused fast ones, or the plain math path."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# Fastest first on Hopper: cuDNN's fused attention, then FlashAttention-2, then memory-efficient.
+FUSED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def attention_backends(use_flash_attn: bool) -> list[SDPBackend]:
+    return FUSED_BACKENDS if use_flash_attn else [SDPBackend.MATH]
+
+
+def probe_backend(backends: list[SDPBackend], head_dim: int, device: torch.device, dtype: torch.dtype) -> SDPBackend:
+    """The first backend of `backends` that runs a causal attention of this head size, dtype and device
+    (forward and backward): the one SDPA will pick when given these backends in this priority."""
+    for backend in backends:
+        q = torch.randn(1, 2, 64, head_dim, device=device, dtype=dtype, requires_grad=True)
+        try:
+            with sdpa_kernel([backend]):
+                F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+            return backend
+        except RuntimeError:
+            continue
+    raise RuntimeError(f"none of {[b.name for b in backends]} can run attention with head_dim {head_dim} on {device}")
+
+
+def attention_context(backends: list[SDPBackend]):
+    return sdpa_kernel(backends, set_priority=True)

@@ -1,0 +1,94 @@
+"""The configuration summary printed before training: what will run, a verdict on it, and the roofline
+upper bound on tokens/s computed for the detected device (never a typed-in figure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cs336_basics.model.transformer import ModelConfig
+from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
+from cs336_basics.perf.hardware import DevicePeaks, supports_fp8
+from cs336_basics.perf.measured import measured_factor
+
+
+@dataclass(frozen=True)
+class RunShape:
+    device: torch.device
+    fp8: bool
+    fp8_recipe: str
+    fp8_emulate: bool
+    compiled: bool
+    compile_mode: str
+    attention_backend: str
+    gradient_checkpointing: bool
+    batch_size: int
+    accumulation: int
+    context_length: int
+    world_size: int = 1
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.accumulation * self.context_length * self.world_size
+
+
+def verdict(run: RunShape) -> tuple[str, list[str]]:
+    """('OPTIMAL CONFIGURATION: ...' or 'SUBOPTIMAL CONFIGURATION', reasons)."""
+    if run.device.type != "cuda":
+        return "CPU RUN", ["no CUDA device: fine for small models and tests; timings are CPU timings"]
+    issues = []
+    if run.fp8 and not run.compiled:
+        factor = measured_factor("fp8_eager_vs_bf16_compile")
+        issues.append("FP8 without --compile_model runs SLOWER than BF16 (unfused casts and scale reductions); "
+                      f"measured: {factor or 'no committed measurement yet'}")
+    if not run.fp8 and supports_fp8(run.device):
+        issues.append("this GPU has fp8 tensor cores: add --use_fp8 (with --compile_model)")
+    if not run.compiled:
+        issues.append("no --compile_model: every elementwise op is a separate kernel")
+    if run.attention_backend == "MATH":
+        issues.append("plain math attention materialises the T x T scores: add --use_flash_attn")
+    if run.gradient_checkpointing:
+        factor = measured_factor("activation_checkpointing_cost")
+        issues.append("gradient checkpointing recomputes every block's forward pass (use --no_gradient_checkpointing "
+                      f"when memory allows); measured: {factor or 'no committed measurement yet'}")
+    if not issues:
+        mode = "FP8" if run.fp8 else "BF16"
+        return f"OPTIMAL CONFIGURATION: {mode} + Compilation", []
+    return "SUBOPTIMAL CONFIGURATION", issues
+
+
+def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: RunShape,
+                   peaks: DevicePeaks | None, fp8_converted: str | None = None) -> str:
+    name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else run.device.type.upper()
+    precision = ("FP8 (" + run.fp8_recipe + (", emulated" if run.fp8_emulate else "") + ") + bf16 autocast"
+                 if run.fp8 else ("bf16 autocast over fp32 weights" if run.device.type == "cuda" else "fp32"))
+    lines = [
+        "=" * 78,
+        "Configuration",
+        f"  device            {name}",
+        f"  model             {n_params / 1e6:.1f}M parameters ({n_params_no_emb / 1e6:.1f}M without embedding): "
+        f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, SwiGLU {cfg.intermediate_size}, vocab {cfg.vocab_size}",
+        f"  precision         {precision}",
+        f"  compile           {run.compile_mode + ' (per block + loss)' if run.compiled else 'off (eager)'}",
+        f"  attention         {run.attention_backend}",
+        f"  grad checkpoint   {'on (per block)' if run.gradient_checkpointing else 'off'}",
+        f"  tokens per step   {run.batch_size} micro-batch x {run.accumulation} accumulation"
+        + (f" x {run.world_size} GPUs" if run.world_size > 1 else "")
+        + f" x {run.context_length} context = {run.tokens_per_step:,}",
+        f"  FLOPs per token   {token_flops(cfg).model / 1e9:.2f} GFLOP (6N + 12LdT, training)",
+    ]
+    if fp8_converted:
+        lines.append("  " + fp8_converted.replace("\n", "\n  "))
+    head, reasons = verdict(run)
+    lines.append(head)
+    lines += [f"  - {r}" for r in reasons]
+    if peaks:
+        bound = roofline_tokens_per_second(cfg, peaks, run.fp8 and not run.fp8_emulate, run.tokens_per_step, n_params)
+        peak_note = f"{peaks.fp8_tflops:.0f} fp8 / " if (run.fp8 and peaks.fp8_tflops) else ""
+        lines.append(f"Expected: at most {bound * run.world_size:,.0f} tokens/sec (upper bound: roofline of {peaks.name} "
+                     f"datasheet peaks, {peak_note}{peaks.bf16_tflops:.0f} bf16 TFLOP/s); measured figures follow warm-up")
+    elif run.device.type == "cuda":
+        lines.append("Expected: no datasheet peaks known for this GPU, so no roofline bound or MFU")
+    lines.append("=" * 78)
+    return "\n".join(lines)

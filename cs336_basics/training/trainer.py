@@ -1,0 +1,282 @@
+"""The Trainer: takes a built (and possibly float8-converted) model, applies activation checkpointing and
+torch.compile, and runs AdamW with warm-up + cosine LR, gradient accumulation and clipping, bf16 autocast
+over fp32 weights on CUDA, periodic evaluation, atomic checkpoints and honest throughput figures."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cs336_basics.data.batches import RandomWindows, validation_batches
+from cs336_basics.errors import UserError
+from cs336_basics.model.transformer import Transformer
+from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
+from cs336_basics.perf.hardware import current_device_peaks
+from cs336_basics.precision.fp8 import is_float8_model
+from cs336_basics.training.attention import attention_backends, attention_context
+from cs336_basics.training.checkpoint import save_checkpoint
+from cs336_basics.training.lr_schedule import lr_at
+from cs336_basics.training.metrics import MetricsLog, plot_losses
+from cs336_basics.training.throughput import Throughput
+from cs336_basics.training.transforms import COMPILE_MODES, apply_activation_checkpointing, compile_model
+
+FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 1000
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_interval: int = 200
+    eval_steps: int = 20
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 3
+    log_interval: int = 10
+    compile_model: bool = False
+    compile_mode: str = "default"
+    gradient_checkpointing: bool = True
+    use_flash_attn: bool = False
+    seed: int = 0
+
+    def validate(self) -> "TrainConfig":
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "eval_interval", "eval_steps",
+                     "checkpoint_interval", "keep_checkpoints", "log_interval"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise UserError(f"need 0 < --lr and 0 <= --min_lr <= --lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise UserError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        return self
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: Transformer,
+        cfg: TrainConfig,
+        train_data: RandomWindows,
+        val_tokens: np.ndarray,
+        device: torch.device,
+        out_dir: Path,
+        run_info: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg, self.device, self.out_dir, self.log = cfg.validate(), device, out_dir, log
+        self.train_data, self.val_tokens = train_data, val_tokens
+        self.run_info = run_info or {}
+        self.model_cfg = model.cfg
+        self.model = model
+        self.fp8 = is_float8_model(model)
+        if self.fp8:
+            log(FP8_MODE_MESSAGE)
+        # Evaluation runs every model in one precision (bf16 autocast on CUDA, fp32 on CPU) so that fp8 and
+        # bf16 runs report comparable validation losses: a plain model that shares the trained weights.
+        self.eval_model = self._plain_view(model) if self.fp8 else model
+        # Transformations, in order, after any float8 conversion: activation checkpointing, then compile.
+        if cfg.gradient_checkpointing:
+            apply_activation_checkpointing(model)
+        if cfg.compile_model:
+            compile_model(model, cfg.compile_mode)
+            if self.eval_model is not model:
+                compile_model(self.eval_model, cfg.compile_mode)
+        self.optimizer = self._build_optimizer()
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        )
+        self.attention_backends = attention_backends(cfg.use_flash_attn)
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl")
+        self.peaks = current_device_peaks(device)
+        self.step = 0
+        self.summary: dict[str, Any] = {}
+
+    @staticmethod
+    def _plain_view(model: Transformer) -> Transformer:
+        with torch.device("meta"):
+            plain = Transformer(model.cfg)
+        plain.load_state_dict(model.state_dict(), assign=True)  # shares storage with the trained weights
+        cos, sin = model.rope_cos, model.rope_sin
+        plain.rope_cos, plain.rope_sin = cos, sin
+        return plain
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]  # matrices and embeddings
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]  # norm gains
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=self.device.type == "cuda")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.model_cfg.context_length
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.train_data.state_dict(),
+            "rng": rng_state(),
+            "model_config": self.model_cfg.to_dict(),
+            "train_config": asdict(self.cfg),
+            "fp8": self.fp8,
+            **self.run_info,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_data.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    def save(self) -> Path:
+        path = save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints)
+        self.log(f"checkpoint: {path}")
+        return path
+
+    # ------------------------------------------------------------------------------------- training
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.eval_model.eval()
+        total, count = 0.0, 0
+        for x, y in validation_batches(self.val_tokens, self.cfg.batch_size, self.model_cfg.context_length,
+                                       self.cfg.eval_steps, self.device):
+            with self.autocast:
+                total += self.eval_model(x, y).float().item() * x.shape[0]
+            count += x.shape[0]
+        self.eval_model.train()
+        return total / count
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train(self) -> dict[str, Any]:
+        """Train to cfg.max_steps. A Ctrl-C or SIGTERM (raised as KeyboardInterrupt) writes a checkpoint first."""
+        with attention_context(self.attention_backends):
+            try:
+                self._train_loop()
+            except KeyboardInterrupt:
+                self.log(f"\ninterrupted at step {self.step}: writing a final checkpoint")
+                self.save()
+                raise
+            finally:
+                plot_losses(self.metrics.read(), self.out_dir / "loss.png", f"{self.run_info.get('run_name', 'training')}")
+        return self.summary
+
+    def _train_loop(self) -> None:
+        cfg = self.cfg
+        # The first steps (compilation, allocator and kernel warm-up) are excluded from tokens/s.
+        throughput = Throughput(warmup_steps=3 if cfg.compile_model else 1, sync=self._sync)
+        params = list(self.model.parameters())
+        last_loss = float("nan")
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+        while self.step < cfg.max_steps:
+            lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=self.device)
+            for _ in range(cfg.gradient_accumulation_steps):
+                x, y = self.train_data.next_batch(self.device)
+                with self.autocast:
+                    loss = self.model(x, y)
+                (loss / cfg.gradient_accumulation_steps).backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            bar.update(1)
+            throughput.step_done(self.tokens_per_step)
+            if throughput.steps == throughput.warmup_steps:
+                self.summary["warmup_seconds"] = throughput.warmup_seconds
+                bar.write(f"warm-up{' and compilation' if cfg.compile_model else ''}: {throughput.warmup_steps} "
+                          f"steps in {throughput.warmup_seconds:.1f} s (excluded from tokens/s)")
+
+            if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                last_loss = (loss_sum / cfg.gradient_accumulation_steps).item()  # synchronizes
+                if not math.isfinite(last_loss):
+                    raise TrainingDiverged(
+                        f"loss became {last_loss} at step {self.step}; lower --lr (now {cfg.lr}) or raise "
+                        f"--warmup_steps; the last good checkpoint is kept in {self.out_dir / 'checkpoints'}"
+                    )
+                self._log_step(lr, last_loss, float(grad_norm), throughput.interval_rate(), bar)
+
+            do_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps
+            do_save = self.step % cfg.checkpoint_interval == 0 or self.step == cfg.max_steps
+            if do_eval or do_save:
+                throughput.pause()  # evaluation and checkpoint writes are not training throughput
+                if do_eval:
+                    val_loss = self.evaluate()
+                    self.metrics.write({"step": self.step, "val_loss": round(val_loss, 5),
+                                        "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
+                    bar.write(f"step {self.step}: train loss {last_loss:.4f}, val loss {val_loss:.4f}, "
+                              f"val perplexity {math.exp(min(val_loss, 50)):.2f}")
+                    self.summary["val_loss"] = val_loss
+                if do_save:
+                    self.save()
+                throughput.resume()
+        bar.close()
+        self.summary.update(final_train_loss=last_loss, steps=self.step)
+        rate = throughput.overall_rate()
+        if rate:
+            self.summary["tokens_per_second"] = rate
+            if self.peaks:
+                self.summary["mfu_bf16_peak"] = mfu(rate, self.model_cfg, self.peaks)
+                bound = roofline_tokens_per_second(self.model_cfg, self.peaks, self.fp8, self.tokens_per_step,
+                                                   self.model.num_params())
+                self.summary["roofline_tokens_per_second"] = bound
+                self.summary["fraction_of_roofline"] = rate / bound
+        if self.device.type == "cuda":
+            self.summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+
+    def _log_step(self, lr: float, loss: float, grad_norm: float, tokens_per_second: float | None, bar: tqdm) -> None:
+        record: dict[str, Any] = {"step": self.step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4)}
+        if tokens_per_second:
+            record["tokens_per_second"] = round(tokens_per_second)
+            if self.peaks:
+                record["mfu_bf16_peak"] = round(mfu(tokens_per_second, self.model_cfg, self.peaks), 4)
+        if self.device.type == "cuda":
+            record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        self.metrics.write(record)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=record.get("tokens_per_second", "warm-up"), lr=f"{lr:.1e}")

@@ -1,0 +1,23 @@
+"""Transformations of a built model that the Trainer applies, in this order: activation checkpointing per
+block, then torch.compile per block and of the output head + loss (so a 24-layer model compiles one block
+graph, reused 24 times, in seconds). Both act in place and keep the state-dict keys of the plain model."""
+
+from __future__ import annotations
+
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+from cs336_basics.model.transformer import Transformer
+
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def apply_activation_checkpointing(model: Transformer) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them."""
+    for i, block in enumerate(model.layers):
+        model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def compile_model(model: Transformer, mode: str = "default") -> None:
+    for block in model.layers:
+        block.compile(fullgraph=True, mode=mode)
+    model.output.compile(fullgraph=True, mode=mode)
