@@ -26,11 +26,12 @@ from cs336_basics.data.tokenizer import eot_id, load_tokenizer, tokenizer_finger
 from cs336_basics.data.tokens import encode_files
 from cs336_basics.errors import UserError
 from cs336_basics.generation import generate
-from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
+from cs336_basics.model.transformer import PRESETS, ModelConfig
 from cs336_basics.perf.hardware import current_device_peaks
-from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device, convert_model_to_fp8, linear_shapes
+from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device
 from cs336_basics.training.attention import attention_backends, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
+from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.summary import RunShape, format_summary
 from cs336_basics.training.trainer import TrainConfig, Trainer
 from cs336_basics.training.transforms import COMPILE_MODES
@@ -198,32 +199,6 @@ def prepare_data(args, model_cfg: ModelConfig, out_dir: Path, resumed: dict | No
     return tokenizer, train_tokens, val_tokens, data_info
 
 
-def prepare_model(model_cfg: ModelConfig, args: argparse.Namespace, device: torch.device, micro_batch_tokens: int):
-    """The order of operations, in one place:
-    1. build the plain model (fp32 weights: the optimizer's master copy; compute runs in bf16 via autocast,
-       which TorchAO float8 also expects, so no bf16 cast of the weights is needed or wanted);
-    2. move it to the device;
-    3. swap eligible nn.Linear layers for TorchAO Float8Linear (--use_fp8);
-    4. the Trainer then detects the Float8 modules, applies activation checkpointing and compiles.
-    """
-    model = Transformer(model_cfg)
-    model.to(device)
-    report = None
-    if args.use_fp8:
-        speedups = None
-        if args.fp8_filter == "auto":
-            if args.fp8_emulate or device.type != "cuda":
-                raise UserError("--fp8_filter auto times each layer shape on the GPU; with --fp8_emulate use --fp8_filter all")
-            from cs336_basics.perf.layer_bench import measure_fp8_speedups
-
-            print(f"--fp8_filter auto: timing bf16 vs fp8 for {len(linear_shapes(model))} layer shapes ...")
-            speedups = measure_fp8_speedups(linear_shapes(model), micro_batch_tokens, args.fp8_recipe, device)
-            for (k, n), s in speedups.items():
-                print(f"  {k:>6} -> {n:<6} fp8 speedup {s:.2f}x")
-        report = convert_model_to_fp8(model, args.fp8_recipe, args.fp8_emulate, speedups)
-    return model, report
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fp8_emulate and not args.use_fp8:
@@ -239,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(train_cfg.seed)
 
     tokenizer, train_tokens, val_tokens, data_info = prepare_data(args, model_cfg, out_dir, resumed)
-    model, fp8_report = prepare_model(model_cfg, args, device, train_cfg.batch_size * model_cfg.context_length)
+    fp8 = Fp8Options(args.fp8_recipe, args.fp8_filter, args.fp8_emulate) if args.use_fp8 else None
+    model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(attention_backends(train_cfg.use_flash_attn), model_cfg.head_dim, device,
                             torch.bfloat16 if device.type == "cuda" else torch.float32)
     run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,

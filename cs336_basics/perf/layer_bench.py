@@ -4,7 +4,9 @@ versus TorchAO float8, both compiled. Its speedups drive `--fp8_filter auto` and
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import json
+import sys
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -65,3 +67,24 @@ def time_linear(shape: LayerShape, tokens: int, recipe: str, device: torch.devic
 
 def measure_fp8_speedups(shapes: list[LayerShape], tokens: int, recipe: str, device: torch.device) -> dict[LayerShape, float]:
     return {shape: time_linear(shape, tokens, recipe, device).speedup for shape in shapes}
+
+
+def main() -> int:
+    """`python -m cs336_basics.perf.layer_bench '{"model": {...}, "tokens": N, "recipe": "tensorwise"}'`"""
+    from cs336_basics.model.transformer import ModelConfig, Transformer
+    from cs336_basics.precision.fp8 import linear_shapes
+
+    spec = json.loads(sys.argv[1])
+    with torch.device("meta"):
+        model = Transformer(ModelConfig(**spec["model"]))
+    rows = []
+    for shape in linear_shapes(model) + [(model.cfg.dim, model.cfg.vocab_size)]:  # the head too, for the record
+        t = time_linear(shape, spec["tokens"], spec["recipe"], torch.device("cuda"))
+        rows.append(dict(asdict(t), speedup=round(t.speedup, 3), bf16_tflops=round(t.tflops(t.bf16_ms), 1),
+                         fp8_tflops=round(t.tflops(t.fp8_ms), 1), head=shape[1] == model.cfg.vocab_size))
+    print("RESULT " + json.dumps({"layers": rows}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -115,6 +115,7 @@ class Trainer:
             compile_model(model, cfg.compile_mode)
             if self.eval_model is not model:
                 compile_model(self.eval_model, cfg.compile_mode)
+        self._params = list(model.parameters())
         self.optimizer = self._build_optimizer()
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -201,11 +202,27 @@ class Trainer:
                 plot_losses(self.metrics.read(), self.out_dir / "loss.png", f"{self.run_info.get('run_name', 'training')}")
         return self.summary
 
+    def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over gradient_accumulation_steps micro-batches; returns (summed micro-batch
+        losses, gradient norm before clipping) as device tensors, without synchronizing."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(self.cfg.gradient_accumulation_steps):
+            x, y = self.train_data.next_batch(self.device)
+            with self.autocast:
+                loss = self.model(x, y)
+            (loss / self.cfg.gradient_accumulation_steps).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm
+
     def _train_loop(self) -> None:
         cfg = self.cfg
         # The first steps (compilation, allocator and kernel warm-up) are excluded from tokens/s.
         throughput = Throughput(warmup_steps=3 if cfg.compile_model else 1, sync=self._sync)
-        params = list(self.model.parameters())
         last_loss = float("nan")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -213,18 +230,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
         while self.step < cfg.max_steps:
             lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=self.device)
-            for _ in range(cfg.gradient_accumulation_steps):
-                x, y = self.train_data.next_batch(self.device)
-                with self.autocast:
-                    loss = self.model(x, y)
-                (loss / cfg.gradient_accumulation_steps).backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, grad_norm = self.train_step(lr)
             self.step += 1
             bar.update(1)
             throughput.step_done(self.tokens_per_step)

@@ -1,0 +1,125 @@
+"""One benchmark configuration, run in its own process by optimize_performance.py: the project's own
+build_model + Trainer.train_step on random tokens, warm-up (compilation) timed apart, then the median of
+N optimizer steps timed with CUDA events (host clock on CPU).
+
+    python -m cs336_basics.perf.bench_run '<json spec>'   ->  prints 'RESULT {json}'
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cs336_basics.data.batches import RandomWindows
+from cs336_basics.model.transformer import ModelConfig
+from cs336_basics.perf.flops import mfu, roofline_tokens_per_second, token_flops
+from cs336_basics.perf.hardware import current_device_peaks
+from cs336_basics.training.attention import attention_backends, attention_context, probe_backend
+from cs336_basics.training.setup import Fp8Options, build_model
+from cs336_basics.training.trainer import TrainConfig, Trainer
+
+
+@dataclass
+class BenchSpec:
+    name: str
+    model: dict[str, Any]
+    batch_size: int
+    precision: str = "bf16"  # "bf16" or "fp8-<recipe>"
+    compiled: bool = True
+    flash: bool = True
+    checkpointing: bool = False
+    steps: int = 10
+    compile_mode: str = "default"
+    fp8_filter: str = "all"
+    device: str = "cuda"
+
+    @property
+    def fp8(self) -> Fp8Options | None:
+        if not self.precision.startswith("fp8"):
+            return None
+        return Fp8Options(recipe=self.precision.split("-", 1)[1], filter=self.fp8_filter,
+                          emulate=self.device != "cuda")
+
+
+def run(spec: BenchSpec) -> dict[str, Any]:
+    device = torch.device(spec.device)
+    torch.manual_seed(0)
+    cfg = ModelConfig(**spec.model)
+    T = cfg.context_length
+    model, report = build_model(cfg, device, spec.fp8, spec.batch_size * T, log=lambda s: print(s, file=sys.stderr))
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=max(1 << 22, 4 * spec.batch_size * T),
+                                               dtype=np.int64).astype(np.uint32)
+    train_cfg = TrainConfig(batch_size=spec.batch_size, max_steps=10**6, warmup_steps=0, compile_model=spec.compiled,
+                            compile_mode=spec.compile_mode, gradient_checkpointing=spec.checkpointing,
+                            use_flash_attn=spec.flash)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
+                          Path(tmp), log=lambda s: print(s, file=sys.stderr))
+        backend = probe_backend(attention_backends(spec.flash), cfg.head_dim, device,
+                                torch.bfloat16 if device.type == "cuda" else torch.float32)
+        with attention_context(trainer.attention_backends):
+            step_seconds, warmup = _time_steps(trainer, device, spec.steps, warmup_steps=3 if spec.compiled else 2)
+        last_loss = float(trainer.train_step(3e-4)[0])
+    step = statistics.median(step_seconds)
+    tokens_per_second = spec.batch_size * T / step
+    result: dict[str, Any] = dict(
+        name=spec.name, precision=spec.precision, compiled=spec.compiled, flash=spec.flash,
+        checkpointing=spec.checkpointing, attention_backend=backend.name, batch_size=spec.batch_size, seq=T,
+        params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
+        step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],
+        tokens_per_second=round(tokens_per_second), warmup_seconds=round(warmup, 1),
+        model_tflops=round(tokens_per_second * token_flops(cfg).model / 1e12, 1), loss=round(last_loss, 3),
+    )
+    peaks = current_device_peaks(device)
+    if peaks:
+        result["mfu_bf16_peak"] = round(mfu(tokens_per_second, cfg, peaks), 4)
+        result["roofline_tokens_per_second"] = round(roofline_tokens_per_second(
+            cfg, peaks, spec.fp8 is not None, spec.batch_size * T, model.num_params()))
+    if device.type == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return result
+
+
+def _time_steps(trainer: Trainer, device: torch.device, steps: int, warmup_steps: int) -> tuple[list[float], float]:
+    cuda = device.type == "cuda"
+    start = time.perf_counter()
+    for _ in range(warmup_steps):
+        trainer.train_step(3e-4)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    warmup = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            trainer.train_step(3e-4)
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            trainer.train_step(3e-4)
+            times.append(time.perf_counter() - t0)
+    return times, warmup
+
+
+def main() -> int:
+    spec = BenchSpec(**json.loads(sys.argv[1]))
+    result = run(spec)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

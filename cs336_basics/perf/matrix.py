@@ -1,0 +1,305 @@
+"""The performance matrix behind optimize_performance.py: every configuration in a fresh process, the
+per-layer fp8 microbenchmark, the stock-TorchAO yardstick in the same process tree, and the results as a
+console table, JSON, markdown and PNG charts."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from cs336_basics.errors import UserError
+from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
+from cs336_basics.perf.bench_run import BenchSpec
+from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
+from cs336_basics.perf.hardware import current_device_peaks
+
+PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp")
+DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "fp8-tensorwise-compile", "fp8-rowwise-compile",
+                     "fp8-rowwise_with_gw_hp-compile", "fp8-tensorwise-eager", "bf16-compile-ac",
+                     "fp8-tensorwise-compile-ac", "bf16-compile-math")
+DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
+# Our mode -> the reference script's name for the same configuration.
+REFERENCE_MODES = {"bf16-eager": "bf16-eager", "bf16-compile": "bf16-compile", "fp8-tensorwise-compile": "fp8-compile",
+                   "fp8-rowwise-compile": "fp8rw-compile", "fp8-tensorwise-eager": "fp8-eager"}
+BASELINE = "bf16-compile"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "anchor_bench.py"
+
+
+def all_modes() -> list[str]:
+    return [f"{p}-{c}{a}{ac}" for p, c, a, ac in
+            itertools.product(PRECISIONS, ("eager", "compile"), ("", "-math"), ("", "-ac"))]
+
+
+def parse_mode(mode: str) -> dict[str, Any]:
+    """'fp8-rowwise-compile-math-ac' -> precision fp8-rowwise, compiled, plain attention, checkpointing on."""
+    for precision in sorted(PRECISIONS, key=len, reverse=True):
+        if mode.startswith(precision + "-"):
+            parts = mode[len(precision) + 1:].split("-")
+            break
+    else:
+        raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
+    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "ac"}:
+        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math][-ac], e.g. fp8-rowwise-compile-ac")
+    return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
+                checkpointing="ac" in parts[1:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Time the configuration matrix for a model on this machine.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="default: seed on GPU, test on CPU")
+    for name in ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size"):
+        p.add_argument(f"--{name}", type=int)
+    p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
+    p.add_argument("--modes", help=f"comma-separated, or 'all' ({len(all_modes())}); default: {','.join(DEFAULT_GPU_MODES)}")
+    p.add_argument("--steps", type=int, help="timed steps per configuration (default 15 GPU, 3 CPU)")
+    p.add_argument("--compile_mode", default="default")
+    p.add_argument("--no_layers", action="store_true", help="skip the per-layer microbenchmark")
+    p.add_argument("--compare-reference", dest="compare_reference", action="store_true",
+                   help="also run the stock-TorchAO yardstick in this process tree")
+    p.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="path of anchor_bench.py")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"))
+    return p
+
+
+def environment() -> dict[str, Any]:
+    env: dict[str, Any] = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), python=platform.python_version(),
+                               torch=torch.__version__, cuda=torch.version.cuda, host=platform.node(),
+                               command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+    try:
+        import torchao
+
+        env["torchao"] = torchao.__version__
+    except ImportError:
+        env["torchao"] = None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["gpu_count"] = torch.cuda.device_count()
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=30).stdout.split("\n")[0].strip()
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
+    else:
+        env["gpu"] = None
+        env["cpu"] = platform.processor() or platform.machine()
+    return env
+
+
+def run_child(module: str, payload: dict[str, Any], timeout: int) -> dict[str, Any]:
+    """Run `python -m module payload` in a fresh process; its 'RESULT {...}' line, or the error it died with."""
+    cmd = [sys.executable, "-m", module, json.dumps(payload)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    message = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "no output")
+    if "out of memory" in proc.stderr:
+        message = "out of memory: " + message
+    return {"error": message.strip()[:300], "returncode": proc.returncode}
+
+
+def run_reference(script: Path, cfg: ModelConfig, batch_size: int, modes: list[str], steps: int, out: Path,
+                  timeout: int) -> list[dict[str, Any]]:
+    if not script.is_file():
+        raise UserError(f"reference script {script} not found; pass --reference PATH/anchor_bench.py")
+    ref_modes = [REFERENCE_MODES[m] for m in modes if m in REFERENCE_MODES]
+    if not ref_modes:
+        return []
+    jsonl = out / "reference.jsonl"
+    cmd = [sys.executable, str(script), "--dim", str(cfg.dim), "--heads", str(cfg.n_heads), "--layers", str(cfg.n_layers),
+           "--ffn", str(cfg.intermediate_size), "--vocab", str(cfg.vocab_size), "--seq", str(cfg.context_length),
+           "--batch", str(batch_size), "--steps", str(steps), "--modes", ",".join(ref_modes), "--out", str(jsonl)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * len(ref_modes))
+    except subprocess.TimeoutExpired:
+        return [{"mode": "reference", "error": "timed out"}]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0:
+        rows.append({"mode": "reference", "error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]})
+    (out / "reference_command.txt").write_text(" ".join(cmd) + "\n")
+    return rows
+
+
+def measured_factors(rows: dict[str, dict[str, Any]], env: dict[str, Any], source: str) -> dict[str, Any]:
+    """Ratios that the trainer quotes in its warnings, derived from this run's rows."""
+    def ratio(num: str, den: str, what: str) -> dict[str, Any] | None:
+        a, b = rows.get(num, {}), rows.get(den, {})
+        if "tokens_per_second" not in a or "tokens_per_second" not in b:
+            return None
+        return dict(ratio=a["tokens_per_second"] / b["tokens_per_second"], what=what, gpu=env.get("gpu") or "CPU",
+                    date=env["date"][:10], source=source)
+    factors = {
+        "fp8_eager_vs_bf16_compile": ratio("fp8-tensorwise-eager", BASELINE, "fp8 eager tokens/s vs bf16 + compile"),
+        "fp8_eager_vs_bf16_eager": ratio("fp8-tensorwise-eager", "bf16-eager", "fp8 eager tokens/s vs bf16 eager"),
+        "activation_checkpointing_cost": ratio("bf16-compile-ac", BASELINE, "bf16 + compile tokens/s with vs without checkpointing"),
+        "activation_checkpointing_cost_fp8": ratio("fp8-tensorwise-compile-ac", "fp8-tensorwise-compile",
+                                                   "fp8 + compile tokens/s with vs without checkpointing"),
+    }
+    return {k: v for k, v in factors.items() if v}
+
+
+def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on_gpu: bool) -> str:
+    base = next((r for r in rows if r["name"] == BASELINE and "tokens_per_second" in r), None)
+    ref_by_mode = {r.get("mode"): r for r in reference}
+    header = ["configuration", "tokens/s", "step ms", "model TFLOP/s", "MFU (bf16 peak)", "peak GiB",
+              f"vs {BASELINE}", "reference tokens/s", "ours / reference", "roofline bound", "warm-up s", "attention"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | FAILED: {r['error']} |" + " |" * (len(header) - 2))
+            continue
+        ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
+        cells = [r["name"], f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", f"{r['model_tflops']:.0f}",
+                 f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
+                 f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a",
+                 f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x" if base else "n/a",
+                 f"{ref['tok_s']:,}" if "tok_s" in ref else "",
+                 f"{r['tokens_per_second'] / ref['tok_s']:.2f}" if "tok_s" in ref else "",
+                 f"{r['roofline_tokens_per_second']:,}" if "roofline_tokens_per_second" in r else "n/a",
+                 f"{r['warmup_seconds']:.1f}", r["attention_backend"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not on_gpu:
+        lines.append("\nCPU timings (no CUDA device): they say nothing about GPU speed.")
+    return "\n".join(lines)
+
+
+def format_layers(layers: list[dict[str, Any]]) -> str:
+    lines = ["| layer (in -> out) | tokens | bf16 ms | fp8 ms | fp8 speedup | bf16 TFLOP/s | fp8 TFLOP/s |", "|---|---|---|---|---|---|---|"]
+    for r in layers:
+        if "error" in r:
+            lines.append(f"| {r.get('shape')} | FAILED: {r['error']} | | | | | |")
+            continue
+        lines.append(f"| {r['in_features']} -> {r['out_features']} | {r['tokens']} | {r['bf16_ms']:.3f} | {r['fp8_ms']:.3f} | "
+                     f"{r['speedup']:.2f}x | {r['bf16_tflops']:.0f} | {r['fp8_tflops']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], reference: list[dict[str, Any]], layers: list[dict[str, Any]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "tokens_per_second" in r]
+    refs = [r for r in reference if "tok_s" in r]
+    if ok:
+        names = [r["name"] for r in ok] + [f"reference {r['mode']}" for r in refs]
+        values = [r["tokens_per_second"] for r in ok] + [r["tok_s"] for r in refs]
+        colors = ["tab:blue" if r["precision"] == "bf16" else "tab:orange" for r in ok] + ["tab:gray"] * len(refs)
+        fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
+        ax.barh(names[::-1], values[::-1], color=colors[::-1])
+        for y, v in enumerate(values[::-1]):
+            ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+        ax.set_xlabel("training tokens/s (median step)")
+        ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "tokens_per_second.png", dpi=110)
+        plt.close(fig)
+    good_layers = [r for r in layers if "speedup" in r]
+    if good_layers:
+        fig, ax = plt.subplots(figsize=(7, 0.5 * len(good_layers) + 1.5))
+        labels = [f"Linear({r['in_features']}->{r['out_features']})" for r in good_layers]
+        speedups = [r["speedup"] for r in good_layers]
+        ax.barh(labels, speedups, color=["tab:green" if s > 1 else "tab:red" for s in speedups])
+        ax.axvline(1.0, color="black", lw=1)
+        ax.set_xlabel("fp8 speedup over bf16, forward + backward (compiled)")
+        ax.set_title(f"per-layer fp8 gain at {good_layers[0]['tokens']} tokens", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "layer_fp8_speedup.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    on_gpu = torch.cuda.is_available()
+    preset = args.preset or ("seed" if on_gpu else "test")
+    overrides = {n: getattr(args, n) for n in ("vocab_size", "context_length", "dim", "n_layers", "n_heads",
+                                                 "intermediate_size") if getattr(args, n) is not None}
+    cfg = replace(PRESETS[preset], **overrides).validate()
+    batch_size = args.batch_size or ((8 if preset == "1b" else 16) if on_gpu else 4)
+    steps = args.steps or (15 if on_gpu else 3)
+    if args.modes == "all":
+        modes = all_modes()
+    elif args.modes:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    else:
+        modes = list(DEFAULT_GPU_MODES if on_gpu else DEFAULT_CPU_MODES)
+    for m in modes:
+        parse_mode(m)
+    if not on_gpu:
+        print("no CUDA device: running on the CPU (fp8 emulated); these are CPU timings, not GPU predictions")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    peaks = current_device_peaks(torch.device("cuda")) if on_gpu else None
+    print(f"model: {preset} preset {asdict(cfg)}; micro-batch {batch_size} x {cfg.context_length} tokens; "
+          f"{token_flops(cfg).model / 1e9:.2f} GFLOP/token")
+    if peaks:
+        for fp8 in (False, True):
+            bound = roofline_tokens_per_second(cfg, peaks, fp8, batch_size * cfg.context_length,
+                                               _param_count(cfg))
+            print(f"roofline upper bound ({'fp8' if fp8 else 'bf16'}, {peaks.name} datasheet): {bound:,.0f} tokens/s")
+
+    rows: list[dict[str, Any]] = []
+    device = "cuda" if on_gpu else "cpu"
+    for mode in tqdm(modes, desc="configurations", unit="config"):
+        spec = BenchSpec(name=mode, model=asdict(cfg), batch_size=batch_size, steps=steps,
+                         compile_mode=args.compile_mode, device=device, **parse_mode(mode))
+        result = run_child("cs336_basics.perf.bench_run", asdict(spec), args.timeout)
+        result.setdefault("name", mode)
+        result.setdefault("precision", spec.precision)
+        rows.append(result)
+        tqdm.write(f"{mode}: " + (f"{result['tokens_per_second']:,} tokens/s" if "tokens_per_second" in result
+                                  else f"FAILED ({result['error']})"))
+
+    layers: list[dict[str, Any]] = []
+    if on_gpu and not args.no_layers:
+        layers_result = run_child("cs336_basics.perf.layer_bench", dict(model=asdict(cfg), tokens=batch_size * cfg.context_length,
+                                                                        recipe="tensorwise"), args.timeout)
+        layers = layers_result.get("layers", [layers_result])
+
+    reference = (run_reference(args.reference, cfg, batch_size, modes, steps, out, args.timeout)
+                 if args.compare_reference else [])
+
+    table = format_table(rows, reference, on_gpu)
+    title = f"{preset}: {_param_count(cfg) / 1e6:.0f}M params, batch {batch_size} x {cfg.context_length}, {env.get('gpu') or 'CPU'}"
+    print("\n" + title + "\n" + table)
+    if layers:
+        print("\nper-layer fp8 (tensorwise) vs bf16, forward + backward, compiled:\n" + format_layers(layers))
+    source = str(out / "matrix.json")
+    factors = measured_factors({r["name"]: r for r in rows}, env, source)
+    result = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, rows=rows,
+                  reference=reference, layers=layers, measured_factors=factors)
+    (out / "matrix.json").write_text(json.dumps(result, indent=1))
+    (out / "measured_factors.json").write_text(json.dumps(factors, indent=1))
+    md = [f"# Performance matrix: {title}", "", f"{env['date']}; torch {env['torch']}, torchao {env['torchao']}, "
+          f"CUDA {env['cuda']}, driver {env.get('driver')}", "", f"Command: `{env['command']}`", "", table]
+    if layers:
+        md += ["", "## Per-layer fp8 (tensorwise) vs bf16", "", format_layers(layers)]
+    (out / "matrix.md").write_text("\n".join(md) + "\n")
+    plot(rows, reference, layers, out, title)
+    print(f"\nwrote {out}/matrix.json, matrix.md, measured_factors.json and PNG charts")
+    return 0
+
+
+def _param_count(cfg: ModelConfig) -> int:
+    with torch.device("meta"):
+        return Transformer(cfg).num_params()

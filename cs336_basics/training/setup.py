@@ -1,0 +1,47 @@
+"""The order of operations that turns a model config into a model ready for the Trainer, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cs336_basics.errors import UserError
+from cs336_basics.model.transformer import ModelConfig, Transformer
+from cs336_basics.precision.fp8 import ConversionReport, check_fp8_device, convert_model_to_fp8, linear_shapes
+
+
+@dataclass(frozen=True)
+class Fp8Options:
+    recipe: str = "tensorwise"
+    filter: str = "all"  # "all" or "auto" (measured per layer shape on the GPU)
+    emulate: bool = False
+
+
+def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
+                micro_batch_tokens: int = 0, log=print) -> tuple[Transformer, ConversionReport | None]:
+    """1. build the plain model with fp32 weights (the optimizer's master copy; compute runs in bf16 under
+          autocast, which TorchAO float8 also expects, so the weights are never cast to bf16 by hand);
+    2. move it to the device;
+    3. with fp8: swap the eligible nn.Linear layers for TorchAO Float8Linear;
+    4. then hand it to the Trainer, which detects the Float8 modules, applies activation checkpointing
+       and compiles, in that order."""
+    model = Transformer(cfg)
+    model.to(device)
+    if fp8 is None:
+        return model, None
+    check_fp8_device(device, fp8.emulate)
+    speedups = None
+    if fp8.filter == "auto":
+        if fp8.emulate or device.type != "cuda":
+            raise UserError("--fp8_filter auto times each layer shape on the GPU; with --fp8_emulate use --fp8_filter all")
+        from cs336_basics.perf.layer_bench import measure_fp8_speedups
+
+        shapes = linear_shapes(model)
+        log(f"--fp8_filter auto: timing bf16 vs fp8 forward+backward for {len(shapes)} layer shapes at "
+            f"{micro_batch_tokens} tokens ...")
+        speedups = measure_fp8_speedups(shapes, micro_batch_tokens, fp8.recipe, device)
+        for (k, n), s in speedups.items():
+            log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
+    report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups)
+    return model, report
