@@ -29,7 +29,7 @@ from cs336_basics.generation import generate
 from cs336_basics.model.transformer import PRESETS, ModelConfig
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device
-from cs336_basics.training.attention import attention_backends, probe_backend
+from cs336_basics.training.attention import FUSED_ORDERS, attention_backends, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.summary import RunShape, format_summary
@@ -38,7 +38,7 @@ from cs336_basics.training.transforms import COMPILE_MODES
 
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in
-                    ("compile_model", "compile_mode", "gradient_checkpointing", "use_flash_attn"))
+                    ("compile_model", "compile_mode", "gradient_checkpointing", "use_flash_attn", "fused_attention"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile_model", action="store_true", help="torch.compile each block and the loss")
     s.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
     s.add_argument("--use_flash_attn", action="store_true", help="fused attention kernels (cuDNN / Flash)")
+    s.add_argument("--fused_attention", default="flash", choices=sorted(FUSED_ORDERS),
+                   help="with --use_flash_attn: try FlashAttention-2 or cuDNN attention first")
     s.add_argument("--no_gradient_checkpointing", action="store_true", help="keep activations (faster, more memory)")
 
     d = p.add_argument_group("data and output")
@@ -108,7 +110,7 @@ def resolve_model_config(args: argparse.Namespace, saved: dict[str, Any] | None)
 def resolve_train_config(args: argparse.Namespace, saved: dict[str, Any] | None, context_length: int) -> TrainConfig:
     base = TrainConfig(**saved) if saved else TrainConfig()
     values = {n: getattr(args, n) for n in TRAIN_FLAGS if getattr(args, n) is not None}
-    values.update(compile_model=args.compile_model, use_flash_attn=args.use_flash_attn,
+    values.update(compile_model=args.compile_model, use_flash_attn=args.use_flash_attn, fused_attention=args.fused_attention,
                   gradient_checkpointing=not args.no_gradient_checkpointing, compile_mode=args.compile_mode)
     cfg = replace(base, **values)
     if args.max_tokens is not None:
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, train_tokens, val_tokens, data_info = prepare_data(args, model_cfg, out_dir, resumed)
     fp8 = Fp8Options(args.fp8_recipe, args.fp8_filter, args.fp8_emulate) if args.use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
-    backend = probe_backend(attention_backends(train_cfg.use_flash_attn), model_cfg.head_dim, device,
+    backend = probe_backend(attention_backends(train_cfg.use_flash_attn, train_cfg.fused_attention), model_cfg.head_dim, device,
                             torch.bfloat16 if device.type == "cuda" else torch.float32)
     run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,
                          train_cfg.compile_mode, backend.name, train_cfg.gradient_checkpointing,
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     report_results(summary, out_dir)
     if args.sample_tokens > 0:
         ids = generate(trainer.eval_model, tokenizer.encode(args.prompt).ids, args.sample_tokens, temperature=0.8,
-                       top_k=50, stop_id=eot_id(tokenizer), generator=torch.Generator().manual_seed(train_cfg.seed))
+                       top_k=50, stop_id=eot_id(tokenizer),
+                       generator=torch.Generator(device).manual_seed(train_cfg.seed))
         print(f"sample: {args.prompt}{tokenizer.decode(ids)}")
     return 0
 

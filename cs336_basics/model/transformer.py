@@ -75,7 +75,7 @@ PRESETS: dict[str, ModelConfig] = {
     "1b": ModelConfig(dim=2048, n_heads=16, n_layers=16, intermediate_size=5632, context_length=2048),
     "small": ModelConfig(vocab_size=8192, context_length=512, dim=384, n_layers=6, n_heads=6, intermediate_size=1024),
     "tiny": ModelConfig(vocab_size=2048, context_length=128, dim=128, n_layers=4, n_heads=4, intermediate_size=384),
-    "test": ModelConfig(vocab_size=256, context_length=32, dim=32, n_layers=2, n_heads=2, intermediate_size=64),
+    "test": ModelConfig(vocab_size=512, context_length=32, dim=32, n_layers=2, n_heads=2, intermediate_size=64),
 }
 
 

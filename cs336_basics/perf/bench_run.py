@@ -36,6 +36,7 @@ class BenchSpec:
     precision: str = "bf16"  # "bf16" or "fp8-<recipe>"
     compiled: bool = True
     flash: bool = True
+    fused_attention: str = "flash"
     checkpointing: bool = False
     steps: int = 10
     compile_mode: str = "default"
@@ -60,22 +61,24 @@ def run(spec: BenchSpec) -> dict[str, Any]:
                                                dtype=np.int64).astype(np.uint32)
     train_cfg = TrainConfig(batch_size=spec.batch_size, max_steps=10**6, warmup_steps=0, compile_model=spec.compiled,
                             compile_mode=spec.compile_mode, gradient_checkpointing=spec.checkpointing,
-                            use_flash_attn=spec.flash)
+                            use_flash_attn=spec.flash, fused_attention=spec.fused_attention)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
                           Path(tmp), log=lambda s: print(s, file=sys.stderr))
-        backend = probe_backend(attention_backends(spec.flash), cfg.head_dim, device,
+        backend = probe_backend(attention_backends(spec.flash, spec.fused_attention), cfg.head_dim, device,
                                 torch.bfloat16 if device.type == "cuda" else torch.float32)
         with attention_context(trainer.attention_backends):
             step_seconds, warmup = _time_steps(trainer, device, spec.steps, warmup_steps=3 if spec.compiled else 2)
         last_loss = float(trainer.train_step(3e-4)[0])
     step = statistics.median(step_seconds)
+    step_mean = sum(step_seconds) / len(step_seconds)
     tokens_per_second = spec.batch_size * T / step
     result: dict[str, Any] = dict(
         name=spec.name, precision=spec.precision, compiled=spec.compiled, flash=spec.flash,
         checkpointing=spec.checkpointing, attention_backend=backend.name, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],
+        step_ms_mean=round(step_mean * 1e3, 2),
         tokens_per_second=round(tokens_per_second), warmup_seconds=round(warmup, 1),
         model_tflops=round(tokens_per_second * token_flops(cfg).model / 1e12, 1), loss=round(last_loss, 3),
     )
@@ -90,6 +93,8 @@ def run(spec: BenchSpec) -> dict[str, Any]:
 
 
 def _time_steps(trainer: Trainer, device: torch.device, steps: int, warmup_steps: int) -> tuple[list[float], float]:
+    """Per-step seconds. On CUDA an event is recorded between consecutive steps and the host synchronizes
+    only at the end, so the CPU runs ahead as it does in training and the reference."""
     cuda = device.type == "cuda"
     start = time.perf_counter()
     for _ in range(warmup_steps):
@@ -98,20 +103,20 @@ def _time_steps(trainer: Trainer, device: torch.device, steps: int, warmup_steps
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     warmup = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            trainer.train_step(3e-4)
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-        else:
+    if not cuda:
+        times = []
+        for _ in range(steps):
             t0 = time.perf_counter()
             trainer.train_step(3e-4)
             times.append(time.perf_counter() - t0)
-    return times, warmup
+        return times, warmup
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    events[0].record()
+    for i in range(steps):
+        trainer.train_step(3e-4)
+        events[i + 1].record()
+    torch.cuda.synchronize(device)
+    return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)], warmup
 
 
 def main() -> int:

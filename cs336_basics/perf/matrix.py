@@ -26,9 +26,9 @@ from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp")
-DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "fp8-tensorwise-compile", "fp8-rowwise-compile",
-                     "fp8-rowwise_with_gw_hp-compile", "fp8-tensorwise-eager", "bf16-compile-ac",
-                     "fp8-tensorwise-compile-ac", "bf16-compile-math")
+DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-cudnn", "fp8-tensorwise-compile",
+                     "fp8-tensorwise-compile-cudnn", "fp8-rowwise-compile", "fp8-rowwise_with_gw_hp-compile",
+                     "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
 DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
 # Our mode -> the reference script's name for the same configuration.
 REFERENCE_MODES = {"bf16-eager": "bf16-eager", "bf16-compile": "bf16-compile", "fp8-tensorwise-compile": "fp8-compile",
@@ -39,7 +39,7 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 
 def all_modes() -> list[str]:
     return [f"{p}-{c}{a}{ac}" for p, c, a, ac in
-            itertools.product(PRECISIONS, ("eager", "compile"), ("", "-math"), ("", "-ac"))]
+            itertools.product(PRECISIONS, ("eager", "compile"), ("", "-cudnn", "-math"), ("", "-ac"))]
 
 
 def parse_mode(mode: str) -> dict[str, Any]:
@@ -50,10 +50,11 @@ def parse_mode(mode: str) -> dict[str, Any]:
             break
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
-    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "ac"}:
-        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math][-ac], e.g. fp8-rowwise-compile-ac")
+    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "cudnn", "ac"}:
+        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-cudnn][-ac], "
+                        f"e.g. fp8-rowwise-compile-ac")
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
-                checkpointing="ac" in parts[1:])
+                fused_attention="cudnn" if "cudnn" in parts[1:] else "flash", checkpointing="ac" in parts[1:])
 
 
 def build_parser() -> argparse.ArgumentParser:

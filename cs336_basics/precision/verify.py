@@ -20,11 +20,14 @@ from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.perf.hardware import supports_fp8
 from cs336_basics.precision.fp8 import HEAD_FQN, convert_model_to_fp8, is_float8_model
 
-# Gradient SQNR threshold. Forward operands are e4m3 (3 mantissa bits: one cast alone leaves ~31 dB) but the
-# tensorwise recipe casts gradients to e5m2 (2 mantissa bits: ~25 dB for one cast), and a weight gradient
-# is a product of two quantized operands summed over tokens, then passed back through every layer above it.
-# Measured here: 22-28 dB (see the printed figure); 15 dB still catches a broken scale (~0 dB) with margin.
-GRAD_SQNR_DB = 15.0
+# Gradient SQNR thresholds. One round-to-nearest cast to a float format with m mantissa bits leaves about
+# 6.02 * m + 10.8 dB (relative error uniform within half an ulp): e4m3 (forward operands) ~29 dB, e5m2
+# (the tensorwise recipe's gradients) ~23 dB. A weight gradient multiplies two cast operands and the error
+# of every layer above it flows back into it, so the whole gradient sits a few dB under the e5m2 figure:
+# 20 dB. Single small parameters (norm gains: sums over all tokens with cancellation) go lower; 10 dB for
+# the worst one still separates fp8 rounding from a broken scale or cast, which gives ~0 dB or NaN.
+GRAD_SQNR_DB = 20.0
+WORST_PARAM_SQNR_DB = 10.0
 LOSS_REL_TOL = 0.01  # fp8 and bf16 losses on the same weights and batch agree to 1%
 
 
@@ -100,9 +103,12 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
     rel = abs(fp8_loss - ref_loss) / abs(ref_loss)
     record(Check("FP8 vs BF16 loss, same weights and batch", rel < LOSS_REL_TOL,
                  f"{fp8_loss:.5f} vs {ref_loss:.5f} (relative difference {rel:.2e}, tolerance {LOSS_REL_TOL})"))
+    whole = sqnr_db(torch.cat([ref_grads[n].flatten() for n in ref_grads]),
+                    torch.cat([fp8_grads[n].flatten() for n in ref_grads]))
     worst_name, worst = min(((n, sqnr_db(ref_grads[n], fp8_grads[n])) for n in ref_grads), key=lambda t: t[1])
-    record(Check("FP8 vs BF16 gradients (SQNR, worst parameter)", worst >= GRAD_SQNR_DB,
-                 f"{worst:.1f} dB at {worst_name} (threshold {GRAD_SQNR_DB} dB)"))
+    record(Check("FP8 vs BF16 gradients (SQNR)", whole >= GRAD_SQNR_DB and worst >= WORST_PARAM_SQNR_DB,
+                 f"all parameters {whole:.1f} dB (threshold {GRAD_SQNR_DB}); worst single parameter {worst:.1f} dB "
+                 f"at {worst_name} (threshold {WORST_PARAM_SQNR_DB})"))
 
     # Compile after conversion, then a short training run that must lower the loss.
     from cs336_basics.training.trainer import TrainConfig, Trainer

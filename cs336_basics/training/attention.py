@@ -6,12 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# Fastest first on Hopper: cuDNN's fused attention, then FlashAttention-2, then memory-efficient.
-FUSED_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+# The fused kernels in priority order; the first entry is chosen by --fused_attention (flash: PyTorch's own
+# default order; cudnn: cuDNN's fused attention first). optimize_performance.py measures both.
+FUSED_ORDERS = {
+    "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+}
 
 
-def attention_backends(use_flash_attn: bool) -> list[SDPBackend]:
-    return FUSED_BACKENDS if use_flash_attn else [SDPBackend.MATH]
+def attention_backends(use_flash_attn: bool, prefer: str = "flash") -> list[SDPBackend]:
+    return FUSED_ORDERS[prefer] if use_flash_attn else [SDPBackend.MATH]
 
 
 def probe_backend(backends: list[SDPBackend], head_dim: int, device: torch.device, dtype: torch.dtype) -> SDPBackend:

@@ -21,7 +21,7 @@ from cs336_basics.model.transformer import Transformer
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import is_float8_model
-from cs336_basics.training.attention import attention_backends, attention_context
+from cs336_basics.training.attention import FUSED_ORDERS, attention_backends, attention_context
 from cs336_basics.training.checkpoint import save_checkpoint
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
@@ -54,6 +54,7 @@ class TrainConfig:
     compile_mode: str = "default"
     gradient_checkpointing: bool = True
     use_flash_attn: bool = False
+    fused_attention: str = "flash"  # which fused SDPA kernel comes first: "flash" or "cudnn"
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -65,6 +66,8 @@ class TrainConfig:
             raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise UserError(f"need 0 < --lr and 0 <= --min_lr <= --lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.fused_attention not in FUSED_ORDERS:
+            raise UserError(f"--fused_attention must be one of {', '.join(FUSED_ORDERS)}, got {self.fused_attention!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise UserError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         return self
@@ -120,7 +123,7 @@ class Trainer:
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         )
-        self.attention_backends = attention_backends(cfg.use_flash_attn)
+        self.attention_backends = attention_backends(cfg.use_flash_attn, cfg.fused_attention)
         self.metrics = MetricsLog(out_dir / "metrics.jsonl")
         self.peaks = current_device_peaks(device)
         self.step = 0
