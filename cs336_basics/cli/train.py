@@ -187,7 +187,11 @@ def prepare_data(args, model_cfg: ModelConfig, out_dir: Path, resumed: dict | No
         train_tokens, val_tokens = train_file.tokens, val_file.tokens
         max_id = max(train_file.max_id, val_file.max_id)
     else:  # hold out the tail of the training tokens; training never samples it
+        check_length(train_file.tokens, model_cfg.context_length, "the training data")
         n_val = max(model_cfg.context_length + 1, len(train_file.tokens) // 50)
+        if len(train_file.tokens) - n_val < model_cfg.context_length + 1:
+            raise UserError(f"the training data has {len(train_file.tokens):,} tokens, too few to hold out a validation "
+                            f"window of {n_val} and still train on one; pass --val_data or more text")
         train_tokens, val_tokens = train_file.tokens[:-n_val], train_file.tokens[-n_val:]
         max_id = train_file.max_id
     if max_id >= model_cfg.vocab_size:

@@ -49,7 +49,7 @@ def verdict(run: RunShape) -> tuple[str, list[str]]:
     if run.attention_backend == "MATH":
         issues.append("plain math attention materialises the T x T scores: add --use_flash_attn")
     if run.gradient_checkpointing:
-        factor = measured_factor("activation_checkpointing_cost")
+        factor = measured_factor("activation_checkpointing_cost_fp8" if run.fp8 else "activation_checkpointing_cost")
         issues.append("gradient checkpointing recomputes every block's forward pass (use --no_gradient_checkpointing "
                       f"when memory allows); measured: {factor or 'no committed measurement yet'}")
     if not issues:

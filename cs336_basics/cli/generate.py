@@ -1,0 +1,45 @@
+"""`generate.py`: sample text from a run directory (or a checkpoint file) written by train_h100.py."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from cs336_basics.data.tokenizer import eot_id, load_tokenizer
+from cs336_basics.errors import UserError
+from cs336_basics.generation import generate
+from cs336_basics.model.transformer import ModelConfig, Transformer
+from cs336_basics.training.checkpoint import load_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="run directory (newest checkpoint) or a step_*.pt file")
+    p.add_argument("--prompt", default="The ")
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if args.max_new_tokens <= 0 or args.num_samples <= 0:
+        raise UserError("--max_new_tokens and --num_samples must be positive")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+
+    state = load_checkpoint(args.checkpoint)
+    run_dir = Path(state["path"]).parent.parent
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    device = torch.device(args.device)
+    model = Transformer(ModelConfig(**state["model_config"])).to(device)
+    model.load_state_dict(state["model"])  # plain tensors whether the run trained in fp8 or bf16
+    generator = torch.Generator(device).manual_seed(args.seed)
+    for i in range(args.num_samples):
+        ids = generate(model, tokenizer.encode(args.prompt).ids, args.max_new_tokens, args.temperature, args.top_k,
+                       args.top_p, stop_id=eot_id(tokenizer), generator=generator)
+        print(f"--- sample {i + 1} (step {state['step']}) ---\n{args.prompt}{tokenizer.decode(ids)}")
+    return 0

@@ -1,0 +1,162 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cs336_basics.cli import run_main
+from cs336_basics.cli.train import main as train_main
+from cs336_basics.data.batches import RandomWindows
+from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from cs336_basics.training.lr_schedule import lr_at
+from cs336_basics.errors import UserError
+
+
+def train(argv, capsys=None) -> int:
+    return run_main(train_main, [str(a) for a in argv])
+
+
+def base_args(tmp_path: Path, corpus: Path, out: str = "run", steps: int = 10) -> list:
+    return ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--out_dir", tmp_path / out,
+            "--max_steps", steps, "--batch_size", 4, "--warmup_steps", 2, "--eval_interval", 5, "--eval_steps", 2,
+            "--checkpoint_interval", 5, "--log_interval", 1, "--sample_tokens", 0, "--lr", 3e-3, "--min_lr", 3e-4]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_lr_schedule_values():
+    kw = dict(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.55)  # half way through the cosine
+    assert lr_at(110, **kw) == pytest.approx(0.1) and lr_at(500, **kw) == pytest.approx(0.1)
+    assert all(lr_at(s, **kw) >= lr_at(s + 1, **kw) for s in range(10, 120))
+
+
+def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus, monkeypatch):
+    assert train(base_args(tmp_path, small_corpus, "full")) == 0
+    expected = losses(tmp_path / "full")
+
+    real_next = RandomWindows.next_batch
+    calls = {"n": 0}
+
+    def interrupt_at_step_8(self, device):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real_next(self, device)
+
+    monkeypatch.setattr(RandomWindows, "next_batch", interrupt_at_step_8)
+    assert train(base_args(tmp_path, small_corpus, "cut")) == 130
+    monkeypatch.setattr(RandomWindows, "next_batch", real_next)
+    assert [int(p.stem.split("_")[1]) for p in list_checkpoints(tmp_path / "cut")] == [5, 7]  # 7: written on Ctrl-C
+
+    assert train(["--resume", tmp_path / "cut", "--cache_dir", tmp_path / "cache", "--sample_tokens", 0]) == 0
+    resumed = losses(tmp_path / "cut")
+    assert sorted(resumed) == list(range(1, 11))
+    for step in range(1, 11):
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-5), step
+
+
+def test_cli_trains_on_shakespeare_and_loss_falls(tmp_path, shakespeare, capsys):
+    rc = train(["--preset", "tiny", "--train_data", shakespeare, "--cache_dir", tmp_path / "cache", "--out_dir",
+                tmp_path / "shk", "--max_steps", 30, "--batch_size", 8, "--warmup_steps", 5, "--lr", 3e-3,
+                "--eval_interval", 15, "--eval_steps", 4, "--log_interval", 5, "--sample_tokens", 20])
+    out = capsys.readouterr().out
+    assert rc == 0
+    trace = losses(tmp_path / "shk")
+    assert trace[30] < trace[5] - 0.5
+    summary = json.loads((tmp_path / "shk" / "summary.json").read_text())
+    assert summary["steps"] == 30 and math.isfinite(summary["val_loss"]) and summary["tokens_per_second"] > 0
+    assert (tmp_path / "shk" / "loss.png").stat().st_size > 1000
+    assert "Configuration" in out and "CPU RUN" in out and "sample: " in out
+
+
+def test_checkpoints_keep_last_k_and_corrupt_file_is_reported(tmp_path):
+    for step in range(1, 6):
+        save_checkpoint(tmp_path, step, {"model": {}, "model_config": {}, "step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000004.pt", "step_0000005.pt"]
+    assert load_checkpoint(tmp_path)["step"] == 5
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path)
+
+
+def one_line_error(capsys, rc: int, pattern: str) -> None:
+    """Exit 2 and one 'error: ...' line last on stderr (progress bars may precede it), never a traceback."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert err[-1].startswith("error: ") and pattern in err[-1], err
+    assert not any("Traceback" in line for line in err), err
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--dim", 100, "--n_heads", 3], "not divisible by --n_heads"),
+    (["--dim", 96, "--n_heads", 32], "is odd"),
+    (["--batch_size", 0], "--batch_size must be a positive integer"),
+    (["--max_steps", -1], "--max_steps must be a positive integer"),
+    (["--context_length", 100000], "fewer than one context window"),
+    (["--use_fp8"], "needs a GPU with float8 tensor cores"),
+    (["--use_fp8", "--fp8_emulate", "--fp8_filter", "auto"], "--fp8_filter auto times each layer"),
+    (["--fp8_emulate"], "--fp8_emulate only applies with --use_fp8"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+])
+def test_bad_flags(tmp_path, small_corpus, capsys, extra, pattern):
+    one_line_error(capsys, train(base_args(tmp_path, small_corpus) + extra), pattern)
+
+
+def test_bad_data_files(tmp_path, small_corpus, capsys):
+    args = base_args(tmp_path, small_corpus)
+    one_line_error(capsys, train(args[:3] + [tmp_path / "missing.txt"] + args[4:]), "does not exist")
+    (tmp_path / "empty.txt").write_text("")
+    one_line_error(capsys, train(args[:3] + [tmp_path / "empty.txt"] + args[4:]), "is empty")
+    (tmp_path / "latin1.txt").write_bytes("café crème brûlée ".encode("latin-1") * 100)
+    one_line_error(capsys, train(args[:3] + [tmp_path / "latin1.txt"] + args[4:]), "not UTF-8")
+
+
+def test_run_directory_protection_and_resume_errors(tmp_path, small_corpus, capsys):
+    assert train(base_args(tmp_path, small_corpus, steps=5)) == 0
+    capsys.readouterr()
+    one_line_error(capsys, train(base_args(tmp_path, small_corpus, steps=5)), "holds another run")
+    assert list_checkpoints(tmp_path / "run")  # nothing was removed
+    one_line_error(capsys, train(["--resume", tmp_path / "run", "--dim", 64]), "contradicts the checkpoint")
+    one_line_error(capsys, train(["--resume", tmp_path / "nowhere"]), "does not exist")
+    (tmp_path / "empty_run").mkdir()
+    one_line_error(capsys, train(["--resume", tmp_path / "empty_run"]), "no checkpoint in")
+
+    other_tok = tmp_path / "other_tokenizer.json"
+    from cs336_basics.data.corpus import iter_chunks
+    from cs336_basics.data.tokenizer import train_tokenizer
+
+    train_tokenizer(iter_chunks(small_corpus), 300).save(str(other_tok))
+    one_line_error(capsys, train(["--resume", tmp_path / "run", "--tokenizer", other_tok, "--cache_dir", tmp_path / "cache"]),
+                   "not the one the checkpoint was trained with")
+
+    ckpt = list_checkpoints(tmp_path / "run")[-1]
+    ckpt.write_bytes(b"garbage")
+    one_line_error(capsys, train(["--resume", tmp_path / "run"]), "corrupt or truncated")
+    assert train(base_args(tmp_path, small_corpus, steps=5) + ["--overwrite"]) == 0
+
+
+def test_token_ids_beyond_model_vocabulary(tmp_path, small_corpus, capsys):
+    """A tokenizer passed with --tokenizer that is larger than the model's vocabulary is refused."""
+    from cs336_basics.data.corpus import iter_chunks
+    from cs336_basics.data.tokenizer import train_tokenizer
+
+    big = tmp_path / "big.json"
+    train_tokenizer(iter_chunks(small_corpus), 700).save(str(big))
+    one_line_error(capsys, train(base_args(tmp_path, small_corpus) + ["--tokenizer", big]), "raise --vocab_size")
+
+
+def test_max_tokens_budget(tmp_path, small_corpus):
+    args = base_args(tmp_path, small_corpus)
+    i = args.index("--max_steps")
+    del args[i:i + 2]
+    assert train(args + ["--max_tokens", 4 * 32 * 6 + 1]) == 0  # 128 tokens/step -> 7 steps
+    assert max(losses(tmp_path / "run")) == 7
