@@ -68,7 +68,7 @@ class TrainConfig:
             raise UserError(f"need 0 < --lr and 0 <= --min_lr <= --lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.fused_attention not in FUSED_ORDERS:
             raise UserError(f"--fused_attention must be one of {', '.join(FUSED_ORDERS)}, got {self.fused_attention!r}")
-        if self.compile_mode not in COMPILE_MODES:
+        if self.compile_model and self.compile_mode not in COMPILE_MODES:
             raise UserError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         return self
 

@@ -1,0 +1,161 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cs336_basics.model.transformer import ModelConfig, Transformer
+from cs336_basics.errors import UserError
+from cs336_basics.precision.fp8 import (check_fp8_device, convert_model_to_fp8, float8_config, is_float8_model,
+                                        linear_shapes)
+from cs336_basics.training.setup import Fp8Options, build_model
+from cs336_basics.training.summary import RunShape, format_summary, verdict
+from cs336_basics.training.trainer import FP8_MODE_MESSAGE, TrainConfig, Trainer
+from cs336_basics.data.batches import RandomWindows
+
+CFG = ModelConfig(vocab_size=512, context_length=32, dim=64, n_layers=2, n_heads=4, intermediate_size=128)
+
+
+def float8_fqns(model):
+    return {n for n, m in model.named_modules() if type(m).__name__ == "Float8Linear"}
+
+
+def test_conversion_counts_and_skips_head():
+    model = Transformer(CFG)
+    report = convert_model_to_fp8(model, emulate=True)
+    assert report.total == 11 and len(report.converted) == 10
+    assert report.skipped == {"output.proj": "output head"}
+    assert float8_fqns(model) == set(report.converted)
+    assert "converted 10 of 11 linear layers" in report.summary() and "output.proj" in report.summary()
+
+
+def test_dimensions_not_divisible_by_16_are_kept():
+    cfg = ModelConfig(vocab_size=512, context_length=32, dim=64, n_layers=2, n_heads=4, intermediate_size=136)
+    model = Transformer(cfg)
+    report = convert_model_to_fp8(model, emulate=True)
+    kept = {f for f, why in report.skipped.items() if why == "dimension not divisible by 16"}
+    assert kept == {f"layers.{i}.ffn.{w}" for i in range(2) for w in ("w1", "w3", "w2")}  # 136 % 16 = 8
+    assert len(report.converted) == 4  # qkv and out of each block
+
+
+def test_auto_filter_keeps_layers_measured_slower():
+    model = Transformer(CFG)
+    shapes = linear_shapes(model)
+    assert shapes == [(64, 64), (64, 128), (64, 192), (128, 64)]
+    speedups = {(64, 64): 0.7, (64, 128): 1.3, (64, 192): 1.0, (128, 64): 1.2}
+    report = convert_model_to_fp8(model, emulate=True, fp8_speedup=speedups)
+    assert sorted(report.converted) == sorted(f"layers.{i}.ffn.{w}" for i in range(2) for w in ("w1", "w3", "w2"))
+    assert sum(why == "measured slower in fp8" for why in report.skipped.values()) == 4  # qkv (1.0x) and out
+
+
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise", "rowwise_with_gw_hp"])
+def test_recipes(recipe):
+    config = float8_config(recipe, emulate=True)
+    assert config.emulate
+    model = Transformer(CFG)
+    convert_model_to_fp8(model, recipe, emulate=True)
+    idx = torch.randint(0, CFG.vocab_size, (2, 16))
+    loss = model(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and model.layers[0].attn.qkv.weight.grad is not None
+
+
+def test_unknown_recipe_and_devices_without_fp8():
+    with pytest.raises(UserError, match="not one of"):
+        float8_config("blockwise", emulate=True)
+    with pytest.raises(UserError, match="compute capability >= 8.9"):
+        check_fp8_device(torch.device("cpu"), emulate=False)
+    check_fp8_device(torch.device("cpu"), emulate=True)  # emulation works anywhere
+
+
+def make_trainer(model, tmp_path, **overrides) -> Trainer:
+    tokens = torch.randint(0, CFG.vocab_size, (4096,)).numpy().astype("uint16")
+    cfg = TrainConfig(**{**dict(batch_size=4, max_steps=10, warmup_steps=1, gradient_checkpointing=False,
+                                eval_steps=1, lr=3e-3), **overrides})
+    logs = []
+    trainer = Trainer(model, cfg, RandomWindows(tokens, 4, CFG.context_length, 0), tokens, torch.device("cpu"),
+                      tmp_path, log=logs.append)
+    return trainer, logs
+
+
+def test_trainer_detects_float8_then_checkpoints_then_compiles(tmp_path, monkeypatch):
+    order = []
+    import cs336_basics.training.trainer as trainer_module
+
+    def spy(name, fn):
+        def wrapped(model, *args):
+            order.append((name, is_float8_model(model)))
+            return fn(model, *args)
+        monkeypatch.setattr(trainer_module, name, wrapped)
+
+    spy("apply_activation_checkpointing", trainer_module.apply_activation_checkpointing)
+    spy("compile_model", trainer_module.compile_model)
+    model, report = build_model(CFG, torch.device("cpu"), Fp8Options(emulate=True))
+    assert not any(hasattr(b, "_compiled_call_impl") and b._compiled_call_impl for b in model.layers)  # not compiled yet
+    trainer, logs = make_trainer(model, tmp_path, compile_model=True, gradient_checkpointing=True)
+    assert logs == [FP8_MODE_MESSAGE]
+    # conversion happened before both transformations, and the eval model (bf16 view) is compiled after them
+    assert order[:2] == [("apply_activation_checkpointing", True), ("compile_model", True)]
+    assert is_float8_model(trainer.model) and not is_float8_model(trainer.eval_model)
+    assert all(block._compiled_call_impl is not None for block in model.layers)
+
+
+def test_emulated_fp8_training_lowers_loss(tmp_path):
+    torch.manual_seed(0)
+    model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(emulate=True))
+    tokens = (torch.arange(8192) % 61).numpy().astype("uint16")  # a learnable periodic sequence
+    trainer = Trainer(model, TrainConfig(batch_size=8, max_steps=40, warmup_steps=2, lr=3e-3, gradient_checkpointing=False),
+                      RandomWindows(tokens, 8, CFG.context_length, 0), tokens, torch.device("cpu"), tmp_path, log=lambda s: None)
+    losses = [trainer.train_step(3e-3)[0].item() for _ in range(40)]
+    assert losses[-1] < losses[0] - 2.0
+
+
+def test_fp8_and_bf16_checkpoints_load_into_each_other(tmp_path):
+    torch.manual_seed(0)
+    fp8_model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(emulate=True))
+    state = fp8_model.state_dict()
+    assert all(type(t) is torch.Tensor for t in state.values())  # plain tensors, no float8 subclasses
+    plain = Transformer(CFG)
+    plain.load_state_dict(state)
+    idx = torch.randint(0, CFG.vocab_size, (2, 16))
+    back, _ = build_model(CFG, torch.device("cpu"), Fp8Options(emulate=True))
+    back.load_state_dict(plain.state_dict())
+    for name, tensor in back.state_dict().items():
+        torch.testing.assert_close(tensor, state[name])
+    # and the fp8 model computes nearly what the bf16 model computes from the same weights
+    rel = (back(idx, idx) - plain(idx, idx)).abs() / plain(idx, idx)
+    assert rel < 0.02
+
+
+def gpu_run(**kw) -> RunShape:
+    base = dict(device=torch.device("cuda"), fp8=True, fp8_recipe="tensorwise", fp8_emulate=False, compiled=True,
+                compile_mode="default", attention_backend="FLASH_ATTENTION", gradient_checkpointing=False,
+                batch_size=16, accumulation=8, context_length=1024)
+    return RunShape(**{**base, **kw})
+
+
+def test_verdicts(monkeypatch):
+    monkeypatch.setattr("cs336_basics.training.summary.supports_fp8", lambda device: True)
+    assert verdict(gpu_run()) == ("OPTIMAL CONFIGURATION: FP8 + Compilation", [])
+    head, reasons = verdict(gpu_run(compiled=False))
+    assert head == "SUBOPTIMAL CONFIGURATION"
+    assert any("FP8 without --compile_model runs SLOWER than BF16" in r and "x (fp8 eager" in r for r in reasons)
+    head, reasons = verdict(gpu_run(gradient_checkpointing=True))
+    assert any("gradient checkpointing" in r and "measured: 0." in r for r in reasons)
+    head, reasons = verdict(gpu_run(fp8=False))
+    assert any("add --use_fp8" in r for r in reasons)
+    head, reasons = verdict(gpu_run(attention_backend="MATH"))
+    assert any("--use_flash_attn" in r for r in reasons)
+    assert verdict(gpu_run(device=torch.device("cpu")))[0] == "CPU RUN"
+
+
+def test_summary_has_tokens_per_step_and_roofline(monkeypatch):
+    from cs336_basics.perf.hardware import lookup_peaks
+
+    monkeypatch.setattr("cs336_basics.training.summary.supports_fp8", lambda device: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    seed = ModelConfig()
+    text = format_summary(seed, 398_492_544, 353_420_160, gpu_run(), lookup_peaks("NVIDIA H100 80GB HBM3"))
+    assert "16 micro-batch x 8 accumulation x 1024 context = 131,072" in text
+    assert "OPTIMAL CONFIGURATION: FP8 + Compilation" in text
+    assert "Expected: at most" in text and "upper bound" in text

@@ -1,0 +1,106 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cs336_basics.model.transformer import PRESETS, Transformer
+from cs336_basics.perf.flops import mfu, optimizer_step_seconds, roofline_tokens_per_second, token_flops
+from cs336_basics.perf.hardware import lookup_peaks
+from cs336_basics.perf.matrix import all_modes, main as matrix_main, parse_mode
+from cs336_basics.errors import UserError
+from conftest import ROOT
+
+H200 = lookup_peaks("NVIDIA H200")
+
+
+def n_params(cfg) -> int:
+    with torch.device("meta"):
+        return Transformer(cfg).num_params()
+
+
+def test_seed_flops_by_hand():
+    f = token_flops(PRESETS["seed"])
+    # 6 * 24 layers * (4 * 896^2 + 3 * 896 * 3584) = 1,849,688,064
+    assert f.blocks_linear == 1_849_688_064
+    assert f.head == 6 * 896 * 50304 == 270_434_304
+    assert f.attention_full == 12 * 24 * 896 * 1024 == 264_241_152
+    assert f.model == 2_384_363_520
+
+
+def test_seed_bf16_roofline_by_hand():
+    # parameters: 2 x 50304 x 896 (embedding, head) + 24 x (4 x 896^2 + 3 x 896 x 3584 + 2 x 896) + 896 = 398,470,016
+    # compute: (1,849,688,064 + 270,434,304 + 264,241,152 / 2) / 989.4e12 s per token, 16,384 tokens per step;
+    # optimizer: 28 bytes x 398,470,016 parameters / 4.8e12 B/s
+    params = n_params(PRESETS["seed"])
+    assert params == 398_470_016
+    step = 16384 * 2_252_242_944 / 989.4e12 + 28 * 398_470_016 / 4.8e12
+    assert roofline_tokens_per_second(PRESETS["seed"], H200, False, 16384, params) == pytest.approx(16384 / step)
+    assert 16384 / step == pytest.approx(413_523, rel=1e-5)
+    assert optimizer_step_seconds(params, H200) == pytest.approx(2.32441e-3, rel=1e-4)
+
+
+def test_1b_fp8_roofline_by_hand():
+    cfg = PRESETS["1b"]
+    f = token_flops(cfg)
+    assert f.blocks_linear == 6 * 16 * (4 * 2048**2 + 3 * 2048 * 5632) == 4_932_501_504
+    assert f.head == 618_135_552 and f.attention_full == 805_306_368
+    per_token = 4_932_501_504 / 1978.9e12 + (618_135_552 + 402_653_184) / 989.4e12  # fp8 blocks, bf16 head + attention
+    params = n_params(cfg)
+    step = 16384 * per_token + 28 * params / 4.8e12
+    assert roofline_tokens_per_second(cfg, H200, True, 16384, params) == pytest.approx(16384 / step)
+    # MFU is always against the bf16 peak: 100k tokens/s of the 1B model
+    assert mfu(100_000, cfg, H200) == pytest.approx(100_000 * 6_355_943_424 / 989.4e12)
+
+
+def test_peak_lookup():
+    assert lookup_peaks("NVIDIA H100 80GB HBM3").bf16_tflops == pytest.approx(989.4)
+    assert lookup_peaks("NVIDIA H100 PCIe").memory_tbps == 2.0
+    assert lookup_peaks("NVIDIA A100-SXM4-80GB").fp8_tflops is None
+    assert lookup_peaks("Some Future GPU") is None
+
+
+def test_mode_parsing():
+    assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
+        precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True)
+    assert parse_mode("bf16-eager-math")["flash"] is False
+    assert len(all_modes()) == 4 * 2 * 3 * 2
+    for bad in ("fp16-eager", "bf16-fast", "bf16-compile-turbo"):
+        with pytest.raises(UserError):
+            parse_mode(bad)
+
+
+def test_matrix_on_cpu_writes_every_output_and_survives_a_failing_configuration(tmp_path, capsys):
+    # --compile_mode bogus makes every compiled configuration fail inside its own process; eager ones run.
+    rc = matrix_main(["--modes", "bf16-eager,bf16-compile,fp8-tensorwise-eager", "--steps", "2", "--compile_mode", "bogus",
+                      "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads((tmp_path / "matrix.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["bf16-eager"]["tokens_per_second"] > 0 and rows["fp8-tensorwise-eager"]["fp8_layers"] == 10
+    assert "--compile_mode must be one of" in rows["bf16-compile"]["error"]
+    assert result["environment"]["torch"] == torch.__version__ and result["environment"]["torchao"]
+    md = (tmp_path / "matrix.md").read_text()
+    assert "FAILED" in md and "CPU timings" in md and "Command:" in md
+    assert (tmp_path / "tokens_per_second.png").stat().st_size > 1000
+    assert "CPU timings" in out
+    factors = json.loads((tmp_path / "measured_factors.json").read_text())
+    assert set(factors) == {"fp8_eager_vs_bf16_eager"}  # the compiled baseline failed: no ratio against it
+    assert factors["fp8_eager_vs_bf16_eager"]["ratio"] == pytest.approx(
+        rows["fp8-tensorwise-eager"]["tokens_per_second"] / rows["bf16-eager"]["tokens_per_second"])
+
+
+def test_optimize_performance_script_reports_bad_mode():
+    proc = subprocess.run([sys.executable, "optimize_performance.py", "--modes", "int4-eager"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: mode 'int4-eager'")
+
+
+def test_verify_fp8_compilation_on_cpu():
+    proc = subprocess.run([sys.executable, "verify_fp8_compilation.py", "--device", "cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 passed, 0 failed, 1 skipped" in proc.stdout
+    assert "[SKIP] FP8+compile faster than FP8 eager: skipped: emulated float8" in proc.stdout
