@@ -11,7 +11,7 @@ from cs336_basics.data.tokenizer import eot_id, load_tokenizer
 from cs336_basics.errors import UserError
 from cs336_basics.generation import generate
 from cs336_basics.model.transformer import ModelConfig, Transformer
-from cs336_basics.training.checkpoint import load_checkpoint
+from cs336_basics.training.checkpoint import load_model_weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
 
-    state = load_checkpoint(args.checkpoint)
+    state = load_model_weights(args.checkpoint)
     run_dir = Path(state["path"]).parent.parent
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     device = torch.device(args.device)

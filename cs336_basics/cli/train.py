@@ -10,7 +10,9 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -31,6 +33,8 @@ from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device
 from cs336_basics.training.attention import FUSED_ORDERS, attention_backends, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
+from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
+                                               shutdown)
 from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.summary import RunShape, format_summary
 from cs336_basics.training.trainer import TrainConfig, Trainer
@@ -76,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out_dir", type=Path, help="run directory (default runs/<preset>-<time>)")
     d.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR exactly where it stopped")
     d.add_argument("--overwrite", action="store_true", help="replace the run in --out_dir")
-    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: each rank's own GPU)")
+    d.add_argument("--dp_replicate", type=int, help="under torchrun: HSDP replicas (e.g. nodes); the rest shard")
     d.add_argument("--sample_tokens", type=int, default=80, help="tokens to generate after training (0: none)")
     d.add_argument("--prompt", default="The ", help="prompt for that sample")
     return p
@@ -209,40 +214,65 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fp8_emulate and not args.use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
-    device = resolve_device(args.device)
+    ctx, device = init_distributed(resolve_device(args.device), args.dp_replicate)
+    try:
+        if not ctx.is_main:  # rank 0 speaks for the job; the others print only errors
+            sys.stdout = open(os.devnull, "w")
+        return train(args, ctx, device)
+    finally:
+        shutdown()
+
+
+def on_rank0_first(ctx: DistributedContext, fn):
+    """Run fn on rank 0 first (it writes caches and the run directory), then on the others, which reuse them."""
+    if ctx.is_main:
+        result = fn()
+        barrier()
+    else:
+        barrier()
+        result = fn()
+    return result
+
+
+def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.device) -> int:
     if args.use_fp8:
         check_fp8_device(device, args.fp8_emulate)
-    out_dir = prepare_out_dir(args)
+    out_dir = broadcast_from_rank0(prepare_out_dir(args) if ctx.is_main else None, ctx)
     resumed = load_checkpoint(out_dir) if args.resume else None
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
     train_cfg = resolve_train_config(args, resumed["train_config"] if resumed else None, model_cfg.context_length)
     torch.manual_seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
 
-    tokenizer, train_tokens, val_tokens, data_info = prepare_data(args, model_cfg, out_dir, resumed)
-    fp8 = Fp8Options(args.fp8_recipe, args.fp8_filter, args.fp8_emulate) if args.use_fp8 else None
+    tokenizer, train_tokens, val_tokens, data_info = on_rank0_first(
+        ctx, lambda: prepare_data(args, model_cfg, out_dir, resumed))
+    fp8 = Fp8Options(args.fp8_recipe, args.fp8_filter, args.fp8_emulate,
+                     fsdp_all_gather=ctx.enabled and device.type == "cuda") if args.use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(attention_backends(train_cfg.use_flash_attn, train_cfg.fused_attention), model_cfg.head_dim, device,
                             torch.bfloat16 if device.type == "cuda" else torch.float32)
     run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,
                          train_cfg.compile_mode, backend.name, train_cfg.gradient_checkpointing,
-                         train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length)
+                         train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
+                         ctx.world_size)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
 
     run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info}
-    sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed)
-    trainer = Trainer(model, train_cfg, sampler, val_tokens, device, out_dir, run_info)
+    sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
+                            ctx.rank, ctx.world_size)
+    trainer = Trainer(model, train_cfg, sampler, val_tokens, device, out_dir, run_info, ctx=ctx)
     if resumed is not None:
         trainer.load_state_dict(resumed)
         print(f"resumed from {resumed['path']} at step {trainer.step}")
-    else:
+    elif ctx.is_main:
         (out_dir / "run.json").write_text(json.dumps(
             {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg), **run_info,
              "fp8": args.use_fp8, "fp8_recipe": args.fp8_recipe if args.use_fp8 else None}, indent=1))
     summary = trainer.train()
-    report_results(summary, out_dir)
-    if args.sample_tokens > 0:
+    if ctx.is_main:
+        report_results(summary, out_dir)
+    if args.sample_tokens > 0 and not ctx.enabled:  # (sharded runs: sample with generate.py afterwards)
         ids = generate(trainer.eval_model, tokenizer.encode(args.prompt).ids, args.sample_tokens, temperature=0.8,
                        top_k=50, stop_id=eot_id(tokenizer),
                        generator=torch.Generator(device).manual_seed(train_cfg.seed))
@@ -257,6 +287,8 @@ def report_results(summary: dict[str, Any], out_dir: Path) -> None:
         parts.append(f"val loss {summary['val_loss']:.4f}")
     if "tokens_per_second" in summary:
         parts.append(f"measured {summary['tokens_per_second']:,.0f} tokens/s")
+        if summary.get("world_size", 1) > 1:
+            parts.append(f"{summary['tokens_per_second_per_device']:,.0f} per device on {summary['world_size']}")
     if "mfu_bf16_peak" in summary:
         parts.append(f"MFU {100 * summary['mfu_bf16_peak']:.1f}% of the bf16 peak")
     if "fraction_of_roofline" in summary:

@@ -49,12 +49,16 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def float8_config(recipe: str, emulate: bool):
+def float8_config(recipe: str, emulate: bool, fsdp_all_gather: bool = False):
+    """TorchAO's recipe; with fsdp_all_gather (tensorwise only) FSDP2 all-gathers weights already in fp8."""
     from torchao.float8 import Float8LinearConfig
 
     if recipe not in RECIPES:
         raise UserError(f"--fp8_recipe {recipe!r} is not one of {', '.join(RECIPES)}")
-    return dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate)
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate)
+    if fsdp_all_gather and recipe == "tensorwise":
+        config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
+    return config
 
 
 def check_fp8_device(device: torch.device, emulate: bool) -> None:
@@ -87,7 +91,7 @@ def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float
 
 def convert_model_to_fp8(
     model: nn.Module, recipe: str = "tensorwise", emulate: bool = False,
-    fp8_speedup: dict[LayerShape, float] | None = None,
+    fp8_speedup: dict[LayerShape, float] | None = None, fsdp_all_gather: bool = False,
 ) -> ConversionReport:
     """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear, in place."""
     from torchao.float8 import convert_to_float8_training
@@ -102,7 +106,7 @@ def convert_model_to_fp8(
                 report.converted.append(fqn)
     convert_set = set(report.converted)
     convert_to_float8_training(
-        model, config=float8_config(recipe, emulate), module_filter_fn=lambda mod, fqn: fqn in convert_set
+        model, config=float8_config(recipe, emulate, fsdp_all_gather), module_filter_fn=lambda mod, fqn: fqn in convert_set
     )
     return report
 
@@ -111,6 +115,19 @@ def is_float8_model(model: nn.Module) -> bool:
     from torchao.float8.float8_linear import Float8Linear
 
     return any(isinstance(m, Float8Linear) for m in model.modules())
+
+
+def uses_fp8_all_gather(model: nn.Module) -> bool:
+    from torchao.float8.float8_linear import Float8Linear
+
+    return any(isinstance(m, Float8Linear) and m.config.enable_fsdp_float8_all_gather for m in model.modules())
+
+
+def precompute_float8_dynamic_scale_for_fsdp(model: nn.Module) -> None:
+    """After each optimizer step, when weights are all-gathered in fp8: all the weights' scales in one go."""
+    from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp as precompute
+
+    precompute(model)
 
 
 def linear_shapes(model: nn.Module) -> list[LayerShape]:

@@ -1,9 +1,15 @@
-"""Checkpoints: atomic writes (temp file, then rename), the last K kept, clear errors on bad files."""
+"""Checkpoints: atomic writes (temp name, then rename), the last K kept, clear errors on bad files.
+
+A one-process run writes `step_NNNNNNN.pt`, one file. A run of several processes writes `step_NNNNNNN/`,
+a torch.distributed.checkpoint directory of shards plus `meta.pt` (see distributed.save_sharded), which
+loads into any number of processes. Both carry the model config, step, sampler and RNG state.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +17,7 @@ import torch
 
 from cs336_basics.errors import UserError
 
-_NAME = re.compile(r"step_(\d+)\.pt$")
+_NAME = re.compile(r"^step_(\d+)(\.pt)?$")
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -20,8 +26,13 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 def list_checkpoints(out_dir: Path) -> list[Path]:
     d = checkpoint_dir(out_dir)
-    found = [p for p in d.glob("step_*.pt") if _NAME.search(p.name)] if d.is_dir() else []
-    return sorted(found, key=lambda p: int(_NAME.search(p.name).group(1)))
+    found = [p for p in d.iterdir() if _NAME.match(p.name)] if d.is_dir() else []
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def prune_checkpoints(out_dir: Path, keep: int) -> None:
+    for old in list_checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def save_checkpoint(out_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
@@ -31,28 +42,44 @@ def save_checkpoint(out_dir: Path, step: int, state: dict[str, Any], keep: int) 
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a crash leaves the old checkpoints and at worst a stray .tmp
-    for old in list_checkpoints(out_dir)[:-keep]:
-        old.unlink()
+    prune_checkpoints(out_dir, keep)
     return path
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint file, or the newest one in a run directory."""
+    """Load a checkpoint file, or the newest checkpoint of a run directory. For a sharded checkpoint the
+    returned dict holds its metadata and `sharded_path`; the weights are loaded by the Trainer."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not (path / "meta.pt").exists():
         found = list_checkpoints(path)
         if not found:
-            raise UserError(f"no checkpoint in {path} (expected {checkpoint_dir(path)}/step_*.pt); check the run directory")
+            raise UserError(f"no checkpoint in {path} (expected {checkpoint_dir(path)}/step_*); check the run directory")
         path = found[-1]
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass a run directory or a step_*.pt file")
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass a run directory or a step_* checkpoint")
+    sharded = path.is_dir()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path / "meta.pt" if sharded else path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(
             f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); delete it to fall back to the previous one"
         ) from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+    if not isinstance(state, dict) or "model_config" not in state or (not sharded and "model" not in state):
         raise UserError(f"{path} is not a cs336_basics checkpoint (no model state or config inside)")
     state["path"] = str(path)
+    if sharded:
+        state["sharded_path"] = str(path)
+    return state
+
+
+def load_model_weights(path: Path) -> dict[str, Any]:
+    """Model config, step and a plain single-file state dict from either kind of checkpoint (for generate)."""
+    state = load_checkpoint(path)
+    if "sharded_path" in state:
+        from cs336_basics.model.transformer import ModelConfig, Transformer
+        from cs336_basics.training.distributed import load_sharded
+
+        model = Transformer(ModelConfig(**state["model_config"]))
+        load_sharded(Path(state["sharded_path"]), model, optimizer=None)
+        state["model"] = model.state_dict()
     return state

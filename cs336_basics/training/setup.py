@@ -16,6 +16,7 @@ class Fp8Options:
     recipe: str = "tensorwise"
     filter: str = "all"  # "all" or "auto" (measured per layer shape on the GPU)
     emulate: bool = False
+    fsdp_all_gather: bool = False  # several GPUs, tensorwise: FSDP2 all-gathers the weights in fp8
 
 
 def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
@@ -43,5 +44,5 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         speedups = measure_fp8_speedups(shapes, micro_batch_tokens, fp8.recipe, device)
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
-    report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups)
+    report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather)
     return model, report

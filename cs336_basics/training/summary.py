@@ -74,7 +74,7 @@ def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: R
         f"  attention         {run.attention_backend}",
         f"  grad checkpoint   {'on (per block)' if run.gradient_checkpointing else 'off'}",
         f"  tokens per step   {run.batch_size} micro-batch x {run.accumulation} accumulation"
-        + (f" x {run.world_size} GPUs" if run.world_size > 1 else "")
+        + (f" x {run.world_size} ranks" if run.world_size > 1 else "")
         + f" x {run.context_length} context = {run.tokens_per_step:,}",
         f"  FLOPs per token   {token_flops(cfg).model / 1e9:.2f} GFLOP (6N + 12LdT, training)",
     ]

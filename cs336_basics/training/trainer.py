@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from cs336_basics.data.batches import RandomWindows, validation_batches
@@ -20,9 +22,11 @@ from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import Transformer
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
-from cs336_basics.precision.fp8 import is_float8_model
+from cs336_basics.precision.fp8 import is_float8_model, precompute_float8_dynamic_scale_for_fsdp, uses_fp8_all_gather
 from cs336_basics.training.attention import FUSED_ORDERS, attention_backends, attention_context
-from cs336_basics.training.checkpoint import save_checkpoint
+from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
+from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, apply_fsdp,
+                                               load_sharded, save_sharded)
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
 from cs336_basics.training.throughput import Throughput
@@ -99,26 +103,34 @@ class Trainer:
         out_dir: Path,
         run_info: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
+        ctx: DistributedContext = DistributedContext(),
     ) -> None:
-        self.cfg, self.device, self.out_dir, self.log = cfg.validate(), device, out_dir, log
+        self.cfg, self.device, self.out_dir, self.ctx = cfg.validate(), device, out_dir, ctx
+        self.log = log if ctx.is_main else (lambda message: None)
         self.train_data, self.val_tokens = train_data, val_tokens
         self.run_info = run_info or {}
         self.model_cfg = model.cfg
         self.model = model
         self.fp8 = is_float8_model(model)
         if self.fp8:
-            log(FP8_MODE_MESSAGE)
+            self.log(FP8_MODE_MESSAGE)
         # Evaluation runs every model in one precision (bf16 autocast on CUDA, fp32 on CPU) so that fp8 and
         # bf16 runs report comparable validation losses: a plain model that shares the trained weights.
-        self.eval_model = self._plain_view(model) if self.fp8 else model
-        # Transformations, in order, after any float8 conversion: activation checkpointing, then compile.
+        # (Sharded parameters cannot be shared that way: under FSDP an fp8 run evaluates in fp8.)
+        self.eval_model = self._plain_view(model) if self.fp8 and not ctx.enabled else model
+        # Transformations, in order, after any float8 conversion: activation checkpointing, then compile,
+        # then FSDP2 sharding when several processes run.
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model)
         if cfg.compile_model:
             compile_model(model, cfg.compile_mode)
             if self.eval_model is not model:
                 compile_model(self.eval_model, cfg.compile_mode)
+        if ctx.enabled:
+            apply_fsdp(model, ctx, device)
+        self._fp8_fsdp_scales = self.fp8 and ctx.enabled and uses_fp8_all_gather(model)
         self._params = list(model.parameters())
+        self.n_params = sum(p.numel() for p in self._params)
         self.optimizer = self._build_optimizer()
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -146,15 +158,17 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.model_cfg.context_length
+        """Global tokens per optimizer step: micro-batch x accumulation x context x processes."""
+        return (self.cfg.batch_size * self.cfg.gradient_accumulation_steps * self.model_cfg.context_length
+                * self.ctx.world_size)
 
     # ----------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
+    def meta_state(self) -> dict[str, Any]:
+        """Everything but the weights and optimizer moments."""
         return {
-            "format": 1,
+            "format": 2,
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "world_size": self.ctx.world_size,
             "sampler": self.train_data.state_dict(),
             "rng": rng_state(),
             "model_config": self.model_cfg.to_dict(),
@@ -163,15 +177,32 @@ class Trainer:
             **self.run_info,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """One-process checkpoint: weights and optimizer state keyed by parameter name (plain tensors)."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        return {**self.meta_state(), "model": model_state, "optimizer": optim_state}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """From either checkpoint kind, into this run's (possibly sharded) model, whatever the old world size."""
+        if "sharded_path" in state:
+            load_sharded(Path(state["sharded_path"]), self.model, self.optimizer)
+        else:
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=self.ctx.enabled))
         self.train_data.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step = state["step"]
 
     def save(self) -> Path:
-        path = save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints)
+        if self.ctx.enabled:
+            path = checkpoint_dir(self.out_dir) / f"step_{self.step:07d}"
+            if self.ctx.is_main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            save_sharded(path, self.model, self.optimizer, self.meta_state(), self.ctx)
+            if self.ctx.is_main:
+                prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        else:
+            path = save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints)
         self.log(f"checkpoint: {path}")
         return path
 
@@ -179,14 +210,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         self.eval_model.eval()
-        total, count = 0.0, 0
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of window losses, windows)
         for x, y in validation_batches(self.val_tokens, self.cfg.batch_size, self.model_cfg.context_length,
-                                       self.cfg.eval_steps, self.device):
+                                       self.cfg.eval_steps, self.device, self.ctx.rank, self.ctx.world_size):
             with self.autocast:
-                total += self.eval_model(x, y).float().item() * x.shape[0]
-            count += x.shape[0]
+                loss = self.eval_model(x, y).double()
+            total += torch.stack([loss * x.shape[0], torch.tensor(float(x.shape[0]), device=self.device, dtype=torch.float64)])
         self.eval_model.train()
-        return total / count
+        total = all_reduce_sum(total, self.ctx)
+        return (total[0] / total[1]).item()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -202,7 +234,8 @@ class Trainer:
                 self.save()
                 raise
             finally:
-                plot_losses(self.metrics.read(), self.out_dir / "loss.png", f"{self.run_info.get('run_name', 'training')}")
+                if self.ctx.is_main:
+                    plot_losses(self.metrics.read(), self.out_dir / "loss.png", f"{self.run_info.get('run_name', 'training')}")
         return self.summary
 
     def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,8 +251,12 @@ class Trainer:
             (loss / self.cfg.gradient_accumulation_steps).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._fp8_fsdp_scales:  # one all-reduce for every layer's weight scale, for the next fp8 all-gather
+            precompute_float8_dynamic_scale_for_fsdp(self.model)
         return loss_sum, grad_norm
 
     def _train_loop(self) -> None:
@@ -230,7 +267,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
+                   disable=not self.ctx.is_main)
         while self.step < cfg.max_steps:
             lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             loss_sum, grad_norm = self.train_step(lr)
@@ -243,7 +281,8 @@ class Trainer:
                           f"steps in {throughput.warmup_seconds:.1f} s (excluded from tokens/s)")
 
             if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                last_loss = (loss_sum / cfg.gradient_accumulation_steps).item()  # synchronizes
+                mean_loss = all_reduce_mean(loss_sum / cfg.gradient_accumulation_steps, self.ctx)
+                last_loss = mean_loss.item()  # synchronizes
                 if not math.isfinite(last_loss):
                     raise TrainingDiverged(
                         f"loss became {last_loss} at step {self.step}; lower --lr (now {cfg.lr}) or raise "
@@ -257,8 +296,9 @@ class Trainer:
                 throughput.pause()  # evaluation and checkpoint writes are not training throughput
                 if do_eval:
                     val_loss = self.evaluate()
-                    self.metrics.write({"step": self.step, "val_loss": round(val_loss, 5),
-                                        "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
+                    if self.ctx.is_main:
+                        self.metrics.write({"step": self.step, "val_loss": round(val_loss, 5),
+                                            "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
                     bar.write(f"step {self.step}: train loss {last_loss:.4f}, val loss {val_loss:.4f}, "
                               f"val perplexity {math.exp(min(val_loss, 50)):.2f}")
                     self.summary["val_loss"] = val_loss
@@ -270,10 +310,12 @@ class Trainer:
         rate = throughput.overall_rate()
         if rate:
             self.summary["tokens_per_second"] = rate
+            self.summary["tokens_per_second_per_device"] = rate / self.ctx.world_size
+            self.summary["world_size"] = self.ctx.world_size
             if self.peaks:
-                self.summary["mfu_bf16_peak"] = mfu(rate, self.model_cfg, self.peaks)
-                bound = roofline_tokens_per_second(self.model_cfg, self.peaks, self.fp8, self.tokens_per_step,
-                                                   self.model.num_params())
+                self.summary["mfu_bf16_peak"] = mfu(rate / self.ctx.world_size, self.model_cfg, self.peaks)
+                bound = self.ctx.world_size * roofline_tokens_per_second(
+                    self.model_cfg, self.peaks, self.fp8, self.tokens_per_step // self.ctx.world_size, self.n_params)
                 self.summary["roofline_tokens_per_second"] = bound
                 self.summary["fraction_of_roofline"] = rate / bound
         if self.device.type == "cuda":
@@ -283,9 +325,12 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4)}
         if tokens_per_second:
             record["tokens_per_second"] = round(tokens_per_second)
+            if self.ctx.enabled:
+                record["tokens_per_second_per_device"] = round(tokens_per_second / self.ctx.world_size)
             if self.peaks:
-                record["mfu_bf16_peak"] = round(mfu(tokens_per_second, self.model_cfg, self.peaks), 4)
+                record["mfu_bf16_peak"] = round(mfu(tokens_per_second / self.ctx.world_size, self.model_cfg, self.peaks), 4)
         if self.device.type == "cuda":
             record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
-        self.metrics.write(record)
+        if self.ctx.is_main:
+            self.metrics.write(record)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=record.get("tokens_per_second", "warm-up"), lr=f"{lr:.1e}")
