@@ -79,6 +79,11 @@ def test_save_on_two_ranks_resume_on_one_and_four(tmp_path, corpus):
     for name in on_one:
         torch.testing.assert_close(on_four[name], on_one[name], rtol=0, atol=0)
 
+    exported = tmp_path / "plain.pt"
+    assert run([sys.executable, "generate.py", tmp_path / "two", "--export", exported]).returncode == 0
+    plain = torch.load(exported, weights_only=False)["model"]
+    assert all(torch.equal(plain[k], on_one[k]) for k in on_one)
+
     # and training continues from it on one process and on four
     resumed_one = run([sys.executable, "train_h100.py", "--resume", tmp_path / "two", "--max_steps", 8,
                        "--cache_dir", tmp_path / "cache", "--sample_tokens", 0])

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--export", type=Path, metavar="FILE",
+                   help="instead of sampling, write the weights as one plain state-dict file (from sharded runs too)")
     args = p.parse_args(argv)
     if args.max_new_tokens <= 0 or args.num_samples <= 0:
         raise UserError("--max_new_tokens and --num_samples must be positive")
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
 
     state = load_model_weights(args.checkpoint)
+    if args.export:
+        torch.save({"model": state["model"], "model_config": state["model_config"], "step": state["step"]}, args.export)
+        print(f"wrote {args.export}: {len(state['model'])} tensors, step {state['step']}")
+        return 0
     run_dir = Path(state["path"]).parent.parent
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     device = torch.device(args.device)
