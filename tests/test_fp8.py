@@ -149,6 +149,17 @@ def test_verdicts(monkeypatch):
     assert verdict(gpu_run(device=torch.device("cpu")))[0] == "CPU RUN"
 
 
+def test_loud_warnings_quote_committed_measurements():
+    from cs336_basics.training.summary import warnings_for
+
+    eager = warnings_for(gpu_run(compiled=False))
+    assert len(eager) == 1 and eager[0].startswith("WARNING: FP8 without --compile_model runs SLOWER than BF16")
+    assert "0.28x (fp8 eager tokens/s vs bf16 + compile; NVIDIA H200" in eager[0]
+    checkpointing = warnings_for(gpu_run(gradient_checkpointing=True))
+    assert len(checkpointing) == 1 and "0.89x (fp8 + compile tokens/s with vs without checkpointing" in checkpointing[0]
+    assert warnings_for(gpu_run()) == [] and warnings_for(gpu_run(fp8=False, compiled=False)) == []
+
+
 def test_summary_has_tokens_per_step_and_roofline(monkeypatch):
     from cs336_basics.perf.hardware import lookup_peaks
 

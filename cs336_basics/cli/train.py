@@ -36,7 +36,7 @@ from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
                                                shutdown)
 from cs336_basics.training.setup import Fp8Options, build_model
-from cs336_basics.training.summary import RunShape, format_summary
+from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
 from cs336_basics.training.transforms import COMPILE_MODES
 
@@ -257,6 +257,9 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                          ctx.world_size)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
+    if ctx.is_main:
+        for warning in warnings_for(run_shape):
+            print(warning, file=sys.stderr)
 
     run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,

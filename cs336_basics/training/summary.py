@@ -58,6 +58,21 @@ def verdict(run: RunShape) -> tuple[str, list[str]]:
     return "SUBOPTIMAL CONFIGURATION", issues
 
 
+def warnings_for(run: RunShape) -> list[str]:
+    """The configurations that silently cost a lot: said on stderr as well as in the summary."""
+    out = []
+    if run.fp8 and not run.compiled and not run.fp8_emulate:
+        factor = measured_factor("fp8_eager_vs_bf16_compile")
+        out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
+                   f"measured: {factor or 'no committed measurement yet'}. Add --compile_model.")
+    if run.fp8 and run.gradient_checkpointing and run.device.type == "cuda":
+        factor = measured_factor("activation_checkpointing_cost_fp8")
+        out.append("WARNING: gradient checkpointing is on with FP8: every block's forward (and its float8 casts) "
+                   f"runs twice; measured: {factor or 'no committed measurement yet'}. "
+                   "Add --no_gradient_checkpointing if memory allows.")
+    return out
+
+
 def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: RunShape,
                    peaks: DevicePeaks | None, fp8_converted: str | None = None) -> str:
     name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else run.device.type.upper()
