@@ -220,6 +220,15 @@ class Trainer:
         total = all_reduce_sum(total, self.ctx)
         return (total[0] / total[1]).item()
 
+    def _measured_line(self, tokens_per_second: float) -> str:
+        line = f"measured after warm-up: {tokens_per_second:,.0f} tokens/s"
+        if self.peaks:
+            bound = self.ctx.world_size * roofline_tokens_per_second(
+                self.model_cfg, self.peaks, self.fp8, self.tokens_per_step // self.ctx.world_size, self.n_params)
+            line += (f", {100 * tokens_per_second / bound:.0f}% of the {bound:,.0f} tokens/s upper bound, "
+                     f"MFU {100 * mfu(tokens_per_second / self.ctx.world_size, self.model_cfg, self.peaks):.1f}% (bf16 peak)")
+        return line
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -323,6 +332,9 @@ class Trainer:
 
     def _log_step(self, lr: float, loss: float, grad_norm: float, tokens_per_second: float | None, bar: tqdm) -> None:
         record: dict[str, Any] = {"step": self.step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4)}
+        if tokens_per_second and "first_measured" not in self.summary:
+            self.summary["first_measured"] = tokens_per_second
+            bar.write(self._measured_line(tokens_per_second))
         if tokens_per_second:
             record["tokens_per_second"] = round(tokens_per_second)
             if self.ctx.enabled:
