@@ -140,6 +140,7 @@ class Trainer:
         self.peaks = current_device_peaks(device)
         self.step = 0
         self.summary: dict[str, Any] = {}
+        self._announced = False  # the first measured tokens/s after warm-up is printed once
 
     @staticmethod
     def _plain_view(model: Transformer) -> Transformer:
@@ -220,11 +221,15 @@ class Trainer:
         total = all_reduce_sum(total, self.ctx)
         return (total[0] / total[1]).item()
 
+    def roofline_bound(self) -> float:
+        """Upper bound on this run's global tokens/s from the device's datasheet peaks (needs self.peaks)."""
+        per_device = self.tokens_per_step // self.ctx.world_size
+        return self.ctx.world_size * roofline_tokens_per_second(self.model_cfg, self.peaks, self.fp8, per_device, self.n_params)
+
     def _measured_line(self, tokens_per_second: float) -> str:
         line = f"measured after warm-up: {tokens_per_second:,.0f} tokens/s"
         if self.peaks:
-            bound = self.ctx.world_size * roofline_tokens_per_second(
-                self.model_cfg, self.peaks, self.fp8, self.tokens_per_step // self.ctx.world_size, self.n_params)
+            bound = self.roofline_bound()
             line += (f", {100 * tokens_per_second / bound:.0f}% of the {bound:,.0f} tokens/s upper bound, "
                      f"MFU {100 * mfu(tokens_per_second / self.ctx.world_size, self.model_cfg, self.peaks):.1f}% (bf16 peak)")
         return line
@@ -323,8 +328,7 @@ class Trainer:
             self.summary["world_size"] = self.ctx.world_size
             if self.peaks:
                 self.summary["mfu_bf16_peak"] = mfu(rate / self.ctx.world_size, self.model_cfg, self.peaks)
-                bound = self.ctx.world_size * roofline_tokens_per_second(
-                    self.model_cfg, self.peaks, self.fp8, self.tokens_per_step // self.ctx.world_size, self.n_params)
+                bound = self.roofline_bound()
                 self.summary["roofline_tokens_per_second"] = bound
                 self.summary["fraction_of_roofline"] = rate / bound
         if self.device.type == "cuda":
@@ -332,8 +336,8 @@ class Trainer:
 
     def _log_step(self, lr: float, loss: float, grad_norm: float, tokens_per_second: float | None, bar: tqdm) -> None:
         record: dict[str, Any] = {"step": self.step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4)}
-        if tokens_per_second and "first_measured" not in self.summary:
-            self.summary["first_measured"] = tokens_per_second
+        if tokens_per_second and not self._announced:
+            self._announced = True
             bar.write(self._measured_line(tokens_per_second))
         if tokens_per_second:
             record["tokens_per_second"] = round(tokens_per_second)
