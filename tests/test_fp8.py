@@ -1,8 +1,6 @@
-import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.errors import UserError

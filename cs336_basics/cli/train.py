@@ -16,10 +16,11 @@ import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from cs336_basics.cli import run_main
 from cs336_basics.data.batches import RandomWindows, check_length
@@ -40,6 +41,7 @@ from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
 from cs336_basics.training.transforms import COMPILE_MODES
 
+T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in
                     ("compile_model", "compile_mode", "gradient_checkpointing", "use_flash_attn", "fused_attention"))
@@ -143,7 +145,8 @@ def prepare_out_dir(args: argparse.Namespace) -> Path:
     return out_dir
 
 
-def prepare_tokenizer(args, train_paths: list[Path], vocab_size: int, out_dir: Path, resumed: dict | None):
+def prepare_tokenizer(args: argparse.Namespace, train_paths: list[Path], vocab_size: int, out_dir: Path,
+                      resumed: dict[str, Any] | None) -> Tokenizer:
     saved = out_dir / "tokenizer.json"
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
@@ -173,7 +176,8 @@ def prepare_tokenizer(args, train_paths: list[Path], vocab_size: int, out_dir: P
     return tokenizer
 
 
-def prepare_data(args, model_cfg: ModelConfig, out_dir: Path, resumed: dict | None):
+def prepare_data(args: argparse.Namespace, model_cfg: ModelConfig, out_dir: Path, resumed: dict[str, Any] | None
+                 ) -> tuple[Tokenizer, np.ndarray, np.ndarray, dict[str, Any]]:
     if args.train_data is None and resumed is not None:
         args.train_data = [Path(p) for p in resumed["train_data"]]
         args.val_data = Path(resumed["val_data"]) if resumed.get("val_data") else None
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
 
 
-def on_rank0_first(ctx: DistributedContext, fn):
+def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
     """Run fn on rank 0 first (it writes caches and the run directory), then on the others, which reuse them."""
     if ctx.is_main:
         result = fn()

@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         parse_mode(m)
     if not on_gpu:
-        print("no CUDA device: running on the CPU (fp8 emulated); these are CPU timings, not GPU predictions")
+        print("no CUDA device: running on the CPU ('bf16' rows compute in fp32, fp8 is emulated); these are CPU "
+              "timings, not GPU predictions")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
