@@ -101,6 +101,7 @@ def one_line_error(capsys, rc: int, pattern: str) -> None:
     (["--dim", 96, "--n_heads", 32], "is odd"),
     (["--batch_size", 0], "--batch_size must be a positive integer"),
     (["--max_steps", -1], "--max_steps must be a positive integer"),
+    (["--grad_clip", -1.0], "--grad_clip must be >= 0"),
     (["--context_length", 100000], "fewer than one context window"),
     (["--use_fp8"], "needs a GPU with float8 tensor cores"),
     (["--use_fp8", "--fp8_emulate", "--fp8_filter", "auto"], "--fp8_filter auto times each layer"),
@@ -160,3 +161,11 @@ def test_max_tokens_budget(tmp_path, small_corpus):
     del args[i:i + 2]
     assert train(args + ["--max_tokens", 4 * 32 * 6 + 1]) == 0  # 128 tokens/step -> 7 steps
     assert max(losses(tmp_path / "run")) == 7
+
+
+def test_grad_clip_zero_disables_clipping_but_logs_the_norm(tmp_path, small_corpus):
+    assert train(base_args(tmp_path, small_corpus, steps=3) + ["--grad_clip", 0]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    norms = [r["grad_norm"] for r in records if "grad_norm" in r]
+    assert len(norms) == 3 and all(n > 0 for n in norms)
+    assert losses(tmp_path / "run")[3] < losses(tmp_path / "run")[1]  # the gradients were not zeroed

@@ -48,7 +48,7 @@ class TrainConfig:
     min_lr: float = 6e-5
     warmup_steps: int = 100
     weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
     eval_interval: int = 200
     eval_steps: int = 20
     checkpoint_interval: int = 500
@@ -66,6 +66,8 @@ class TrainConfig:
                      "checkpoint_interval", "keep_checkpoints", "log_interval"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise UserError(f"--grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -264,7 +266,10 @@ class Trainer:
                 loss = self.model(x, y)
             (loss / self.cfg.gradient_accumulation_steps).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+        if self.cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
