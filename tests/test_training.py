@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,12 @@ def test_grad_clip_zero_disables_clipping_but_logs_the_norm(tmp_path, small_corp
     norms = [r["grad_norm"] for r in records if "grad_norm" in r]
     assert len(norms) == 3 and all(n > 0 for n in norms)
     assert losses(tmp_path / "run")[3] < losses(tmp_path / "run")[1]  # the gradients were not zeroed
+
+
+def test_divergence_stops_without_saving_a_bad_checkpoint(tmp_path, small_corpus, capsys):
+    args = base_args(tmp_path, small_corpus, steps=10) + ["--log_interval", 100, "--lr", 1e6, "--min_lr", 1e5,
+                                                         "--warmup_steps", 0, "--grad_clip", 0]
+    rc = train(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and re.match(r"error: loss became (nan|inf) at step 5;", err[-1]), err[-1]
+    assert list_checkpoints(tmp_path / "run") == []  # the diverged step-5 weights were not written

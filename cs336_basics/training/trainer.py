@@ -143,6 +143,7 @@ class Trainer:
         self.step = 0
         self.summary: dict[str, Any] = {}
         self._announced = False  # the first measured tokens/s after warm-up is printed once
+        self._last_loss = float("nan")  # the last synchronized (rank-averaged) training loss
 
     @staticmethod
     def _plain_view(model: Transformer) -> Transformer:
@@ -282,50 +283,58 @@ class Trainer:
         cfg = self.cfg
         # The first steps (compilation, allocator and kernel warm-up) are excluded from tokens/s.
         throughput = Throughput(warmup_steps=3 if cfg.compile_model else 1, sync=self._sync)
-        last_loss = float("nan")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
                    disable=not self.ctx.is_main)
-        while self.step < cfg.max_steps:
-            lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-            loss_sum, grad_norm = self.train_step(lr)
-            self.step += 1
-            bar.update(1)
-            throughput.step_done(self.tokens_per_step)
-            if throughput.steps == throughput.warmup_steps:
-                self.summary["warmup_seconds"] = throughput.warmup_seconds
-                bar.write(f"warm-up{' and compilation' if cfg.compile_model else ''}: {throughput.warmup_steps} "
-                          f"steps in {throughput.warmup_seconds:.1f} s (excluded from tokens/s)")
+        try:
+            while self.step < cfg.max_steps:
+                lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+                loss_sum, grad_norm = self.train_step(lr)
+                self.step += 1
+                bar.update(1)
+                throughput.step_done(self.tokens_per_step)
+                self._after_step(lr, loss_sum, grad_norm, throughput, bar)
+        finally:
+            bar.close()  # before any error message, so that message is the last line
+        self._summarize(throughput)
 
-            if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                mean_loss = all_reduce_mean(loss_sum / cfg.gradient_accumulation_steps, self.ctx)
-                last_loss = mean_loss.item()  # synchronizes
-                if not math.isfinite(last_loss):
-                    raise TrainingDiverged(
-                        f"loss became {last_loss} at step {self.step}; lower --lr (now {cfg.lr}) or raise "
-                        f"--warmup_steps; the last good checkpoint is kept in {self.out_dir / 'checkpoints'}"
-                    )
-                self._log_step(lr, last_loss, float(grad_norm), throughput.interval_rate(), bar)
+    def _after_step(self, lr: float, loss_sum: torch.Tensor, grad_norm: torch.Tensor, throughput: Throughput,
+                    bar: tqdm) -> None:
+        """Logging, evaluation and checkpoints at their intervals (and always after the last step)."""
+        cfg, last = self.cfg, self.step == self.cfg.max_steps
+        if throughput.steps == throughput.warmup_steps:
+            self.summary["warmup_seconds"] = throughput.warmup_seconds
+            bar.write(f"warm-up{' and compilation' if cfg.compile_model else ''}: {throughput.warmup_steps} "
+                      f"steps in {throughput.warmup_seconds:.1f} s (excluded from tokens/s)")
+        do_log = self.step % cfg.log_interval == 0 or last
+        do_eval = self.step % cfg.eval_interval == 0 or last
+        do_save = self.step % cfg.checkpoint_interval == 0 or last
+        if do_log or do_save:  # a checkpoint is written only after a finite loss
+            self._last_loss = all_reduce_mean(loss_sum / cfg.gradient_accumulation_steps, self.ctx).item()
+            if not math.isfinite(self._last_loss):
+                raise TrainingDiverged(
+                    f"loss became {self._last_loss} at step {self.step}; lower --lr (now {cfg.lr}) or raise "
+                    f"--warmup_steps; the last good checkpoint is kept in {self.out_dir / 'checkpoints'}"
+                )
+        if do_log:
+            self._log_step(lr, self._last_loss, float(grad_norm), throughput.interval_rate(), bar)
+        if do_eval or do_save:
+            throughput.pause()  # evaluation and checkpoint writes are not training throughput
+            if do_eval:
+                val_loss = self.evaluate()
+                if self.ctx.is_main:
+                    self.metrics.write({"step": self.step, "val_loss": round(val_loss, 5),
+                                        "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
+                bar.write(f"step {self.step}: train loss {self._last_loss:.4f}, val loss {val_loss:.4f}, "
+                          f"val perplexity {math.exp(min(val_loss, 50)):.2f}")
+                self.summary["val_loss"] = val_loss
+            if do_save:
+                self.save()
+            throughput.resume()
 
-            do_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps
-            do_save = self.step % cfg.checkpoint_interval == 0 or self.step == cfg.max_steps
-            if do_eval or do_save:
-                throughput.pause()  # evaluation and checkpoint writes are not training throughput
-                if do_eval:
-                    val_loss = self.evaluate()
-                    if self.ctx.is_main:
-                        self.metrics.write({"step": self.step, "val_loss": round(val_loss, 5),
-                                            "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
-                    bar.write(f"step {self.step}: train loss {last_loss:.4f}, val loss {val_loss:.4f}, "
-                              f"val perplexity {math.exp(min(val_loss, 50)):.2f}")
-                    self.summary["val_loss"] = val_loss
-                if do_save:
-                    self.save()
-                throughput.resume()
-        bar.close()
-        self.summary.update(final_train_loss=last_loss, steps=self.step)
+    def _summarize(self, throughput: Throughput) -> None:
+        self.summary.update(final_train_loss=self._last_loss, steps=self.step)
         rate = throughput.overall_rate()
         if rate:
             self.summary["tokens_per_second"] = rate
