@@ -57,7 +57,12 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus,
     monkeypatch.setattr(RandomWindows, "next_batch", real_next)
     assert [int(p.stem.split("_")[1]) for p in list_checkpoints(tmp_path / "cut")] == [5, 7]  # 7: written on Ctrl-C
 
+    # a hard kill after the step-7 checkpoint would leave records beyond it: the resumed run must not repeat them
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 8, "loss": 99.0}) + "\n")
     assert train(["--resume", tmp_path / "cut", "--cache_dir", tmp_path / "cache", "--sample_tokens", 0]) == 0
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps))  # each step logged once
     resumed = losses(tmp_path / "cut")
     assert sorted(resumed) == list(range(1, 11))
     for step in range(1, 11):

@@ -25,7 +25,8 @@ from tokenizers import Tokenizer
 from cs336_basics.cli import run_main
 from cs336_basics.data.batches import RandomWindows, check_length
 from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks, write_default_corpus
-from cs336_basics.data.tokenizer import eot_id, load_tokenizer, tokenizer_fingerprint, train_tokenizer
+from cs336_basics.data.tokenizer import (eot_id, load_tokenizer, save_tokenizer, tokenizer_fingerprint,
+                                         train_tokenizer)
 from cs336_basics.data.tokens import encode_files
 from cs336_basics.errors import UserError
 from cs336_basics.generation import generate
@@ -163,8 +164,7 @@ def prepare_tokenizer(args: argparse.Namespace, train_paths: list[Path], vocab_s
             print(f"training a {vocab_size}-token byte-level BPE tokenizer on {', '.join(map(str, train_paths))}")
             chunks = (chunk for p in train_paths for chunk in iter_chunks(p))
             tokenizer = train_tokenizer(chunks, vocab_size)
-            args.cache_dir.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(str(cached))
+            save_tokenizer(tokenizer, cached)
     if resumed is not None and tokenizer_fingerprint(tokenizer) != resumed.get("tokenizer_fingerprint"):
         raise UserError("this tokenizer is not the one the checkpoint was trained with; resume with the run's own "
                         f"{saved} (drop --tokenizer)")
@@ -172,7 +172,7 @@ def prepare_tokenizer(args: argparse.Namespace, train_paths: list[Path], vocab_s
         raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab_size is "
                         f"{vocab_size}; raise --vocab_size or use a smaller tokenizer")
     if not saved.exists():
-        tokenizer.save(str(saved))
+        save_tokenizer(tokenizer, saved)
     return tokenizer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def load_tokenizer(path: Path) -> Tokenizer:
     if tokenizer.token_to_id(EOT) is None:
         raise UserError(f"tokenizer {path} has no {EOT} token; retrain it with this project")
     return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
+    """Write tokenizer.json atomically: an interrupted write never leaves a truncated file to be trusted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tokenizer.save(str(tmp))
+    os.replace(tmp, path)
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:

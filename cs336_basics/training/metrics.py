@@ -17,6 +17,14 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records past the checkpoint's step (written before a crash), which the resumed
+        run logs again. Rewritten atomically."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []

@@ -196,6 +196,8 @@ class Trainer:
         self.train_data.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step = state["step"]
+        if self.ctx.is_main:
+            self.metrics.truncate_after(self.step)
 
     def save(self) -> Path:
         if self.ctx.enabled:
