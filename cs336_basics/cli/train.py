@@ -253,8 +253,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     fp8 = Fp8Options(args.fp8_recipe, args.fp8_filter, args.fp8_emulate,
                      fsdp_all_gather=ctx.enabled and device.type == "cuda") if args.use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
-    backend = probe_backend(attention_backends(train_cfg.use_flash_attn, train_cfg.fused_attention), model_cfg.head_dim, device,
-                            torch.bfloat16 if device.type == "cuda" else torch.float32)
+    backend = probe_backend(attention_backends(train_cfg.use_flash_attn, train_cfg.fused_attention), model_cfg.head_dim,
+                            device)
     run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,
                          train_cfg.compile_mode, backend.name, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,

@@ -23,7 +23,7 @@ from cs336_basics.data.batches import RandomWindows
 from cs336_basics.model.transformer import ModelConfig
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
-from cs336_basics.training.attention import attention_backends, attention_context, probe_backend
+from cs336_basics.training.attention import attention_context, probe_backend
 from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.trainer import TrainConfig, Trainer
 
@@ -65,8 +65,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
                           Path(tmp), log=lambda s: print(s, file=sys.stderr))
-        backend = probe_backend(attention_backends(spec.flash, spec.fused_attention), cfg.head_dim, device,
-                                torch.bfloat16 if device.type == "cuda" else torch.float32)
+        backend = probe_backend(trainer.attention_backends, cfg.head_dim, device)
         with attention_context(trainer.attention_backends):
             step_seconds, warmup = _time_steps(trainer, device, spec.steps, warmup_steps=3 if spec.compiled else 2)
         last_loss = float(trainer.train_step(3e-4)[0])

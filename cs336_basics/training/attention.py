@@ -18,9 +18,11 @@ def attention_backends(use_flash_attn: bool, prefer: str = "flash") -> list[SDPB
     return FUSED_ORDERS[prefer] if use_flash_attn else [SDPBackend.MATH]
 
 
-def probe_backend(backends: list[SDPBackend], head_dim: int, device: torch.device, dtype: torch.dtype) -> SDPBackend:
-    """The first backend of `backends` that runs a causal attention of this head size, dtype and device
-    (forward and backward): the one SDPA will pick when given these backends in this priority."""
+def probe_backend(backends: list[SDPBackend], head_dim: int, device: torch.device) -> SDPBackend:
+    """The first backend of `backends` that runs a causal attention of this head size on this device, in
+    the dtype training computes in (bf16 on CUDA, fp32 elsewhere), forward and backward: the one SDPA will
+    pick when given these backends in this priority."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for backend in backends:
         q = torch.randn(1, 2, 64, head_dim, device=device, dtype=dtype, requires_grad=True)
         try:

@@ -138,14 +138,10 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer) if optimizer else (get_state_dict(model, [])[0], None)
-    state = {"model": model_state}
-    if optimizer is not None:
-        state["optimizer"] = optim_state
+    optimizers = [optimizer] if optimizer is not None else []
+    model_state, optim_state = get_state_dict(model, optimizers)
+    state = {"model": model_state, "optimizer": optim_state} if optimizers else {"model": model_state}
     with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended, not a mistake
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(path))
-    if optimizer is not None:
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    else:
-        set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
+    set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state.get("optimizer", {}))

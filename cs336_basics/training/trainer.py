@@ -231,12 +231,16 @@ class Trainer:
         per_device = self.tokens_per_step // self.ctx.world_size
         return self.ctx.world_size * roofline_tokens_per_second(self.model_cfg, self.peaks, self.fp8, per_device, self.n_params)
 
+    def mfu(self, tokens_per_second: float) -> float:
+        """Per-device model FLOPs utilisation against the bf16 datasheet peak (needs self.peaks)."""
+        return mfu(tokens_per_second / self.ctx.world_size, self.model_cfg, self.peaks)
+
     def _measured_line(self, tokens_per_second: float) -> str:
         line = f"measured after warm-up: {tokens_per_second:,.0f} tokens/s"
         if self.peaks:
             bound = self.roofline_bound()
             line += (f", {100 * tokens_per_second / bound:.0f}% of the {bound:,.0f} tokens/s upper bound, "
-                     f"MFU {100 * mfu(tokens_per_second / self.ctx.world_size, self.model_cfg, self.peaks):.1f}% (bf16 peak)")
+                     f"MFU {100 * self.mfu(tokens_per_second):.1f}% (bf16 peak)")
         return line
 
     def _sync(self) -> None:
@@ -343,7 +347,7 @@ class Trainer:
             self.summary["tokens_per_second_per_device"] = rate / self.ctx.world_size
             self.summary["world_size"] = self.ctx.world_size
             if self.peaks:
-                self.summary["mfu_bf16_peak"] = mfu(rate / self.ctx.world_size, self.model_cfg, self.peaks)
+                self.summary["mfu_bf16_peak"] = self.mfu(rate)
                 bound = self.roofline_bound()
                 self.summary["roofline_tokens_per_second"] = bound
                 self.summary["fraction_of_roofline"] = rate / bound
@@ -360,7 +364,7 @@ class Trainer:
             if self.ctx.enabled:
                 record["tokens_per_second_per_device"] = round(tokens_per_second / self.ctx.world_size)
             if self.peaks:
-                record["mfu_bf16_peak"] = round(mfu(tokens_per_second / self.ctx.world_size, self.model_cfg, self.peaks), 4)
+                record["mfu_bf16_peak"] = round(self.mfu(tokens_per_second), 4)
         if self.device.type == "cuda":
             record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         if self.ctx.is_main:
