@@ -62,6 +62,68 @@ def main() -> None:
     (args.out / "top_ops.txt").write_text(table)
     prof.export_chrome_trace(str(args.out / "trace.json"))
     (args.out / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
+    breakdown = kernel_breakdown(json.loads((args.out / "trace.json").read_text()), args.steps)
+    (args.out / "breakdown.json").write_text(json.dumps(breakdown, indent=1))
+    print(format_breakdown(breakdown))
+
+
+# Kernel name -> what it does, first match wins (cuBLAS/CUTLASS GEMMs, fused attention, TorchInductor's
+# generated Triton kernels by kind, the fused optimizer, copies).
+CATEGORIES = (
+    ("attention", ("flash", "fmha", "cudnn", "attention")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "scaled_mm", "sm90", "triton_tem")),
+    ("optimizer", ("multi_tensor", "adam")),
+    ("triton reduction", ("triton_red", "triton_per")),
+    ("triton pointwise", ("triton_poi",)),
+    ("copy / memset", ("memcpy", "memset", "copy")),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other"
+
+
+def kernel_breakdown(trace: dict, steps: int) -> dict:
+    """GPU time per step by kernel category, the busiest kernels, and the idle time between kernels."""
+    kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+               and "dur" in e]
+    if not kernels:
+        return {"steps": steps, "note": "no GPU kernels in the trace (CPU run)"}
+    per_cat: dict[str, float] = {}
+    per_name: dict[str, list[float]] = {}
+    for e in kernels:
+        per_cat[category(e["name"])] = per_cat.get(category(e["name"]), 0.0) + e["dur"]
+        per_name.setdefault(e["name"], []).append(e["dur"])
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in kernels)
+    busy, end = 0.0, spans[0][0]
+    for a, b in spans:  # union of kernel intervals (one stream in practice; overlaps counted once)
+        busy += max(0.0, b - max(a, end))
+        end = max(end, b)
+    wall = end - spans[0][0]
+    ms = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
+    top = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))[:30]
+    return {
+        "steps": steps, "wall_ms_per_step": ms(wall), "gpu_busy_ms_per_step": ms(busy), "idle_ms_per_step": ms(wall - busy),
+        "kernels_per_step": round(len(kernels) / steps),
+        "by_category_ms_per_step": {k: ms(v) for k, v in sorted(per_cat.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"name": n[:160], "category": category(n), "ms_per_step": ms(sum(d)), "calls_per_step": len(d) / steps}
+                        for n, d in top],
+    }
+
+
+def format_breakdown(b: dict) -> str:
+    if "note" in b:
+        return b["note"]
+    lines = [f"per step: wall {b['wall_ms_per_step']} ms, GPU busy {b['gpu_busy_ms_per_step']} ms, "
+             f"idle {b['idle_ms_per_step']} ms, {b['kernels_per_step']} kernels"]
+    lines += [f"  {k:<18} {v:9.3f} ms" for k, v in b["by_category_ms_per_step"].items()]
+    lines += [f"  {k['ms_per_step']:8.3f} ms  x{k['calls_per_step']:<6g} {k['category']:<17} {k['name'][:90]}"
+              for k in b["top_kernels"]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

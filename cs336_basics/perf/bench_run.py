@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -67,7 +67,8 @@ def run(spec: BenchSpec) -> dict[str, Any]:
                           Path(tmp), log=lambda s: print(s, file=sys.stderr))
         backend = probe_backend(trainer.attention_backends, cfg.head_dim, device)
         with attention_context(trainer.attention_backends):
-            step_seconds, warmup = _time_steps(trainer, device, spec.steps, warmup_steps=3 if spec.compiled else 2)
+            step_seconds, warmup = time_steps(lambda: trainer.train_step(3e-4), device, spec.steps,
+                                              warmup_steps=3 if spec.compiled else 2)
         last_loss = float(trainer.train_step(3e-4)[0])
     step = statistics.median(step_seconds)
     step_mean = sum(step_seconds) / len(step_seconds)
@@ -91,13 +92,14 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     return result
 
 
-def _time_steps(trainer: Trainer, device: torch.device, steps: int, warmup_steps: int) -> tuple[list[float], float]:
-    """Per-step seconds. On CUDA an event is recorded between consecutive steps and the host synchronizes
-    only at the end, so the CPU runs ahead as it does in training and the reference."""
+def time_steps(step: Callable[[], Any], device: torch.device, steps: int, warmup_steps: int) -> tuple[list[float], float]:
+    """Seconds of each of `steps` calls of `step` after `warmup_steps` untimed ones, and the warm-up's seconds.
+    On CUDA an event is recorded between consecutive steps and the host synchronizes only at the end, so
+    the CPU runs ahead as it does in training and the reference."""
     cuda = device.type == "cuda"
     start = time.perf_counter()
     for _ in range(warmup_steps):
-        trainer.train_step(3e-4)
+        step()
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -106,13 +108,13 @@ def _time_steps(trainer: Trainer, device: torch.device, steps: int, warmup_steps
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
-            trainer.train_step(3e-4)
+            step()
             times.append(time.perf_counter() - t0)
         return times, warmup
     events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
     events[0].record()
     for i in range(steps):
-        trainer.train_step(3e-4)
+        step()
         events[i + 1].record()
     torch.cuda.synchronize(device)
     return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)], warmup
