@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cs336_basics.data.batches import RandomWindows  # noqa: E402
 from cs336_basics.model.transformer import PRESETS  # noqa: E402
 from cs336_basics.perf.bench_run import BenchSpec, time_steps  # noqa: E402
-from cs336_basics.training.attention import attention_backends, attention_context  # noqa: E402
+from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context  # noqa: E402
 from cs336_basics.training.setup import build_model  # noqa: E402
 from cs336_basics.training.trainer import TrainConfig, Trainer  # noqa: E402
 from cs336_basics.training.transforms import compile_model  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int)
     p.add_argument("--precision", default="bf16", help="bf16 or fp8-<recipe>")
     p.add_argument("--variant", default="trainer", choices=VARIANTS)
-    p.add_argument("--fused_attention", default="flash", choices=("flash", "cudnn"))
+    p.add_argument("--fused_attention", default="auto", choices=sorted(FUSED_ORDERS))
     p.add_argument("--steps", type=int, default=15)
     args = p.parse_args()
     cuda = torch.cuda.is_available()
@@ -88,11 +88,13 @@ def main() -> None:
         def step() -> torch.Tensor:
             return trainer.train_step(3e-4)[0]
 
-    with attention_context(attention_backends(True, args.fused_attention)):
+    with attention_context(True, args.fused_attention):
         seconds, warmup = time_steps(step, device, args.steps, warmup_steps=3)
+        with AttentionKernels(device) as kernels:
+            step()
     median = statistics.median(seconds)
     print(json.dumps(dict(preset=args.preset, precision=args.precision, variant=args.variant,
-                          fused_attention=args.fused_attention, batch_size=batch, step_ms=round(median * 1e3, 2),
+                          fused_attention=args.fused_attention, attention_ran=kernels.ran, batch_size=batch, step_ms=round(median * 1e3, 2),
                           tokens_per_second=round(batch * cfg.context_length / median), warmup_s=round(warmup, 1),
                           peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)), flush=True)
 

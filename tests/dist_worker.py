@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cs336_basics.model.transformer import ModelConfig, Transformer  # noqa: E402
 from cs336_basics.training.checkpoint import load_checkpoint  # noqa: E402
-from cs336_basics.training.distributed import apply_fsdp, init_distributed, load_sharded, shutdown  # noqa: E402
+from cs336_basics.training.distributed import apply_fsdp, barrier, init_distributed, load_sharded, shutdown  # noqa: E402
 
 
 def gather_loaded_state(run_dir: str, out_file: str) -> None:
@@ -27,6 +27,7 @@ def gather_loaded_state(run_dir: str, out_file: str) -> None:
     full, _ = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if ctx.is_main:
         torch.save(full, out_file)
+    barrier()  # no rank leaves the group while rank 0 still writes (gloo may abort the last one out)
     shutdown()
 
 

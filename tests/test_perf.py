@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +66,9 @@ def test_mode_parsing():
     assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
         precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True)
     assert parse_mode("bf16-eager-math")["flash"] is False
-    assert len(all_modes()) == 4 * 2 * 3 * 2
+    assert parse_mode("bf16-compile")["fused_attention"] == "auto"  # PyTorch's own kernel order
+    assert parse_mode("bf16-compile-flash")["fused_attention"] == "flash"
+    assert len(all_modes()) == 4 * 2 * 4 * 2
     for bad in ("fp16-eager", "bf16-fast", "bf16-compile-turbo"):
         with pytest.raises(UserError):
             parse_mode(bad)
@@ -104,3 +107,34 @@ def test_verify_fp8_compilation_on_cpu():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "6 passed, 0 failed, 1 skipped" in proc.stdout
     assert "[SKIP] FP8+compile faster than FP8 eager: skipped: emulated float8" in proc.stdout
+
+
+def test_attention_kernel_names_name_the_backend_that_ran():
+    from cs336_basics.training.attention import attention_kernels
+
+    cudnn = ["cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7",
+             "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26",
+             "void cudnn::fusion::compute_dot_do_o_specialized<true, 64>"]
+    flash = ["void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>",
+             "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<>"]
+    gemm = ["nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT", "triton_poi_fused_add_0"]
+    assert attention_kernels(cudnn + gemm) == ["CUDNN_ATTENTION"]  # not FLASH, though the names say flash
+    assert attention_kernels(flash + gemm) == ["FLASH_ATTENTION"]
+    assert attention_kernels(["fmha_cutlassF_bf16_aligned_64x64_rf_sm80"]) == ["EFFICIENT_ATTENTION"]
+    assert attention_kernels(gemm) == []
+
+
+def test_kernel_breakdown_of_a_trace():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from profile_step import kernel_breakdown
+
+    trace = {"traceEvents": [
+        {"cat": "kernel", "name": "nvjet_sm90_tst_128x256", "ts": 0, "dur": 10},
+        {"cat": "kernel", "name": "triton_poi_fused__scaled_mm__to_copy_clamp_0", "ts": 12, "dur": 3},  # a cast, not a matmul
+        {"cat": "kernel", "name": "cudnn_generated_fort_native_sdpa_sm90_flash_fprop", "ts": 14, "dur": 4},
+        {"cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 100},
+    ]}
+    b = kernel_breakdown(trace, steps=1)
+    assert b["by_category_ms_per_step"] == {"matmul": 0.01, "attention": 0.004, "triton pointwise": 0.003}
+    assert b["wall_ms_per_step"] == 0.018 and b["gpu_busy_ms_per_step"] == 0.016  # 14-15 overlaps: counted once
+    assert kernel_breakdown({"traceEvents": []}, 1)["note"].startswith("no GPU kernels")

@@ -33,7 +33,7 @@ from cs336_basics.generation import generate
 from cs336_basics.model.transformer import PRESETS, ModelConfig
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device
-from cs336_basics.training.attention import FUSED_ORDERS, attention_backends, probe_backend
+from cs336_basics.training.attention import FUSED_ORDERS, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
                                                shutdown)
@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile_model", action="store_true", help="torch.compile each block and the loss")
     s.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
     s.add_argument("--use_flash_attn", action="store_true", help="fused attention kernels (cuDNN / Flash)")
-    s.add_argument("--fused_attention", default="flash", choices=sorted(FUSED_ORDERS),
-                   help="with --use_flash_attn: try FlashAttention-2 or cuDNN attention first")
+    s.add_argument("--fused_attention", default="auto", choices=sorted(FUSED_ORDERS),
+                   help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
+                        "or FlashAttention-2 / cuDNN attention first")
     s.add_argument("--no_gradient_checkpointing", action="store_true", help="keep activations (faster, more memory)")
 
     d = p.add_argument_group("data and output")
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not ctx.is_main:  # rank 0 speaks for the job; the others print only errors
             sys.stdout = open(os.devnull, "w")
-        return train(args, ctx, device)
+        rc = train(args, ctx, device)
+        barrier()  # every rank is done before the process group goes away
+        return rc
     finally:
         shutdown()
 
@@ -253,8 +256,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     fp8 = Fp8Options(args.fp8_recipe, args.fp8_filter, args.fp8_emulate,
                      fsdp_all_gather=ctx.enabled and device.type == "cuda") if args.use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
-    backend = probe_backend(attention_backends(train_cfg.use_flash_attn, train_cfg.fused_attention), model_cfg.head_dim,
-                            device)
+    backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
     run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,
                          train_cfg.compile_mode, backend.name, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,

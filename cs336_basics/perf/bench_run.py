@@ -23,7 +23,7 @@ from cs336_basics.data.batches import RandomWindows
 from cs336_basics.model.transformer import ModelConfig
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
-from cs336_basics.training.attention import attention_context, probe_backend
+from cs336_basics.training.attention import AttentionKernels, attention_context, probe_backend
 from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.trainer import TrainConfig, Trainer
 
@@ -36,7 +36,7 @@ class BenchSpec:
     precision: str = "bf16"  # "bf16" or "fp8-<recipe>"
     compiled: bool = True
     flash: bool = True
-    fused_attention: str = "flash"
+    fused_attention: str = "auto"
     checkpointing: bool = False
     steps: int = 10
     compile_mode: str = "default"
@@ -65,17 +65,18 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
                           Path(tmp), log=lambda s: print(s, file=sys.stderr))
-        backend = probe_backend(trainer.attention_backends, cfg.head_dim, device)
-        with attention_context(trainer.attention_backends):
+        with attention_context(spec.flash, spec.fused_attention):
             step_seconds, warmup = time_steps(lambda: trainer.train_step(3e-4), device, spec.steps,
                                               warmup_steps=3 if spec.compiled else 2)
-        last_loss = float(trainer.train_step(3e-4)[0])
+            with AttentionKernels(device) as kernels:  # one more step, untimed: the attention kernels that ran
+                last_loss = float(trainer.train_step(3e-4)[0])
+        backend = kernels.ran or probe_backend(spec.flash, spec.fused_attention, cfg.head_dim, device).name
     step = statistics.median(step_seconds)
     step_mean = sum(step_seconds) / len(step_seconds)
     tokens_per_second = spec.batch_size * T / step
     result: dict[str, Any] = dict(
         name=spec.name, precision=spec.precision, compiled=spec.compiled, flash=spec.flash,
-        checkpointing=spec.checkpointing, attention_backend=backend.name, batch_size=spec.batch_size, seq=T,
+        checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],
         step_ms_mean=round(step_mean * 1e3, 2),

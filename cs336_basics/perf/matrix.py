@@ -26,8 +26,8 @@ from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp")
-DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-cudnn", "fp8-tensorwise-compile",
-                     "fp8-tensorwise-compile-cudnn", "fp8-rowwise-compile", "fp8-rowwise_with_gw_hp-compile",
+DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-tensorwise-compile",
+                     "fp8-tensorwise-compile-flash", "fp8-rowwise-compile", "fp8-rowwise_with_gw_hp-compile",
                      "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
 DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
 # Our mode -> the reference script's name for the same configuration.
@@ -39,7 +39,7 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 
 def all_modes() -> list[str]:
     return [f"{p}-{c}{a}{ac}" for p, c, a, ac in
-            itertools.product(PRECISIONS, ("eager", "compile"), ("", "-cudnn", "-math"), ("", "-ac"))]
+            itertools.product(PRECISIONS, ("eager", "compile"), ("", "-flash", "-cudnn", "-math"), ("", "-ac"))]
 
 
 def parse_mode(mode: str) -> dict[str, Any]:
@@ -50,11 +50,12 @@ def parse_mode(mode: str) -> dict[str, Any]:
             break
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
-    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "cudnn", "ac"}:
-        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-cudnn][-ac], "
+    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac"}:
+        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac], "
                         f"e.g. fp8-rowwise-compile-ac")
+    fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
-                fused_attention="cudnn" if "cudnn" in parts[1:] else "flash", checkpointing="ac" in parts[1:])
+                fused_attention=fused, checkpointing="ac" in parts[1:])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +105,10 @@ def run_child(module: str, payload: dict[str, Any], timeout: int) -> dict[str, A
     """Run `python -m module payload` in a fresh process; its 'RESULT {...}' line, or the error it died with."""
     cmd = [sys.executable, "-m", module, json.dumps(payload)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # No compile caches shared between configurations: each compiles its own graphs (a cached graph
+        # would also carry the attention kernel chosen when it was first traced).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_FX_GRAPH_CACHE": "0", "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     for line in proc.stdout.splitlines():
@@ -161,7 +165,7 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
     base = next((r for r in rows if r["name"] == BASELINE and "tokens_per_second" in r), None)
     ref_by_mode = {r.get("mode"): r for r in reference}
     header = ["configuration", "tokens/s", "step ms", "model TFLOP/s", "MFU (bf16 peak)", "peak GiB",
-              f"vs {BASELINE}", "reference tokens/s", "ours / reference", "roofline bound", "warm-up s", "attention"]
+              f"vs {BASELINE}", "reference tokens/s", "ours / reference", "roofline bound", "warm-up s", "attention that ran"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         if "error" in r:

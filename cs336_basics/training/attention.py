@@ -1,38 +1,108 @@
-"""Which scaled_dot_product_attention kernels may run: the fused fast ones, or the plain math path."""
+"""Which scaled_dot_product_attention kernels may run (the fused fast ones, or the plain math path), and
+which ones did run, read from the kernels of a profiled step."""
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
-# The fused kernels in priority order; the first entry is chosen by --fused_attention (flash: PyTorch's own
-# default order; cudnn: cuDNN's fused attention first). optimize_performance.py measures both.
+_FUSED = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+# --fused_attention: "auto" allows the fused kernels in PyTorch's own priority order (on Hopper with the
+# cuDNN that torch >= 2.11 bundles, cuDNN attention first: 5 ms of a 94 ms seed step faster than
+# FlashAttention-2, benchmarks/NOTES.md); "flash" / "cudnn" put that kernel first.
 FUSED_ORDERS = {
+    "auto": None,
     "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
-    "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+    "cudnn": _FUSED,
 }
 
 
-def attention_backends(use_flash_attn: bool, prefer: str = "flash") -> list[SDPBackend]:
-    return FUSED_ORDERS[prefer] if use_flash_attn else [SDPBackend.MATH]
+def attention_backends(use_flash_attn: bool, prefer: str = "auto") -> list[SDPBackend]:
+    """The allowed backends, in priority order when `prefer` names one."""
+    if not use_flash_attn:
+        return [SDPBackend.MATH]
+    return FUSED_ORDERS[prefer] or _FUSED
 
 
-def probe_backend(backends: list[SDPBackend], head_dim: int, device: torch.device) -> SDPBackend:
-    """The first backend of `backends` that runs a causal attention of this head size on this device, in
-    the dtype training computes in (bf16 on CUDA, fp32 elsewhere), forward and backward: the one SDPA will
-    pick when given these backends in this priority."""
+def attention_context(use_flash_attn: bool, prefer: str = "auto") -> AbstractContextManager:
+    order = FUSED_ORDERS[prefer] if use_flash_attn else [SDPBackend.MATH]
+    if order is None:  # an allow-set: PyTorch orders the fused kernels itself
+        return sdpa_kernel(_FUSED)
+    return sdpa_kernel(order, set_priority=True)
+
+
+def probe_backend(use_flash_attn: bool, prefer: str, head_dim: int, device: torch.device) -> SDPBackend:
+    """The backend SDPA picks under attention_context(use_flash_attn, prefer) for a causal attention of this
+    head size in the dtype training computes in (bf16 on CUDA, fp32 elsewhere), forward and backward.
+    What compiled training runs can still differ (a graph from the compile cache, other strides): the
+    Trainer reports the kernels that ran, see AttentionKernels."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    for backend in backends:
-        q = torch.randn(1, 2, 64, head_dim, device=device, dtype=dtype, requires_grad=True)
+    q = torch.randn(1, 2, 128, head_dim, device=device, dtype=dtype, requires_grad=True)
+    with attention_context(use_flash_attn, prefer), profile(activities=_activities(device)) as prof:
+        F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    if device.type == "cuda":
+        ran = attention_kernels([e.name for e in prof.events()])
+        if ran:
+            return SDPBackend[ran[0]]
+    for backend in attention_backends(use_flash_attn, prefer):  # CPU: the first that accepts the inputs
         try:
             with sdpa_kernel([backend]):
                 F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
             return backend
         except RuntimeError:
             continue
-    raise RuntimeError(f"none of {[b.name for b in backends]} can run attention with head_dim {head_dim} on {device}")
+    raise RuntimeError(f"no allowed attention backend can run head_dim {head_dim} on {device}")
 
 
-def attention_context(backends: list[SDPBackend]):
-    return sdpa_kernel(backends, set_priority=True)
+def _activities(device: torch.device) -> list[ProfilerActivity]:
+    return [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+
+
+# Fused attention kernel name fragments -> backend; a name is matched in this order (cuDNN's own kernels
+# are called "...cudnn..._sdpa_..._flash_fprop...", so cuDNN comes first).
+_KERNEL_NAMES = (
+    ("CUDNN_ATTENTION", ("cudnn",)),
+    ("FLASH_ATTENTION", ("flash",)),
+    ("EFFICIENT_ATTENTION", ("fmha", "mem_eff", "efficient_attention")),
+)
+
+
+def attention_kernels(kernel_names: list[str]) -> list[str]:
+    """Backends whose fused attention kernels appear in `kernel_names`, most frequent first."""
+    counts: dict[str, int] = {}
+    for name in kernel_names:
+        low = name.lower()
+        for backend, fragments in _KERNEL_NAMES:
+            if any(f in low for f in fragments):
+                counts[backend] = counts.get(backend, 0) + 1
+                break
+    return sorted(counts, key=lambda b: -counts[b])
+
+
+class AttentionKernels:
+    """Profiles the GPU kernels of the code inside `with`; `.ran` then names the attention that ran:
+    'CUDNN_ATTENTION', 'FLASH_ATTENTION', 'EFFICIENT_ATTENTION', or 'MATH' when no fused attention kernel
+    ran. On a CPU it profiles nothing and `.ran` is None."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ran = device, None
+        self._prof = profile(activities=[ProfilerActivity.CUDA]) if device.type == "cuda" else None
+
+    def __enter__(self) -> "AttentionKernels":
+        if self._prof is not None:
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._prof is None:
+            return
+        torch.cuda.synchronize(self.device)
+        self._prof.__exit__(*exc)
+        if exc[0] is None:
+            found = attention_kernels([e.name for e in self._prof.events()])
+            self.ran = "+".join(found) if found else "MATH"

@@ -23,7 +23,7 @@ from cs336_basics.model.transformer import Transformer
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import is_float8_model, precompute_float8_dynamic_scale_for_fsdp, uses_fp8_all_gather
-from cs336_basics.training.attention import FUSED_ORDERS, attention_backends, attention_context
+from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context
 from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, apply_fsdp,
                                                load_sharded, save_sharded)
@@ -58,7 +58,7 @@ class TrainConfig:
     compile_mode: str = "default"
     gradient_checkpointing: bool = True
     use_flash_attn: bool = False
-    fused_attention: str = "flash"  # which fused SDPA kernel comes first: "flash" or "cudnn"
+    fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -137,7 +137,6 @@ class Trainer:
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         )
-        self.attention_backends = attention_backends(cfg.use_flash_attn, cfg.fused_attention)
         self.metrics = MetricsLog(out_dir / "metrics.jsonl")
         self.peaks = current_device_peaks(device)
         self.step = 0
@@ -249,7 +248,7 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         """Train to cfg.max_steps. A Ctrl-C or SIGTERM (raised as KeyboardInterrupt) writes a checkpoint first."""
-        with attention_context(self.attention_backends):
+        with attention_context(self.cfg.use_flash_attn, self.cfg.fused_attention):
             try:
                 self._train_loop()
             except KeyboardInterrupt:
@@ -296,7 +295,12 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-                loss_sum, grad_norm = self.train_step(lr)
+                # The last warm-up step is profiled to report the attention kernels that really ran.
+                watch = throughput.steps == throughput.warmup_steps - 1
+                with AttentionKernels(self.device) if watch else contextlib.nullcontext() as kernels:
+                    loss_sum, grad_norm = self.train_step(lr)
+                if kernels is not None and kernels.ran is not None:
+                    self._report_attention(kernels.ran, bar)
                 self.step += 1
                 bar.update(1)
                 throughput.step_done(self.tokens_per_step)
@@ -304,6 +308,15 @@ class Trainer:
         finally:
             bar.close()  # before any error message, so that message is the last line
         self._summarize(throughput)
+
+    def _report_attention(self, ran: str, bar: tqdm) -> None:
+        self.summary["attention_ran"] = ran
+        if self.ctx.is_main:
+            bar.write(f"attention kernels that ran: {ran}")
+            asked = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}.get(self.cfg.fused_attention)
+            if self.cfg.use_flash_attn and (ran == "MATH" or (asked and not ran.startswith(asked))):
+                bar.write(f"WARNING: --use_flash_attn --fused_attention {self.cfg.fused_attention} was asked for, but "
+                          f"{ran} ran (a graph from the compile cache, or inputs that kernel does not take)")
 
     def _after_step(self, lr: float, loss_sum: torch.Tensor, grad_norm: torch.Tensor, throughput: Throughput,
                     bar: tqdm) -> None:
