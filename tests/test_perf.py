@@ -81,6 +81,7 @@ def test_matrix_on_cpu_writes_every_output_and_survives_a_failing_configuration(
     out = capsys.readouterr().out
     assert rc == 0
     result = json.loads((tmp_path / "matrix.json").read_text())
+    assert result["complete"] is True
     rows = {r["name"]: r for r in result["rows"]}
     assert rows["bf16-eager"]["tokens_per_second"] > 0 and rows["fp8-tensorwise-eager"]["fp8_layers"] == 10
     assert "--compile_mode must be one of" in rows["bf16-compile"]["error"]
@@ -93,6 +94,25 @@ def test_matrix_on_cpu_writes_every_output_and_survives_a_failing_configuration(
     assert set(factors) == {"fp8_eager_vs_bf16_eager"}  # the compiled baseline failed: no ratio against it
     assert factors["fp8_eager_vs_bf16_eager"]["ratio"] == pytest.approx(
         rows["fp8-tensorwise-eager"]["tokens_per_second"] / rows["bf16-eager"]["tokens_per_second"])
+
+
+def test_interrupted_matrix_keeps_the_configurations_it_measured(tmp_path, monkeypatch):
+    import cs336_basics.perf.matrix as matrix
+
+    calls = []
+
+    def fake_child(module, payload, timeout):
+        calls.append(payload["name"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a Ctrl-C or the device's time limit, during the second configuration
+        return {"name": payload["name"], "tokens_per_second": 1234}
+
+    monkeypatch.setattr(matrix, "run_child", fake_child)
+    with pytest.raises(KeyboardInterrupt):
+        matrix_main(["--modes", "bf16-eager,fp8-tensorwise-eager", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "matrix.json").read_text())
+    assert saved["complete"] is False and [r["name"] for r in saved["rows"]] == ["bf16-eager"]
+    assert saved["rows"][0]["tokens_per_second"] == 1234
 
 
 def test_optimize_performance_script_reports_bad_mode():
@@ -138,3 +158,14 @@ def test_kernel_breakdown_of_a_trace():
     assert b["by_category_ms_per_step"] == {"matmul": 0.01, "attention": 0.004, "triton pointwise": 0.003}
     assert b["wall_ms_per_step"] == 0.018 and b["gpu_busy_ms_per_step"] == 0.016  # 14-15 overlaps: counted once
     assert kernel_breakdown({"traceEvents": []}, 1)["note"].startswith("no GPU kernels")
+
+
+def test_attention_probe_names_a_backend_and_cpu_profiles_nothing():
+    from cs336_basics.training.attention import AttentionKernels, probe_backend
+
+    cpu = torch.device("cpu")
+    assert probe_backend(False, "auto", 16, cpu) == "MATH"
+    assert probe_backend(True, "auto", 16, cpu) in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
+    with AttentionKernels(cpu) as kernels:
+        pass
+    assert kernels.ran is None  # no GPU kernels to read on a CPU: the Trainer reports nothing rather than a guess

@@ -258,7 +258,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
     run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,
-                         train_cfg.compile_mode, backend.name, train_cfg.gradient_checkpointing,
+                         train_cfg.compile_mode, backend, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
                          ctx.world_size)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,

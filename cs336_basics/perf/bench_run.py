@@ -70,7 +70,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
                                               warmup_steps=3 if spec.compiled else 2)
             with AttentionKernels(device) as kernels:  # one more step, untimed: the attention kernels that ran
                 last_loss = float(trainer.train_step(3e-4)[0])
-        backend = kernels.ran or probe_backend(spec.flash, spec.fused_attention, cfg.head_dim, device).name
+        backend = kernels.ran or probe_backend(spec.flash, spec.fused_attention, cfg.head_dim, device)
     step = statistics.median(step_seconds)
     step_mean = sum(step_seconds) / len(step_seconds)
     tokens_per_second = spec.batch_size * T / step

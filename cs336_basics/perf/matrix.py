@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("name", mode)
         result.setdefault("precision", spec.precision)
         rows.append(result)
+        # Written after every configuration, so an interrupted or timed-out matrix keeps what it measured.
+        _write_json(out / "matrix.json", dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size,
+                                              steps=steps, rows=rows, complete=False))
         tqdm.write(f"{mode}: " + (f"{result['tokens_per_second']:,} tokens/s" if "tokens_per_second" in result
                                   else f"FAILED ({result['error']})"))
 
@@ -293,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     source = str(out / "matrix.json")
     factors = measured_factors({r["name"]: r for r in rows}, env, source)
     result = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, rows=rows,
-                  reference=reference, layers=layers, measured_factors=factors)
-    (out / "matrix.json").write_text(json.dumps(result, indent=1))
+                  reference=reference, layers=layers, measured_factors=factors, complete=True)
+    _write_json(out / "matrix.json", result)
     (out / "measured_factors.json").write_text(json.dumps(factors, indent=1))
     md = [f"# Performance matrix: {title}", "", f"{env['date']}; torch {env['torch']}, torchao {env['torchao']}, "
           f"CUDA {env['cuda']}, driver {env.get('driver')}", "", f"Command: `{env['command']}`", "", table]
@@ -304,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, reference, layers, out, title)
     print(f"\nwrote {out}/matrix.json, matrix.md, measured_factors.json and PNG charts")
     return 0
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def _param_count(cfg: ModelConfig) -> int:

@@ -36,31 +36,25 @@ def attention_context(use_flash_attn: bool, prefer: str = "auto") -> AbstractCon
     return sdpa_kernel(order, set_priority=True)
 
 
-def probe_backend(use_flash_attn: bool, prefer: str, head_dim: int, device: torch.device) -> SDPBackend:
-    """The backend SDPA picks under attention_context(use_flash_attn, prefer) for a causal attention of this
-    head size in the dtype training computes in (bf16 on CUDA, fp32 elsewhere), forward and backward.
-    What compiled training runs can still differ (a graph from the compile cache, other strides): the
-    Trainer reports the kernels that ran, see AttentionKernels."""
+def probe_backend(use_flash_attn: bool, prefer: str, head_dim: int, device: torch.device) -> str:
+    """The name of the backend SDPA picks under attention_context(use_flash_attn, prefer) for a causal
+    attention of this head size in the dtype training computes in (bf16 on CUDA, fp32 elsewhere), forward
+    and backward; on CUDA read from the kernels that ran. Compiled training can still run another (a graph
+    from the compile cache): the Trainer reports the kernels of a real step, see AttentionKernels."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     q = torch.randn(1, 2, 128, head_dim, device=device, dtype=dtype, requires_grad=True)
-    with attention_context(use_flash_attn, prefer), profile(activities=_activities(device)) as prof:
+    with AttentionKernels(device) as kernels, attention_context(use_flash_attn, prefer):
         F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
-    if device.type == "cuda":
-        ran = attention_kernels([e.name for e in prof.events()])
-        if ran:
-            return SDPBackend[ran[0]]
+    if kernels.ran is not None:
+        return kernels.ran
     for backend in attention_backends(use_flash_attn, prefer):  # CPU: the first that accepts the inputs
         try:
             with sdpa_kernel([backend]):
                 F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
-            return backend
+            return backend.name
         except RuntimeError:
             continue
     raise RuntimeError(f"no allowed attention backend can run head_dim {head_dim} on {device}")
-
-
-def _activities(device: torch.device) -> list[ProfilerActivity]:
-    return [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
 
 
 # Fused attention kernel name fragments -> backend; a name is matched in this order (cuDNN's own kernels

@@ -86,7 +86,8 @@ def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: R
         f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, SwiGLU {cfg.intermediate_size}, vocab {cfg.vocab_size}",
         f"  precision         {precision}",
         f"  compile           {run.compile_mode + ' (per block + loss)' if run.compiled else 'off (eager)'}",
-        f"  attention         {run.attention_backend}",
+        f"  attention         {run.attention_backend}"
+        + (" (a probe's; the kernels that ran are named after warm-up)" if run.device.type == "cuda" else ""),
         f"  grad checkpoint   {'on (per block)' if run.gradient_checkpointing else 'off'}",
         f"  tokens per step   {run.batch_size} micro-batch x {run.accumulation} accumulation"
         + (f" x {run.world_size} ranks" if run.world_size > 1 else "")
