@@ -44,12 +44,19 @@ from cs336_basics.training.transforms import COMPILE_MODES
 
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
-TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in
-                    ("compile_model", "compile_mode", "gradient_checkpointing", "use_flash_attn", "fused_attention"))
+SPEED_FLAGS = ("compile_model", "compile_mode", "gradient_checkpointing", "use_flash_attn", "fused_attention")
+TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows real defaults only: an unset flag (None) is explained by its group's title."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help or "" if action.default in (None, False) else super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
     m = p.add_argument_group("model (unset flags come from --preset)")
     m.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="model shape to start from")
     for name in MODEL_FLAGS:
@@ -62,19 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument(f"--{f.name}", type=type(f.default), help=f"default {f.default}")
     t.add_argument("--max_tokens", type=int, help="token budget instead of --max_steps")
 
-    s = p.add_argument_group("speed")
-    s.add_argument("--use_fp8", action="store_true", help="TorchAO float8 training for the blocks' linear layers")
-    s.add_argument("--fp8_recipe", default="tensorwise", choices=RECIPES)
+    s = p.add_argument_group("speed (unset flags: off / the defaults shown, or the checkpoint's on --resume)")
+    yes_no = argparse.BooleanOptionalAction
+    s.add_argument("--use_fp8", action=yes_no, help="TorchAO float8 training for the blocks' linear layers")
+    s.add_argument("--fp8_recipe", choices=RECIPES, help="default tensorwise")
     s.add_argument("--fp8_filter", default="all", choices=FILTERS,
                    help="all: every eligible layer; auto: only layers measured faster in fp8 on this GPU")
     s.add_argument("--fp8_emulate", action="store_true", help="emulated float8 (any device, slow: for testing)")
-    s.add_argument("--compile_model", action="store_true", help="torch.compile each block and the loss")
-    s.add_argument("--compile_mode", default="default", choices=COMPILE_MODES)
-    s.add_argument("--use_flash_attn", action="store_true", help="fused attention kernels (cuDNN / Flash)")
-    s.add_argument("--fused_attention", default="auto", choices=sorted(FUSED_ORDERS),
+    s.add_argument("--compile_model", action=yes_no, help="torch.compile each block and the loss")
+    s.add_argument("--compile_mode", choices=COMPILE_MODES, help="torch.compile mode (default: default)")
+    s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
+    s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
                         "or FlashAttention-2 / cuDNN attention first")
-    s.add_argument("--no_gradient_checkpointing", action="store_true", help="keep activations (faster, more memory)")
+    s.add_argument("--no_gradient_checkpointing", dest="gradient_checkpointing", action="store_false", default=None,
+                   help="keep activations (faster, more memory); checkpointing is on unless this is given")
+    s.add_argument("--gradient_checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
+                   help="recompute each block's activations in backward (the default for a new run)")
 
     d = p.add_argument_group("data and output")
     d.add_argument("--train_data", type=Path, nargs="+", help="UTF-8 text file(s); default: CPython's doc topics")
@@ -119,8 +130,8 @@ def resolve_model_config(args: argparse.Namespace, saved: dict[str, Any] | None)
 def resolve_train_config(args: argparse.Namespace, saved: dict[str, Any] | None, context_length: int) -> TrainConfig:
     base = TrainConfig(**saved) if saved else TrainConfig()
     values = {n: getattr(args, n) for n in TRAIN_FLAGS if getattr(args, n) is not None}
-    values.update(compile_model=args.compile_model, use_flash_attn=args.use_flash_attn, fused_attention=args.fused_attention,
-                  gradient_checkpointing=not args.no_gradient_checkpointing, compile_mode=args.compile_mode)
+    # Speed settings too: a resumed run keeps its checkpoint's unless a flag says otherwise.
+    values.update({n: getattr(args, n) for n in SPEED_FLAGS if getattr(args, n) is not None})
     cfg = replace(base, **values)
     if args.max_tokens is not None:
         if args.max_steps is not None:
@@ -217,8 +228,6 @@ def prepare_data(args: argparse.Namespace, model_cfg: ModelConfig, out_dir: Path
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.fp8_emulate and not args.use_fp8:
-        raise UserError("--fp8_emulate only applies with --use_fp8")
     ctx, device = init_distributed(resolve_device(args.device), args.dp_replicate)
     try:
         if not ctx.is_main:  # rank 0 speaks for the job; the others print only errors
@@ -241,11 +250,21 @@ def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
     return result
 
 
+def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None) -> tuple[bool, str]:
+    """(use fp8, recipe): the flags, else the resumed checkpoint's, else bf16 / tensorwise."""
+    use_fp8 = args.use_fp8 if args.use_fp8 is not None else bool(saved and saved.get("fp8"))
+    recipe = args.fp8_recipe or (saved or {}).get("fp8_recipe") or "tensorwise"
+    if args.fp8_emulate and not use_fp8:
+        raise UserError("--fp8_emulate only applies with --use_fp8")
+    return use_fp8, recipe
+
+
 def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.device) -> int:
-    if args.use_fp8:
-        check_fp8_device(device, args.fp8_emulate)
     out_dir = broadcast_from_rank0(prepare_out_dir(args) if ctx.is_main else None, ctx)
     resumed = load_checkpoint(out_dir) if args.resume else None
+    use_fp8, recipe = resolve_fp8(args, resumed)
+    if use_fp8:
+        check_fp8_device(device, args.fp8_emulate)
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
     train_cfg = resolve_train_config(args, resumed["train_config"] if resumed else None, model_cfg.context_length)
     torch.manual_seed(train_cfg.seed)
@@ -253,11 +272,11 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
 
     tokenizer, train_tokens, val_tokens, data_info = on_rank0_first(
         ctx, lambda: prepare_data(args, model_cfg, out_dir, resumed))
-    fp8 = Fp8Options(args.fp8_recipe, args.fp8_filter, args.fp8_emulate,
-                     fsdp_all_gather=ctx.enabled and device.type == "cuda") if args.use_fp8 else None
+    fp8 = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate,
+                     fsdp_all_gather=ctx.enabled and device.type == "cuda") if use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
-    run_shape = RunShape(device, args.use_fp8, args.fp8_recipe, args.fp8_emulate, train_cfg.compile_model,
+    run_shape = RunShape(device, use_fp8, recipe, args.fp8_emulate, train_cfg.compile_model,
                          train_cfg.compile_mode, backend, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
                          ctx.world_size)
@@ -267,7 +286,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
         for warning in warnings_for(run_shape):
             print(warning, file=sys.stderr)
 
-    run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info}
+    run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info,
+                "fp8_recipe": recipe if use_fp8 else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)
     trainer = Trainer(model, train_cfg, sampler, val_tokens, device, out_dir, run_info, ctx=ctx)
@@ -277,7 +297,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     elif ctx.is_main:
         (out_dir / "run.json").write_text(json.dumps(
             {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg), **run_info,
-             "fp8": args.use_fp8, "fp8_recipe": args.fp8_recipe if args.use_fp8 else None}, indent=1))
+             "fp8": use_fp8}, indent=1))
     summary = trainer.train()
     if ctx.is_main:
         report_results(summary, out_dir)
