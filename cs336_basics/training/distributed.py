@@ -106,8 +106,11 @@ def apply_fsdp(model: nn.Module, ctx: DistributedContext, device: torch.device) 
         mesh = init_device_mesh(device.type, (ctx.world_size,), mesh_dim_names=("dp_shard",))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if device.type == "cuda" else MixedPrecisionPolicy())
-    for block in model.layers:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
+    last = len(model.layers) - 1
+    for i, block in enumerate(model.layers):
+        # The last block's parameters are needed again as soon as backward starts: keeping them gathered
+        # saves one all-gather per step (torchtitan does the same); the root is never resharded after forward.
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < last)
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
