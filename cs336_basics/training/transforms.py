@@ -8,7 +8,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 
 from cs336_basics.model.transformer import Transformer
 
-COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # reduce-overhead, max-autotune: CUDA graphs
 
 
 def apply_activation_checkpointing(model: Transformer) -> None:
