@@ -161,8 +161,14 @@ def test_kernel_breakdown_of_a_trace():
 
 
 def test_attention_probe_names_a_backend_and_cpu_profiles_nothing():
-    from cs336_basics.training.attention import AttentionKernels, probe_backend
+    from torch.nn.attention import SDPBackend
 
+    from cs336_basics.training.attention import AttentionKernels, attention_backends, probe_backend
+
+    # "flash" must exclude cuDNN outright: a priority alone did not reach compiled graphs on the H200
+    assert SDPBackend.CUDNN_ATTENTION not in attention_backends(True, "flash")
+    assert attention_backends(True, "cudnn")[0] == SDPBackend.CUDNN_ATTENTION
+    assert attention_backends(False, "flash") == [SDPBackend.MATH]
     cpu = torch.device("cpu")
     assert probe_backend(False, "auto", 16, cpu) == "MATH"
     assert probe_backend(True, "auto", 16, cpu) in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
-                        "or FlashAttention-2 / cuDNN attention first")
+                        "cuDNN attention first, or FlashAttention-2 without cuDNN (default: auto)")
     s.add_argument("--no_gradient_checkpointing", dest="gradient_checkpointing", action="store_false", default=None,
                    help="keep activations (faster, more memory); checkpointing is on unless this is given")
     s.add_argument("--gradient_checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
