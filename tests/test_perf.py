@@ -9,8 +9,9 @@ import torch
 from cs336_basics.model.transformer import PRESETS, Transformer
 from cs336_basics.perf.flops import mfu, optimizer_step_seconds, roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import lookup_peaks
-from cs336_basics.perf.matrix import all_modes, main as matrix_main, parse_mode
+from cs336_basics.perf.matrix import all_modes, main as matrix_main, parse_inductor, parse_mode
 from cs336_basics.errors import UserError
+from cs336_basics.training.trainer import Trainer
 from conftest import ROOT
 
 H200 = lookup_peaks("NVIDIA H200")
@@ -175,3 +176,29 @@ def test_attention_probe_names_a_backend_and_cpu_profiles_nothing():
     with AttentionKernels(cpu) as kernels:
         pass
     assert kernels.ran is None  # no GPU kernels to read on a CPU: the Trainer reports nothing rather than a guess
+
+
+def test_inductor_overrides_are_checked_and_reach_the_configuration():
+    from cs336_basics.perf.bench_run import BenchSpec, run
+
+    assert parse_inductor("coordinate_descent_tuning=True, triton.max_tiles=3") == {
+        "coordinate_descent_tuning": True, "triton.max_tiles": 3}
+    assert parse_inductor("") == {}
+    for bad, message in (("coordinate_descent_tuning", "expected KEY=VALUE"), ("no_such_knob=1", "has no"),
+                         ("coordinate_descent_tuning=yes please", "Python literal")):
+        with pytest.raises(UserError, match=message):
+            parse_inductor(bad)
+    seen = {}
+    real_step = Trainer.train_step
+
+    def spy(self, lr):
+        import torch._inductor.config as inductor_config
+
+        seen["value"] = inductor_config.coordinate_descent_tuning
+        return real_step(self, lr)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "train_step", spy)
+        result = run(BenchSpec(name="t", model=PRESETS["test"].to_dict(), batch_size=2, compiled=False, steps=1,
+                               device="cpu", inductor={"coordinate_descent_tuning": True}))
+    assert seen["value"] is True and result["tokens_per_second"] > 0

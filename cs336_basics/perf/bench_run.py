@@ -12,7 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,7 @@ class BenchSpec:
     compile_mode: str = "default"
     fp8_filter: str = "all"
     device: str = "cuda"
+    inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}
 
     @property
     def fp8(self) -> Fp8Options | None:
@@ -65,7 +66,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
                           Path(tmp), log=lambda s: print(s, file=sys.stderr))
-        with attention_context(spec.flash, spec.fused_attention):
+        with attention_context(spec.flash, spec.fused_attention), torch._inductor.config.patch(spec.inductor):
             step_seconds, warmup = time_steps(lambda: trainer.train_step(3e-4), device, spec.steps,
                                               warmup_steps=3 if spec.compiled else 2)
             with AttentionKernels(device) as kernels:  # one more step, untimed: the attention kernels that ran

@@ -58,6 +58,30 @@ def parse_mode(mode: str) -> dict[str, Any]:
                 fused_attention=fused, checkpointing="ac" in parts[1:])
 
 
+def parse_inductor(text: str) -> dict[str, Any]:
+    """'coordinate_descent_tuning=True,triton.max_tiles=3' -> {...}, each key checked against torch._inductor.config."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--inductor {item!r}: expected KEY=VALUE, e.g. coordinate_descent_tuning=True")
+        try:
+            current = inductor_config
+            for part in key.split("."):
+                current = getattr(current, part)
+        except AttributeError:
+            raise UserError(f"--inductor: torch._inductor.config has no {key!r}") from None
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise UserError(f"--inductor {key}={value!r}: the value must be a Python literal (True, 3, 'x')") from None
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Time the configuration matrix for a model on this machine.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -68,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", help=f"comma-separated, or 'all' ({len(all_modes())}); default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 15 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="default")
+    p.add_argument("--inductor", default="", metavar="KEY=VALUE,...",
+                   help="torch._inductor.config overrides for every compiled configuration, e.g. "
+                        "coordinate_descent_tuning=True,triton.prefer_nd_tiling=True (recorded in the results)")
     p.add_argument("--no_layers", action="store_true", help="skip the per-layer microbenchmark")
     p.add_argument("--compare-reference", dest="compare_reference", action="store_true",
                    help="also run the stock-TorchAO yardstick in this process tree")
@@ -249,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = list(DEFAULT_GPU_MODES if on_gpu else DEFAULT_CPU_MODES)
     for m in modes:
         parse_mode(m)
+    inductor = parse_inductor(args.inductor)
     if not on_gpu:
         print("no CUDA device: running on the CPU ('bf16' rows compute in fp32, fp8 is emulated); these are CPU "
               "timings, not GPU predictions")
@@ -268,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if on_gpu else "cpu"
     for mode in tqdm(modes, desc="configurations", unit="config"):
         spec = BenchSpec(name=mode, model=asdict(cfg), batch_size=batch_size, steps=steps,
-                         compile_mode=args.compile_mode, device=device, **parse_mode(mode))
+                         compile_mode=args.compile_mode, device=device, inductor=inductor, **parse_mode(mode))
         result = run_child("cs336_basics.perf.bench_run", asdict(spec), args.timeout)
         result.setdefault("name", mode)
         result.setdefault("precision", spec.precision)
@@ -296,11 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     source = str(out / "matrix.json")
     factors = measured_factors({r["name"]: r for r in rows}, env, source)
     result = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, rows=rows,
-                  reference=reference, layers=layers, measured_factors=factors, complete=True)
+                  reference=reference, layers=layers, measured_factors=factors, inductor=inductor, complete=True)
     _write_json(out / "matrix.json", result)
     (out / "measured_factors.json").write_text(json.dumps(factors, indent=1))
     md = [f"# Performance matrix: {title}", "", f"{env['date']}; torch {env['torch']}, torchao {env['torchao']}, "
           f"CUDA {env['cuda']}, driver {env.get('driver')}", "", f"Command: `{env['command']}`", "", table]
+    if inductor:
+        md[4:4] = [f"TorchInductor overrides in every compiled row: `{inductor}`", ""]
     if layers:
         md += ["", "## Per-layer fp8 (tensorwise) vs bf16", "", format_layers(layers)]
     (out / "matrix.md").write_text("\n".join(md) + "\n")
