@@ -202,3 +202,16 @@ def test_inductor_overrides_are_checked_and_reach_the_configuration():
         result = run(BenchSpec(name="t", model=PRESETS["test"].to_dict(), batch_size=2, compiled=False, steps=1,
                                device="cpu", inductor={"coordinate_descent_tuning": True}))
     assert seen["value"] is True and result["tokens_per_second"] > 0
+
+
+def test_attention_probe_turns_a_kernel_refusal_into_a_one_line_error(monkeypatch):
+    import torch.nn.functional as F
+
+    from cs336_basics.training.attention import probe_backend
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("No available kernel. Aborting execution.\nmore detail")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", refuse)
+    with pytest.raises(UserError, match="head dimension 512 .*No available kernel.*up to 256"):
+        probe_backend(True, "auto", 512, torch.device("cpu"))

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
+from cs336_basics.errors import UserError
+
 _FUSED = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 # --fused_attention: "auto" allows the fused kernels in PyTorch's own priority order (on Hopper with the
@@ -44,8 +46,14 @@ def probe_backend(use_flash_attn: bool, prefer: str, head_dim: int, device: torc
     from the compile cache): the Trainer reports the kernels of a real step, see AttentionKernels."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     q = torch.randn(1, 2, 128, head_dim, device=device, dtype=dtype, requires_grad=True)
-    with AttentionKernels(device) as kernels, attention_context(use_flash_attn, prefer):
-        F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    try:
+        with AttentionKernels(device) as kernels, attention_context(use_flash_attn, prefer):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    except RuntimeError as e:
+        raise UserError(
+            f"no allowed attention kernel runs head dimension {head_dim} on {device} "
+            f"({str(e).strip().splitlines()[0][:120]}); fused kernels take head dimensions up to 256: raise --n_heads, "
+            f"or drop --use_flash_attn for the plain path") from None
     if kernels.ran is not None:
         return kernels.ran
     for backend in attention_backends(use_flash_attn, prefer):  # CPU: the first that accepts the inputs
