@@ -15,11 +15,24 @@ from cs336_basics.training.checkpoint import list_checkpoints, load_model_weight
 from conftest import ROOT
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}  # stacks on an abort
 
 
 def run(cmd: list, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def why(proc: subprocess.CompletedProcess) -> str:
+    """What a failed torchrun's workers said (torchrun's own summary comes last and says little): error lines,
+    and the Python stacks that faulthandler prints on an abort."""
+    lines, keep, out = proc.stderr.splitlines(), 0, []
+    for ln in lines:
+        if "Fatal Python error" in ln:
+            keep = 25
+        if keep or any(k in ln for k in ("Error", "error:", "terminate", "what()")):
+            out.append(ln)
+            keep = max(keep - 1, 0)
+    return "\n".join(out)[-4000:]
 
 
 def train_args(tmp_path: Path, corpus: Path, out: str, batch: int, steps: int = 6, extra: tuple = ()) -> list:
@@ -43,9 +56,9 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_fsdp2_on_two_ranks_matches_one_process_on_the_same_global_batch(tmp_path, corpus):
     single = run([sys.executable] + train_args(tmp_path, corpus, "single", batch=4))
-    assert single.returncode == 0, single.stderr[-2000:]
+    assert single.returncode == 0, why(single)
     double = run(TORCHRUN + ["--nproc_per_node", 2] + train_args(tmp_path, corpus, "fsdp", batch=2))
-    assert double.returncode == 0, double.stderr[-2000:]
+    assert double.returncode == 0, why(double)
     a, b = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
@@ -57,7 +70,7 @@ def test_emulated_fp8_under_fsdp2(tmp_path, corpus):
     fp8 = ("--use_fp8", "--fp8_emulate")
     single = run([sys.executable] + train_args(tmp_path, corpus, "single", 4, 8, fp8))
     double = run(TORCHRUN + ["--nproc_per_node", 2] + train_args(tmp_path, corpus, "fsdp", 2, 8, fp8))
-    assert single.returncode == 0 and double.returncode == 0, double.stderr[-2000:]
+    assert single.returncode == 0 and double.returncode == 0, why(double)
     assert "TorchAO FP8 mode enabled" in double.stdout
     a, b = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
     assert b[8] < b[1] - 0.3
@@ -73,7 +86,7 @@ def test_save_on_two_ranks_resume_on_one_and_four(tmp_path, corpus):
 
     gathered = tmp_path / "four.pt"
     four = run(TORCHRUN + ["--nproc_per_node", 4, "tests/dist_worker.py", "gather", tmp_path / "two", gathered])
-    assert four.returncode == 0, four.stderr[-2000:]
+    assert four.returncode == 0, why(four)
     on_four = torch.load(gathered, weights_only=False)
     assert on_one.keys() == on_four.keys()
     for name in on_one:
@@ -87,11 +100,11 @@ def test_save_on_two_ranks_resume_on_one_and_four(tmp_path, corpus):
     # and training continues from it on one process and on four
     resumed_one = run([sys.executable, "train_h100.py", "--resume", tmp_path / "two", "--max_steps", 8,
                        "--cache_dir", tmp_path / "cache", "--sample_tokens", 0])
-    assert resumed_one.returncode == 0 and "resumed from" in resumed_one.stdout, resumed_one.stderr[-2000:]
+    assert resumed_one.returncode == 0 and "resumed from" in resumed_one.stdout, why(resumed_one)
     assert sorted(losses(tmp_path / "two")) == list(range(1, 9))
     resumed_four = run(TORCHRUN + ["--nproc_per_node", 4, "train_h100.py", "--resume", tmp_path / "two",
                                    "--max_steps", 10, "--cache_dir", tmp_path / "cache", "--sample_tokens", 0])
-    assert resumed_four.returncode == 0, resumed_four.stderr[-2000:]
+    assert resumed_four.returncode == 0, why(resumed_four)
     assert max(losses(tmp_path / "two")) == 10
 
 
