@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cs336_basics.model.transformer import PRESETS  # noqa: E402
 from cs336_basics.perf.bench_run import BenchSpec  # noqa: E402
+from cs336_basics.training.attention import attention_kernels  # noqa: E402
 
 
 def main() -> None:
@@ -75,14 +76,11 @@ def main() -> None:
 
 
 # Kernel name -> what it does, first match wins. TorchInductor's Triton kernels go by kind (their names
-# list every op fused into them, "_scaled_mm" included for the casts feeding an fp8 matmul), then
-# cuBLAS/CUTLASS GEMMs, fused attention, the fused optimizer, copies.
-CATEGORIES = (
-    ("matmul", ("triton_tem",)),
-    ("communication", ("nccl",)),
-    ("triton reduction", ("triton_red", "triton_per")),
-    ("triton pointwise", ("triton_poi",)),
-    ("attention", ("flash", "fmha", "cudnn", "attention")),
+# list every op fused into them, "_scaled_mm" included for the casts feeding an fp8 matmul), then fused
+# attention (named as the Trainer names it), cuBLAS/CUTLASS GEMMs, the fused optimizer, copies.
+TRITON = (("matmul", "triton_tem"), ("triton reduction", "triton_red"), ("triton reduction", "triton_per"),
+          ("triton pointwise", "triton_poi"))
+LIBRARY = (
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90")),
     ("optimizer", ("multi_tensor", "adam")),
     ("copy / memset", ("memcpy", "memset", "copy")),
@@ -91,8 +89,15 @@ CATEGORIES = (
 
 def category(name: str) -> str:
     low = name.lower()
-    for cat, keys in CATEGORIES:
-        if any(low.startswith(k) if k.startswith("triton") else k in low for k in keys):
+    for cat, prefix in TRITON:
+        if low.startswith(prefix):
+            return cat
+    if "nccl" in low:
+        return "communication"
+    if attention_kernels([name]) or "attention" in low:
+        return "attention"
+    for cat, keys in LIBRARY:
+        if any(k in low for k in keys):
             return cat
     return "other"
 

@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"roofline upper bound ({'fp8' if fp8 else 'bf16'}, {peaks.name} datasheet): {bound:,.0f} tokens/s")
 
     rows: list[dict[str, Any]] = []
+    about = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, inductor=inductor)
     device = "cuda" if on_gpu else "cpu"
     for mode in tqdm(modes, desc="configurations", unit="config"):
         spec = BenchSpec(name=mode, model=asdict(cfg), batch_size=batch_size, steps=steps,
@@ -302,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("precision", spec.precision)
         rows.append(result)
         # Written after every configuration, so an interrupted or timed-out matrix keeps what it measured.
-        _write_json(out / "matrix.json", dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size,
-                                              steps=steps, rows=rows, complete=False))
+        _write_json(out / "matrix.json", dict(about, rows=rows, complete=False))
         tqdm.write(f"{mode}: " + (f"{result['tokens_per_second']:,} tokens/s" if "tokens_per_second" in result
                                   else f"FAILED ({result['error']})"))
 
@@ -323,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nper-layer fp8 (tensorwise) vs bf16, forward + backward, compiled:\n" + format_layers(layers))
     source = str(out / "matrix.json")
     factors = measured_factors({r["name"]: r for r in rows}, env, source)
-    result = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, rows=rows,
-                  reference=reference, layers=layers, measured_factors=factors, inductor=inductor, complete=True)
+    result = dict(about, rows=rows, reference=reference, layers=layers, measured_factors=factors, complete=True)
     _write_json(out / "matrix.json", result)
     (out / "measured_factors.json").write_text(json.dumps(factors, indent=1))
     md = [f"# Performance matrix: {title}", "", f"{env['date']}; torch {env['torch']}, torchao {env['torchao']}, "

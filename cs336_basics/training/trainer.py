@@ -313,7 +313,8 @@ class Trainer:
         self.summary["attention_ran"] = ran
         if self.ctx.is_main:
             bar.write(f"attention kernels that ran: {ran}")
-            asked = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}.get(self.cfg.fused_attention)
+            order = FUSED_ORDERS[self.cfg.fused_attention]  # None for "auto": no kernel was asked for by name
+            asked = order[0].name if order else None
             if self.cfg.use_flash_attn and (ran == "MATH" or (asked and not ran.startswith(asked))):
                 bar.write(f"WARNING: --use_flash_attn --fused_attention {self.cfg.fused_attention} was asked for, but "
                           f"{ran} ran (a graph from the compile cache, or inputs that kernel does not take)")
