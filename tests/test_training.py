@@ -203,3 +203,39 @@ def test_resume_keeps_the_runs_speed_and_precision_settings_unless_flags_change_
                   "--cache_dir", tmp_path / "cache", "--sample_tokens", 0]) == 0
     out = capsys.readouterr().out
     assert re.search(r"grad checkpoint\s+on", out) and "float8" not in out.lower()
+
+
+@pytest.mark.parametrize("grad_clip", [0.05, 1e6])  # clipping active / inactive
+def test_clipping_inside_the_fused_optimizer_matches_clip_then_step(tmp_path, grad_clip):
+    """One device: the fused AdamW divides the gradients by max(1, norm / grad_clip) as it steps. The
+    result must equal PyTorch's clip_grad_norm_ followed by a plain (for-loop) AdamW step."""
+    from cs336_basics.model.transformer import PRESETS, Transformer
+    from cs336_basics.training.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    cfg = PRESETS["test"]
+    model = Transformer(cfg)
+    reference = Transformer(cfg)
+    reference.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, cfg.vocab_size, (4096,)).numpy().astype("uint16")
+    trainer = Trainer(model, TrainConfig(batch_size=4, max_steps=10, warmup_steps=0, grad_clip=grad_clip,
+                                         gradient_checkpointing=False),
+                      RandomWindows(tokens, 4, cfg.context_length, 0), tokens, torch.device("cpu"), tmp_path,
+                      log=lambda s: None)
+    assert trainer._clip_in_optimizer
+    x, y = RandomWindows(tokens, 4, cfg.context_length, 0).next_batch(torch.device("cpu"))
+
+    _, norm = trainer.train_step(1e-2)
+
+    reference(x, y).backward()
+    expected_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), grad_clip)
+    decay = [p for p in reference.parameters() if p.dim() >= 2]
+    no_decay = [p for p in reference.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": trainer.cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95), eps=1e-8,
+                            foreach=False)
+    opt.step()
+    assert float(norm) == pytest.approx(float(expected_norm), rel=1e-5)
+    assert (float(expected_norm) > grad_clip) == (grad_clip < 1)  # the first case really clips
+    for (name, got), want in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")

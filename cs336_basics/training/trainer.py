@@ -134,6 +134,10 @@ class Trainer:
         self._params = list(model.parameters())
         self.n_params = sum(p.numel() for p in self._params)
         self.optimizer = self._build_optimizer()
+        # On one device the fused AdamW kernel applies the clipping factor as it reads each gradient (the
+        # grad_scale contract GradScaler uses), saving a separate read-and-write pass over all gradients.
+        # Sharded gradients (DTensors) are clipped by PyTorch's own clip_grads_with_norm_.
+        self._clip_in_optimizer = bool(self.optimizer.defaults.get("fused")) and not ctx.enabled
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         )
@@ -157,7 +161,7 @@ class Trainer:
         decay = [p for p in self.model.parameters() if p.dim() >= 2]  # matrices and embeddings
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]  # norm gains
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=self.device.type == "cuda")
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
     @property
     def tokens_per_step(self) -> int:
@@ -272,10 +276,12 @@ class Trainer:
                 loss = self.model(x, y)
             (loss / self.cfg.gradient_accumulation_steps).backward()
             loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
         if self.cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+            if self._clip_in_optimizer:  # gradients are divided by max(1, norm / grad_clip) inside the step
+                self.optimizer.grad_scale = torch.clamp((grad_norm + 1e-6) / self.cfg.grad_clip, min=1.0)
+            else:
+                torch.nn.utils.clip_grads_with_norm_(self._params, self.cfg.grad_clip, grad_norm)
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
