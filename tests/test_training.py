@@ -203,6 +203,8 @@ def test_resume_keeps_the_runs_speed_and_precision_settings_unless_flags_change_
                   "--cache_dir", tmp_path / "cache", "--sample_tokens", 0]) == 0
     out = capsys.readouterr().out
     assert re.search(r"grad checkpoint\s+on", out) and "float8" not in out.lower()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # each segment's figures are kept
+    assert summary["steps"] == 7 and [s["steps"] for s in summary["earlier"]] == [5, 6]
 
 
 @pytest.mark.parametrize("grad_clip", [0.05, 1e6])  # clipping active / inactive

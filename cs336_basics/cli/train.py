@@ -300,7 +300,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
              "fp8": use_fp8}, indent=1))
     summary = trainer.train()
     if ctx.is_main:
-        report_results(summary, out_dir)
+        report_results(summary, out_dir, resumed=resumed is not None)
     if args.sample_tokens > 0 and not ctx.enabled:  # (sharded runs: sample with generate.py afterwards)
         ids = generate(trainer.eval_model, tokenizer.encode(args.prompt).ids, args.sample_tokens, temperature=0.8,
                        top_k=50, stop_id=eot_id(tokenizer),
@@ -309,8 +309,17 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     return 0
 
 
-def report_results(summary: dict[str, Any], out_dir: Path) -> None:
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+def report_results(summary: dict[str, Any], out_dir: Path, resumed: bool = False) -> None:
+    path = out_dir / "summary.json"
+    try:  # a resumed run keeps the figures of the segments before it (their steps, GPUs, speed) under "earlier"
+        before = json.loads(path.read_text()) if resumed else None
+    except (OSError, ValueError):
+        before = None
+    if isinstance(before, dict):
+        summary = {**summary, "earlier": [*before.pop("earlier", []), before]}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, path)
     parts = [f"trained {summary['steps']} steps", f"final train loss {summary['final_train_loss']:.4f}"]
     if "val_loss" in summary:
         parts.append(f"val loss {summary['val_loss']:.4f}")

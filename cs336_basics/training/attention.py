@@ -94,7 +94,7 @@ class AttentionKernels:
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.ran = device, None
-        self._prof = profile(activities=[ProfilerActivity.CUDA]) if device.type == "cuda" else None
+        self._prof = profile(activities=[ProfilerActivity.CUDA], acc_events=True) if device.type == "cuda" else None
 
     def __enter__(self) -> "AttentionKernels":
         if self._prof is not None:
