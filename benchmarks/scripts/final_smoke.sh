@@ -4,7 +4,7 @@
 # (its summary.json keeps the first segment under "earlier").
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
-R=$OUT/final_smoke; mkdir -p $R; cp $OUT/env.txt $R/
+R=$OUT/final_smoke; mkdir -p $R
 cmd="python3 train_h100.py --dim 896 --n_heads 14 --intermediate_size 3584 --batch_size 16 --gradient_accumulation_steps 8 --use_fp8 --compile_model --use_flash_attn --no_gradient_checkpointing --max_steps 15 --eval_interval 15 --eval_steps 4 --sample_tokens 20 --train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt --out_dir /tmp/smoke"
 echo "$cmd" > $R/run.command
 timeout 110 $cmd 2>&1 | tr '\r' '\n' | grep -v "step/s\]$\|s/step\]$" > $R/run.log; echo "run rc=${PIPESTATUS[0]}"
