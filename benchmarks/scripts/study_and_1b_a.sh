@@ -2,7 +2,7 @@
 # Device call (kind nvidia-h200-x2), two independent single-GPU jobs side by side, one per GPU:
 #  GPU 1: where our seed step loses to the yardstick (issue 3): verify_fp8_compilation.py, the yardstick's
 #         bf16/fp8 compile modes, benchmarks/step_overhead.py variants, per-kernel profiles (issue 5).
-#  GPU 0: half a of the 1B default matrix with the yardstick (issue 4): bash matrix_1b_default.sh a.
+#  GPU 0: half a of the 1B default matrix with the yardstick (issue 4).
 # Every ratio is taken within one GPU's job. Results tarred into $OUT/study_1b_a.tar.gz.
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
