@@ -29,6 +29,7 @@ from cs336_basics.data.tokenizer import (eot_id, load_tokenizer, save_tokenizer,
                                          train_tokenizer)
 from cs336_basics.data.tokens import encode_files
 from cs336_basics.errors import UserError
+from cs336_basics.files import write_text_atomic
 from cs336_basics.generation import generate
 from cs336_basics.model.transformer import PRESETS, ModelConfig
 from cs336_basics.perf.hardware import current_device_peaks
@@ -317,9 +318,7 @@ def report_results(summary: dict[str, Any], out_dir: Path, resumed: bool = False
         before = None
     if isinstance(before, dict):
         summary = {**summary, "earlier": [*before.pop("earlier", []), before]}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(summary, indent=1))
     parts = [f"trained {summary['steps']} steps", f"final train loss {summary['final_train_loss']:.4f}"]
     if "val_loss" in summary:
         parts.append(f"val loss {summary['val_loss']:.4f}")

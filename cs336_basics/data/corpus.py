@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from cs336_basics.data.tokenizer import EOT
 from cs336_basics.errors import UserError
+from cs336_basics.files import write_text_atomic
 
 CHUNK_CHARS = 1 << 20  # ~1 MB of text per chunk: bounded memory whatever the corpus size
 
@@ -65,7 +65,5 @@ def write_default_corpus(directory: Path) -> tuple[Path, Path]:
         names = sorted(topics)
         val_names = set(names[5::10])
         for path, selected in ((train_path, [n for n in names if n not in val_names]), (val_path, sorted(val_names))):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(EOT.join(topics[n] for n in selected), encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, EOT.join(topics[n] for n in selected))
     return train_path, val_path

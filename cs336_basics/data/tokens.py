@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks
 from cs336_basics.data.tokenizer import EOT, eot_id, tokenizer_fingerprint
+from cs336_basics.files import write_text_atomic
 
 CHUNKS_PER_BATCH = 16  # chunks encoded together, in parallel, by tokenizers' thread pool
 
@@ -68,7 +69,5 @@ def encode_files(paths: list[Path], tokenizer: Tokenizer, cache_dir: Path, name:
     os.replace(tmp_path, bin_path)
     meta = dict(dtype=np.dtype(dtype).name, n_tokens=n_tokens, max_id=max_id, sources=[file_key(p) for p in paths],
                 tokenizer=tokenizer_fingerprint(tokenizer), separator=EOT)
-    tmp_meta = meta_path.with_suffix(".jsontmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return TokenFile(bin_path, np.memmap(bin_path, dtype=dtype, mode="r"), max_id)

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cs336_basics.errors import UserError
+from cs336_basics.files import write_text_atomic
 from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
 from cs336_basics.perf.bench_run import BenchSpec
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("precision", spec.precision)
         rows.append(result)
         # Written after every configuration, so an interrupted or timed-out matrix keeps what it measured.
-        _write_json(out / "matrix.json", dict(about, rows=rows, complete=False))
+        write_text_atomic(out / "matrix.json", json.dumps(dict(about, rows=rows, complete=False), indent=1))
         tqdm.write(f"{mode}: " + (f"{result['tokens_per_second']:,} tokens/s" if "tokens_per_second" in result
                                   else f"FAILED ({result['error']})"))
 
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     source = str(out / "matrix.json")
     factors = measured_factors({r["name"]: r for r in rows}, env, source)
     result = dict(about, rows=rows, reference=reference, layers=layers, measured_factors=factors, complete=True)
-    _write_json(out / "matrix.json", result)
+    write_text_atomic(out / "matrix.json", json.dumps(result, indent=1))
     (out / "measured_factors.json").write_text(json.dumps(factors, indent=1))
     md = [f"# Performance matrix: {title}", "", f"{env['date']}; torch {env['torch']}, torchao {env['torchao']}, "
           f"CUDA {env['cuda']}, driver {env.get('driver')}", "", f"Command: `{env['command']}`", "", table]
@@ -336,12 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, reference, layers, out, title)
     print(f"\nwrote {out}/matrix.json, matrix.md, measured_factors.json and PNG charts")
     return 0
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _param_count(cfg: ModelConfig) -> int:

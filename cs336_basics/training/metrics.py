@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cs336_basics.files import write_text_atomic
+
 
 class MetricsLog:
     def __init__(self, path: Path) -> None:
@@ -21,9 +23,7 @@ class MetricsLog:
         """On resume: drop records past the checkpoint's step (written before a crash), which the resumed
         run logs again. Rewritten atomically."""
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
