@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from cs336_basics.errors import UserError
+from cs336_basics.files import write_text_atomic
 
 EOT = "<|endoftext|>"
 
@@ -41,9 +41,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
 def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
     """Write tokenizer.json atomically: an interrupted write never leaves a truncated file to be trusted."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, path)
+    write_text_atomic(path, tokenizer.to_str(pretty=True))  # what tokenizer.save writes
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
