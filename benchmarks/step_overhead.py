@@ -11,7 +11,11 @@ Variants:
                   batch copied from pinned host memory each step)
   trainer-noclip  the same with --grad_clip 0 (the gradient norm is still computed, for logging)
   trainer-nodata  the Trainer's step fed the bare loop's fixed on-GPU batch
-Prints one JSON line.
+--rope swaps the model's rotary embedding for an A/B of the step's cost (issue 3, 1B fp8):
+  half             the model's own: rotate-half pairs (x[i], x[i + D/2]), computed in bf16
+  half-fp32        the same pairs with float32 cos/sin (q, k promoted to float32, as the yardstick's are)
+  interleaved-fp32 the yardstick's form: pairs (x[2i], x[2i+1]), float32 cos/sin, stack + flatten
+Prints one JSON line (median and mean step time; the yardstick reports the mean).
 """
 
 import argparse
@@ -27,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cs336_basics.data.batches import RandomWindows  # noqa: E402
+from cs336_basics.model import transformer  # noqa: E402
 from cs336_basics.model.transformer import PRESETS  # noqa: E402
 from cs336_basics.perf.bench_run import BenchSpec, time_steps  # noqa: E402
 from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context  # noqa: E402
@@ -35,6 +40,21 @@ from cs336_basics.training.trainer import TrainConfig, Trainer  # noqa: E402
 from cs336_basics.training.transforms import compile_model  # noqa: E402
 
 VARIANTS = ("bare", "trainer", "trainer-noclip", "trainer-nodata")
+
+
+def rope_half_fp32(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def rope_interleaved_fp32(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+
+
+ROPES = {"half": transformer.apply_rope, "half-fp32": rope_half_fp32, "interleaved-fp32": rope_interleaved_fp32}
 
 
 class FixedBatch:
@@ -55,7 +75,9 @@ def main() -> None:
     p.add_argument("--variant", default="trainer", choices=VARIANTS)
     p.add_argument("--fused_attention", default="auto", choices=sorted(FUSED_ORDERS))
     p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--rope", default="half", choices=sorted(ROPES))
     args = p.parse_args()
+    transformer.apply_rope = ROPES[args.rope]  # Attention.forward looks the function up at call time
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     cfg = PRESETS[args.preset]
@@ -94,7 +116,8 @@ def main() -> None:
             step()
     median = statistics.median(seconds)
     print(json.dumps(dict(preset=args.preset, precision=args.precision, variant=args.variant,
-                          fused_attention=args.fused_attention, attention_ran=kernels.ran, batch_size=batch, step_ms=round(median * 1e3, 2),
+                          rope=args.rope, fused_attention=args.fused_attention, attention_ran=kernels.ran, batch_size=batch,
+                          step_ms=round(median * 1e3, 2), mean_step_ms=round(statistics.mean(seconds) * 1e3, 2),
                           tokens_per_second=round(batch * cfg.context_length / median), warmup_s=round(warmup, 1),
                           peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)), flush=True)
 

@@ -39,6 +39,14 @@ def test_rope_depends_only_on_relative_position():
     assert abs(float(at(q, 5) @ at(k, 2)) - float(at(q, 5) @ at(k, 4))) > 1e-3  # and it does depend on it
 
 
+def test_rope_rotates_bf16_in_float32_and_returns_bf16():
+    cos, sin = rope_tables(16, 64, 10000.0)
+    x = torch.randn(2, 64, 3, 16).bfloat16()
+    out = apply_rope(x, cos, sin)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, apply_rope(x.float(), cos, sin).bfloat16(), rtol=0, atol=0)  # rounded once
+
+
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     model = Transformer(CFG)
