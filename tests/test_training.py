@@ -112,6 +112,7 @@ def one_line_error(capsys, rc: int, pattern: str) -> None:
     (["--use_fp8"], "needs a GPU with float8 tensor cores"),
     (["--use_fp8", "--fp8_emulate", "--fp8_filter", "auto"], "--fp8_filter auto times each layer"),
     (["--fp8_emulate"], "--fp8_emulate only applies with --use_fp8"),
+    (["--no-fp8_head"], "--no-fp8_head only apply with --use_fp8"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
 ])
 def test_bad_flags(tmp_path, small_corpus, capsys, extra, pattern):

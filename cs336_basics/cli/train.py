@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fp8_filter", default="all", choices=FILTERS,
                    help="all: every eligible layer; auto: only layers measured faster in fp8 on this GPU")
     s.add_argument("--fp8_emulate", action="store_true", help="emulated float8 (any device, slow: for testing)")
+    s.add_argument("--fp8_head", action=yes_no,
+                   help="with --use_fp8: the output head and its loss in float8 too (default on; --no-fp8_head keeps bf16)")
     s.add_argument("--compile_model", action=yes_no, help="torch.compile each block and the loss")
     s.add_argument("--compile_mode", choices=COMPILE_MODES, help="torch.compile mode (default: default)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
@@ -257,6 +259,8 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None) -> tuple
     recipe = args.fp8_recipe or (saved or {}).get("fp8_recipe") or "tensorwise"
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
+    if args.fp8_head is not None and not use_fp8:
+        raise UserError("--fp8_head / --no-fp8_head only apply with --use_fp8")
     return use_fp8, recipe
 
 
@@ -273,8 +277,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
 
     tokenizer, train_tokens, val_tokens, data_info = on_rank0_first(
         ctx, lambda: prepare_data(args, model_cfg, out_dir, resumed))
-    fp8 = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate,
-                     fsdp_all_gather=ctx.enabled and device.type == "cuda") if use_fp8 else None
+    fp8 = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate, fsdp_all_gather=ctx.enabled and device.type == "cuda",
+                     head=args.fp8_head is not False) if use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
     run_shape = RunShape(device, use_fp8, recipe, args.fp8_emulate, train_cfg.compile_model,

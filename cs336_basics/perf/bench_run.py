@@ -41,6 +41,7 @@ class BenchSpec:
     steps: int = 10
     compile_mode: str = "default"
     fp8_filter: str = "all"
+    fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     device: str = "cuda"
     inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}
 
@@ -49,7 +50,7 @@ class BenchSpec:
         if not self.precision.startswith("fp8"):
             return None
         return Fp8Options(recipe=self.precision.split("-", 1)[1], filter=self.fp8_filter,
-                          emulate=self.device != "cuda")
+                          emulate=self.device != "cuda", head=self.fp8_head)
 
 
 def run(spec: BenchSpec) -> dict[str, Any]:

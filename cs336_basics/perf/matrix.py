@@ -28,12 +28,14 @@ from cs336_basics.perf.hardware import current_device_peaks
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp")
 DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-tensorwise-compile",
-                     "fp8-tensorwise-compile-flash", "fp8-rowwise-compile", "fp8-rowwise_with_gw_hp-compile",
+                     "fp8-tensorwise-compile-bf16head", "fp8-tensorwise-compile-flash", "fp8-rowwise-compile", "fp8-rowwise_with_gw_hp-compile",
                      "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
 DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
 # Our mode -> the reference script's name for the same configuration.
+# The yardstick keeps its head in bf16: -bf16head is the like-for-like row, ours (fp8 head) the fast path.
 REFERENCE_MODES = {"bf16-eager": "bf16-eager", "bf16-compile": "bf16-compile", "fp8-tensorwise-compile": "fp8-compile",
-                   "fp8-rowwise-compile": "fp8rw-compile", "fp8-tensorwise-eager": "fp8-eager"}
+                   "fp8-tensorwise-compile-bf16head": "fp8-compile", "fp8-rowwise-compile": "fp8rw-compile",
+                   "fp8-tensorwise-eager": "fp8-eager"}
 BASELINE = "bf16-compile"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "anchor_bench.py"
 
@@ -51,12 +53,12 @@ def parse_mode(mode: str) -> dict[str, Any]:
             break
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
-    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac"}:
-        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac], "
+    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head"}:
+        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head], "
                         f"e.g. fp8-rowwise-compile-ac")
     fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
-                fused_attention=fused, checkpointing="ac" in parts[1:])
+                fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:])
 
 
 def parse_inductor(text: str) -> dict[str, Any]:
@@ -153,7 +155,7 @@ def run_reference(script: Path, cfg: ModelConfig, batch_size: int, modes: list[s
                   timeout: int) -> list[dict[str, Any]]:
     if not script.is_file():
         raise UserError(f"reference script {script} not found; pass --reference PATH/anchor_bench.py")
-    ref_modes = [REFERENCE_MODES[m] for m in modes if m in REFERENCE_MODES]
+    ref_modes = list(dict.fromkeys(REFERENCE_MODES[m] for m in modes if m in REFERENCE_MODES))  # each once
     if not ref_modes:
         return []
     jsonl = out / "reference.jsonl"

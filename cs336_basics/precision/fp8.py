@@ -1,8 +1,10 @@
 """TorchAO float8 training: which nn.Linear layers to convert, the conversion itself, and what it reports.
 
-The output head stays in bf16 (its 50K-wide product feeds the loss, where fp8's error costs quality),
-layers whose dimensions are not multiples of 16 cannot use the fp8 matrix units, and with
-`--fp8_filter auto` layers whose measured fp8 forward+backward is not faster than bf16 are kept too.
+TorchAO converts the blocks' layers; the output head is not a TorchAO layer: with `head=True` (the default
+of training runs) it runs with its loss in float8 through our own `fp8_head.Float8OutputHead` (an exact
+static scale for the logit gradient), otherwise it stays in bf16. Layers whose dimensions are not multiples
+of 16 cannot use the fp8 matrix units, and with `--fp8_filter auto` layers whose measured fp8
+forward+backward is not faster than bf16 are kept too.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ LayerShape = tuple[int, int]  # (in_features, out_features)
 class ConversionReport:
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # fqn -> reason
+    fp8_head: bool = False  # the output head + loss run in float8 (fp8_head.py), not TorchAO
 
     @property
     def total(self) -> int:
-        return len(self.converted) + len(self.skipped)
+        return len(self.converted) + len(self.skipped) + self.fp8_head
 
     def summary(self) -> str:
         lines = [f"FP8: converted {len(self.converted)} of {self.total} linear layers to Float8Linear"]
+        if self.fp8_head:
+            lines.append(f"  {HEAD_FQN} and its cross-entropy: float8 (e4m3 forward, e5m2 logit gradient, static scale)")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)
@@ -91,10 +96,13 @@ def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float
 
 def convert_model_to_fp8(
     model: nn.Module, recipe: str = "tensorwise", emulate: bool = False,
-    fp8_speedup: dict[LayerShape, float] | None = None, fsdp_all_gather: bool = False,
+    fp8_speedup: dict[LayerShape, float] | None = None, fsdp_all_gather: bool = False, head: bool = False,
 ) -> ConversionReport:
-    """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear, in place."""
+    """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear, in place; with `head`, the
+    output head (projection + loss) for the float8 one of fp8_head.py when its dimensions allow."""
     from torchao.float8 import convert_to_float8_training
+
+    from cs336_basics.precision.fp8_head import Float8OutputHead
 
     report = ConversionReport()
     for fqn, module in model.named_modules():
@@ -108,6 +116,14 @@ def convert_model_to_fp8(
     convert_to_float8_training(
         model, config=float8_config(recipe, emulate, fsdp_all_gather), module_filter_fn=lambda mod, fqn: fqn in convert_set
     )
+    proj = model.get_submodule(HEAD_FQN) if head else None
+    if proj is not None and report.skipped.get(HEAD_FQN) == "output head":
+        if proj.in_features % 16 or proj.out_features % 16:
+            report.skipped[HEAD_FQN] = "dimension not divisible by 16"
+        else:
+            model.output = Float8OutputHead(model.output, emulate)
+            del report.skipped[HEAD_FQN]
+            report.fp8_head = True
     return report
 
 

@@ -17,6 +17,7 @@ class Fp8Options:
     filter: str = "all"  # "all" or "auto" (measured per layer shape on the GPU)
     emulate: bool = False
     fsdp_all_gather: bool = False  # several GPUs, tensorwise: FSDP2 all-gathers the weights in fp8
+    head: bool = True  # the output head + loss in float8 (precision/fp8_head.py); False keeps it in bf16
 
 
 def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
@@ -24,7 +25,8 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     """1. build the plain model with fp32 weights (the optimizer's master copy; compute runs in bf16 under
           autocast, which TorchAO float8 also expects, so the weights are never cast to bf16 by hand);
     2. move it to the device;
-    3. with fp8: swap the eligible nn.Linear layers for TorchAO Float8Linear;
+    3. with fp8: swap the eligible nn.Linear layers for TorchAO Float8Linear, and the output head + loss
+       for our float8 one (fp8.head);
     4. then hand it to the Trainer, which detects the Float8 modules, applies activation checkpointing
        and compiles, in that order."""
     model = Transformer(cfg)
@@ -44,5 +46,5 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         speedups = measure_fp8_speedups(shapes, micro_batch_tokens, fp8.recipe, device)
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
-    report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather)
+    report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
     return model, report
