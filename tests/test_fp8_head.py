@@ -33,14 +33,12 @@ def inputs(n=256, d=64, v=512, w_std=0.02, seed=0):
     return torch.randn(n, d, generator=g), torch.randn(v, d, generator=g) * w_std, torch.randint(0, v, (n,), generator=g)
 
 
-@pytest.mark.parametrize("fp8_forward", [True, False])
 @pytest.mark.parametrize("w_std", [0.02, 0.5])  # near-uniform predictions, and confident ones
-def test_loss_and_gradients_match_the_plain_head(w_std, fp8_forward):
+def test_loss_and_gradients_match_the_plain_head(w_std):
     x, w, t = inputs(w_std=w_std)
     ref_loss, ref_gx, ref_gw = loss_and_grads(plain, x, w, t, grad_loss=0.25)  # as with gradient accumulation
-    loss, gx, gw = loss_and_grads(lambda *a: linear_cross_entropy_fp8(*a, emulate=True, fp8_forward=fp8_forward),
-                                  x, w, t, grad_loss=0.25)
-    assert abs(loss - ref_loss) / ref_loss < (2e-3 if fp8_forward else 2e-4)  # bf16 logits: only bf16 rounding
+    loss, gx, gw = loss_and_grads(lambda *a: linear_cross_entropy_fp8(*a, emulate=True), x, w, t, grad_loss=0.25)
+    assert abs(loss - ref_loss) / ref_loss < 2e-3
     # e4m3 inputs (3 mantissa bits) and an e5m2 gradient (2 bits): TorchAO's float8 linears reach ~20-30 dB
     assert sqnr_db(ref_gx, gx) > 25 and sqnr_db(ref_gw, gw) > 25
     assert torch.isfinite(gx).all() and torch.isfinite(gw).all()

@@ -48,14 +48,10 @@ def column_major(t: torch.Tensor) -> torch.Tensor:
 
 class _Float8LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, emulate: bool,
-                fp8_forward: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, emulate: bool) -> torch.Tensor:
         x8, inv_x = to_fp8(x)  # (N, D)
         w8, inv_w = to_fp8(weight)  # (V, D)
-        if fp8_forward:
-            logits = scaled_mm(x8, w8.t(), inv_x, inv_w, torch.bfloat16, emulate)  # (N, V)
-        else:  # bf16 logits (the loss as the plain head computes it); the two gradient products stay fp8
-            logits = x.to(torch.bfloat16) @ weight.to(torch.bfloat16).t()
+        logits = scaled_mm(x8, w8.t(), inv_x, inv_w, torch.bfloat16, emulate)  # (N, V)
         lse = torch.logsumexp(logits.float(), dim=-1)
         loss = (lse - logits.gather(1, targets[:, None]).squeeze(1).float()).mean()
         ctx.save_for_backward(x8, inv_x, w8, inv_w, logits, lse, targets)
@@ -72,21 +68,18 @@ class _Float8LinearCrossEntropy(torch.autograd.Function):
         inv_g = grad_loss.float() / (n * E5M2_MAX)
         grad_x = scaled_mm(g8, column_major(w8), inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (N, V) @ (V, D)
         grad_w = scaled_mm(g8.t().contiguous(), column_major(x8), inv_g, inv_x, ctx.w_dtype, ctx.emulate)  # (V, N) @ (N, D)
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None
 
 
 def linear_cross_entropy_fp8(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             emulate: bool = False, fp8_forward: bool = True) -> torch.Tensor:
+                             emulate: bool = False) -> torch.Tensor:
     """Mean cross-entropy of x @ weight.T against targets; x (N, D), weight (V, D), targets (N,)."""
-    return _Float8LinearCrossEntropy.apply(x, weight, targets, emulate, fp8_forward)
+    return _Float8LinearCrossEntropy.apply(x, weight, targets, emulate)
 
 
 class Float8OutputHead(nn.Module):
     """The model's OutputHead with its projection + loss in float8. It holds the same `norm` and `proj`
-    modules, so parameter names, state-dict keys and checkpoints are those of the plain head.
-    `fp8_forward` False computes the logits (and so the loss) in bf16 and only the two gradient products in fp8."""
-
-    fp8_forward: bool = True
+    modules, so parameter names, state-dict keys and checkpoints are those of the plain head."""
 
     def __init__(self, head: OutputHead, emulate: bool) -> None:
         super().__init__()
@@ -99,9 +92,7 @@ class Float8OutputHead(nn.Module):
         if not self.emulate and targets.numel() % 16:
             raise UserError(f"the float8 output head needs a multiple of 16 tokens per micro-batch, got "
                             f"{targets.numel()}: change --batch_size or --context_length, or pass --no-fp8_head")
-        return linear_cross_entropy_fp8(x.flatten(0, 1), self.proj.weight, targets.flatten(), self.emulate,
-                                        self.fp8_forward)
+        return linear_cross_entropy_fp8(x.flatten(0, 1), self.proj.weight, targets.flatten(), self.emulate)
 
     def extra_repr(self) -> str:
-        forward = "float8 e4m3" if self.fp8_forward else "bf16"
-        return f"{forward} forward, e5m2 static-scale logit gradient, emulate={self.emulate}"
+        return f"float8 e4m3 forward, e5m2 static-scale logit gradient, emulate={self.emulate}"
