@@ -52,6 +52,10 @@ def test_1b_fp8_roofline_by_hand():
     params = n_params(cfg)
     step = 16384 * per_token + 28 * params / 4.8e12
     assert roofline_tokens_per_second(cfg, H200, True, 16384, params) == pytest.approx(16384 / step)
+    # with the float8 head, its 618 MFLOP/token move to the fp8 peak too
+    per_token_head = (4_932_501_504 + 618_135_552) / 1978.9e12 + 402_653_184 / 989.4e12
+    assert roofline_tokens_per_second(cfg, H200, True, 16384, params, fp8_head=True) == pytest.approx(
+        16384 / (16384 * per_token_head + 28 * params / 4.8e12))
     # MFU is always against the bf16 peak: 100k tokens/s of the 1B model
     assert mfu(100_000, cfg, H200) == pytest.approx(100_000 * 6_355_943_424 / 989.4e12)
 

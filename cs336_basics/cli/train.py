@@ -284,7 +284,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     run_shape = RunShape(device, use_fp8, recipe, args.fp8_emulate, train_cfg.compile_model,
                          train_cfg.compile_mode, backend, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
-                         ctx.world_size)
+                         ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head))
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
     if ctx.is_main:

@@ -89,7 +89,8 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     if peaks:
         result["mfu_bf16_peak"] = round(mfu(tokens_per_second, cfg, peaks), 4)
         result["roofline_tokens_per_second"] = round(roofline_tokens_per_second(
-            cfg, peaks, spec.fp8 is not None, spec.batch_size * T, model.num_params()))
+            cfg, peaks, spec.fp8 is not None, spec.batch_size * T, model.num_params(),
+            fp8_head=bool(report and report.fp8_head)))
     if device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return result

@@ -4,7 +4,8 @@ Conventions (the same as ../shared/reference/anchor_bench.py, so our figures and
 - model FLOPs/token = 6 * (matmul parameters, head included, embedding excluded) + 12 * L * d * T,
   i.e. PaLM's formula, whose attention term counts the full (non-causal) T x T work;
 - the roofline instead counts the causal attention a fused kernel really does (half of that term), the
-  blocks' Linear layers at the fp8 peak when they run in fp8, and the head and attention at the bf16 peak.
+  blocks' Linear layers at the fp8 peak when they run in fp8, the head at the fp8 peak when it runs in fp8
+  too (precision/fp8_head.py), and attention at the bf16 peak.
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ def token_flops(cfg: ModelConfig, seq_len: int | None = None) -> TokenFlops:
     )
 
 
-def compute_seconds_per_token(cfg: ModelConfig, peaks: DevicePeaks, fp8: bool, seq_len: int | None = None) -> float:
-    """Time of one token's training FLOPs at datasheet peak (blocks' Linears at the fp8 peak under fp8)."""
+def compute_seconds_per_token(cfg: ModelConfig, peaks: DevicePeaks, fp8: bool, seq_len: int | None = None,
+                              fp8_head: bool = False) -> float:
+    """Time of one token's training FLOPs at datasheet peak (blocks' Linears, and the head with fp8_head, at
+    the fp8 peak under fp8)."""
     flops = token_flops(cfg, seq_len)
     linear_peak = peaks.fp8_tflops if (fp8 and peaks.fp8_tflops) else peaks.bf16_tflops
-    return flops.blocks_linear / (linear_peak * 1e12) + (flops.head + flops.attention_full / 2) / (peaks.bf16_tflops * 1e12)
+    head_peak = linear_peak if fp8_head else peaks.bf16_tflops
+    return (flops.blocks_linear / (linear_peak * 1e12) + flops.head / (head_peak * 1e12)
+            + flops.attention_full / 2 / (peaks.bf16_tflops * 1e12))
 
 
 def optimizer_step_seconds(n_params: int, peaks: DevicePeaks) -> float:
@@ -52,10 +57,11 @@ def optimizer_step_seconds(n_params: int, peaks: DevicePeaks) -> float:
 
 
 def roofline_tokens_per_second(
-    cfg: ModelConfig, peaks: DevicePeaks, fp8: bool, tokens_per_step: int, n_params: int, seq_len: int | None = None
+    cfg: ModelConfig, peaks: DevicePeaks, fp8: bool, tokens_per_step: int, n_params: int, seq_len: int | None = None,
+    fp8_head: bool = False,
 ) -> float:
     """Upper bound on training tokens/s: a step's compute at peak plus its optimizer's memory traffic."""
-    compute = tokens_per_step * compute_seconds_per_token(cfg, peaks, fp8, seq_len)
+    compute = tokens_per_step * compute_seconds_per_token(cfg, peaks, fp8, seq_len, fp8_head)
     return tokens_per_step / (compute + optimizer_step_seconds(n_params, peaks))
 
 

@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     if peaks:
         for fp8 in (False, True):
             bound = roofline_tokens_per_second(cfg, peaks, fp8, batch_size * cfg.context_length,
-                                               _param_count(cfg))
-            print(f"roofline upper bound ({'fp8' if fp8 else 'bf16'}, {peaks.name} datasheet): {bound:,.0f} tokens/s")
+                                               _param_count(cfg), fp8_head=fp8)
+            print(f"roofline upper bound ({'fp8, head included' if fp8 else 'bf16'}, {peaks.name} datasheet): "
+                  f"{bound:,.0f} tokens/s")
 
     rows: list[dict[str, Any]] = []
     about = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, inductor=inductor)

@@ -133,6 +133,12 @@ def is_float8_model(model: nn.Module) -> bool:
     return any(isinstance(m, Float8Linear) for m in model.modules())
 
 
+def has_fp8_head(model: nn.Module) -> bool:
+    from cs336_basics.precision.fp8_head import Float8OutputHead
+
+    return isinstance(getattr(model, "output", None), Float8OutputHead)
+
+
 def uses_fp8_all_gather(model: nn.Module) -> bool:
     from torchao.float8.float8_linear import Float8Linear
 

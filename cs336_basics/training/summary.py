@@ -27,6 +27,7 @@ class RunShape:
     accumulation: int
     context_length: int
     world_size: int = 1
+    fp8_head: bool = False  # the output head + loss in float8 too
 
     @property
     def tokens_per_step(self) -> int:
@@ -100,7 +101,9 @@ def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: R
     lines.append(head)
     lines += [f"  - {r}" for r in reasons]
     if peaks:
-        bound = roofline_tokens_per_second(cfg, peaks, run.fp8 and not run.fp8_emulate, run.tokens_per_step, n_params)
+        real_fp8 = run.fp8 and not run.fp8_emulate
+        bound = roofline_tokens_per_second(cfg, peaks, real_fp8, run.tokens_per_step, n_params,
+                                           fp8_head=real_fp8 and run.fp8_head)
         peak_note = f"{peaks.fp8_tflops:.0f} fp8 / " if (run.fp8 and peaks.fp8_tflops) else ""
         lines.append(f"Expected: at most {bound * run.world_size:,.0f} tokens/sec (upper bound: roofline of {peaks.name} "
                      f"datasheet peaks, {peak_note}{peaks.bf16_tflops:.0f} bf16 TFLOP/s); measured figures follow warm-up")

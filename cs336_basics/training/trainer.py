@@ -22,7 +22,8 @@ from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import Transformer
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
-from cs336_basics.precision.fp8 import is_float8_model, precompute_float8_dynamic_scale_for_fsdp, uses_fp8_all_gather
+from cs336_basics.precision.fp8 import (has_fp8_head, is_float8_model, precompute_float8_dynamic_scale_for_fsdp,
+                                        uses_fp8_all_gather)
 from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context
 from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, apply_fsdp,
@@ -114,6 +115,7 @@ class Trainer:
         self.model_cfg = model.cfg
         self.model = model
         self.fp8 = is_float8_model(model)
+        self.fp8_head = has_fp8_head(model)
         if self.fp8:
             self.log(FP8_MODE_MESSAGE)
         # Evaluation runs every model in one precision (bf16 autocast on CUDA, fp32 on CPU) so that fp8 and
@@ -232,7 +234,8 @@ class Trainer:
     def roofline_bound(self) -> float:
         """Upper bound on this run's global tokens/s from the device's datasheet peaks (needs self.peaks)."""
         per_device = self.tokens_per_step // self.ctx.world_size
-        return self.ctx.world_size * roofline_tokens_per_second(self.model_cfg, self.peaks, self.fp8, per_device, self.n_params)
+        return self.ctx.world_size * roofline_tokens_per_second(self.model_cfg, self.peaks, self.fp8, per_device, self.n_params,
+                                                                fp8_head=self.fp8_head)
 
     def mfu(self, tokens_per_second: float) -> float:
         """Per-device model FLOPs utilisation against the bf16 datasheet peak (needs self.peaks)."""
