@@ -221,3 +221,13 @@ def test_attention_probe_turns_a_kernel_refusal_into_a_one_line_error(monkeypatc
     monkeypatch.setattr(F, "scaled_dot_product_attention", refuse)
     with pytest.raises(UserError, match="head dimension 512 .*No available kernel.*up to 256"):
         probe_backend(True, "auto", 512, torch.device("cpu"))
+
+
+def test_reference_ratio_compares_mean_with_mean():
+    from cs336_basics.perf.matrix import format_table
+
+    ours = dict(name="bf16-compile", tokens_per_second=100_000, step_ms=160.0, step_ms_mean=164.0, model_tflops=1.0,
+                warmup_seconds=1.0, attention_backend="CUDNN_ATTENTION")
+    stock = dict(mode="bf16-compile", tok_s=100_000, step_ms=163.84)  # the yardstick's step_ms is a mean
+    row = format_table([ours], [stock], on_gpu=True).splitlines()[-1]
+    assert "| 0.999 |" in row  # 163.84 / 164.0, not 100,000 / 100,000 or 163.84 / 160.0
