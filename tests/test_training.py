@@ -190,15 +190,16 @@ def test_divergence_stops_without_saving_a_bad_checkpoint(tmp_path, small_corpus
 def test_resume_keeps_the_runs_speed_and_precision_settings_unless_flags_change_them(tmp_path, small_corpus, capsys):
     first = base_args(tmp_path, small_corpus, "run", steps=5) + [
         "--no_gradient_checkpointing", "--use_flash_attn", "--fused_attention", "flash",
-        "--use_fp8", "--fp8_emulate", "--fp8_recipe", "rowwise"]
+        "--use_fp8", "--fp8_emulate", "--fp8_recipe", "rowwise", "--no-fp8_head"]
     assert train(first) == 0
-    capsys.readouterr()
+    assert "kept in bf16 (output head): output.proj" in capsys.readouterr().out
     # --fp8_emulate is still needed on a CPU; everything else comes from the checkpoint
     assert train(["--resume", tmp_path / "run", "--max_steps", 6, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
                   "--sample_tokens", 0]) == 0
     out = capsys.readouterr().out
     assert re.search(r"grad checkpoint\s+off", out) and "rowwise" in out and "float8" in out.lower()
     assert re.search(r"attention\s+FLASH_ATTENTION", out)
+    assert "kept in bf16 (output head): output.proj" in out and "cross-entropy: float8" not in out
     # flags still win: back to bf16 with checkpointing, the fp8 checkpoint loading into a plain model
     assert train(["--resume", tmp_path / "run", "--max_steps", 7, "--no-use_fp8", "--gradient_checkpointing",
                   "--cache_dir", tmp_path / "cache", "--sample_tokens", 0]) == 0

@@ -253,21 +253,22 @@ def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
     return result
 
 
-def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None) -> tuple[bool, str]:
-    """(use fp8, recipe): the flags, else the resumed checkpoint's, else bf16 / tensorwise."""
+def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None) -> tuple[bool, str, bool]:
+    """(use fp8, recipe, float8 head): the flags, else the resumed checkpoint's, else bf16 / tensorwise / head on."""
     use_fp8 = args.use_fp8 if args.use_fp8 is not None else bool(saved and saved.get("fp8"))
     recipe = args.fp8_recipe or (saved or {}).get("fp8_recipe") or "tensorwise"
+    head = args.fp8_head if args.fp8_head is not None else (saved or {}).get("fp8_head") is not False
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
     if args.fp8_head is not None and not use_fp8:
         raise UserError("--fp8_head / --no-fp8_head only apply with --use_fp8")
-    return use_fp8, recipe
+    return use_fp8, recipe, head
 
 
 def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.device) -> int:
     out_dir = broadcast_from_rank0(prepare_out_dir(args) if ctx.is_main else None, ctx)
     resumed = load_checkpoint(out_dir) if args.resume else None
-    use_fp8, recipe = resolve_fp8(args, resumed)
+    use_fp8, recipe, fp8_head = resolve_fp8(args, resumed)
     if use_fp8:
         check_fp8_device(device, args.fp8_emulate)
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
@@ -278,7 +279,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     tokenizer, train_tokens, val_tokens, data_info = on_rank0_first(
         ctx, lambda: prepare_data(args, model_cfg, out_dir, resumed))
     fp8 = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate, fsdp_all_gather=ctx.enabled and device.type == "cuda",
-                     head=args.fp8_head is not False) if use_fp8 else None
+                     head=fp8_head) if use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
     run_shape = RunShape(device, use_fp8, recipe, args.fp8_emulate, train_cfg.compile_model,
@@ -292,7 +293,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
             print(warning, file=sys.stderr)
 
     run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info,
-                "fp8_recipe": recipe if use_fp8 else None}
+                "fp8_recipe": recipe if use_fp8 else None, "fp8_head": fp8_report.fp8_head if fp8_report else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)
     trainer = Trainer(model, train_cfg, sampler, val_tokens, device, out_dir, run_info, ctx=ctx)
