@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -69,6 +70,37 @@ def loss_and_grads(model: Transformer, x, y, device) -> tuple[float, dict[str, t
     return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def check_fp8_head(device: torch.device) -> Check:
+    """The float8 head + loss through the real `torch._scaled_mm` kernels against its reference (float32
+    products of the same fp8 values), on fresh random inputs: loss and gradients within bounds, no NaN."""
+    from cs336_basics.precision.fp8_head import linear_cross_entropy_fp8
+
+    n, d, v = (8192, 896, 8192) if device.type == "cuda" else (256, 64, 512)
+    seed = secrets.randbits(31)  # fresh inputs each run (the global torch seed is fixed above)
+    g = torch.Generator(device).manual_seed(seed)
+    x = torch.randn(n, d, device=device, generator=g)
+    w = torch.randn(v, d, device=device, generator=g) * 0.02
+    t = torch.randint(0, v, (n,), device=device, generator=g)
+    results = []
+    for emulate in (True, False):
+        xe, we = x.clone().requires_grad_(), w.clone().requires_grad_()
+        try:
+            loss = linear_cross_entropy_fp8(xe, we, t, emulate=emulate)
+        except (RuntimeError, NotImplementedError) as e:  # a CPU build without a float8 matmul kernel
+            return Check("float8 head: kernels vs reference", None, f"skipped: torch._scaled_mm on {device.type}: {e}")
+        loss.backward()
+        results.append((loss.detach(), xe.grad, we.grad))
+    (ref_loss, ref_gx, ref_gw), (loss, gx, gw) = results
+    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
+    errors = dict(loss=rel(loss, ref_loss), grad_x=rel(gx, ref_gx), grad_w=rel(gw, ref_gw))
+    finite = all(torch.isfinite(t).all() for t in (loss, gx, gw))
+    passed = finite and errors["loss"] < 1e-3 and errors["grad_x"] < 2e-2 and errors["grad_w"] < 2e-2
+    return Check("float8 head: kernels vs reference", passed,
+                 f"{n} tokens x {v} classes (seed {seed}), relative error loss {errors['loss']:.1e}, input gradient "
+                 f"{errors['grad_x']:.1e}, weight gradient {errors['grad_w']:.1e} (bounds 1e-3, 2e-2, 2e-2)"
+                 + ("" if finite else "; NaN or inf"))
+
+
 def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print) -> list[Check]:
     emulate = not supports_fp8(device)
     checks: list[Check] = []
@@ -111,6 +143,8 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
     record(Check("FP8 vs BF16 gradients (SQNR)", whole >= GRAD_SQNR_DB and worst >= WORST_PARAM_SQNR_DB,
                  f"all parameters {whole:.1f} dB (threshold {GRAD_SQNR_DB}); worst single parameter {worst:.1f} dB "
                  f"at {worst_name} (threshold {WORST_PARAM_SQNR_DB})"))
+
+    record(check_fp8_head(device))
 
     # Compile after conversion, then a short training run that must lower the loss.
     from cs336_basics.training.trainer import TrainConfig, Trainer
