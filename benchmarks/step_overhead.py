@@ -11,9 +11,11 @@ Variants:
                   batch copied from pinned host memory each step)
   trainer-noclip  the same with --grad_clip 0 (the gradient norm is still computed, for logging)
   trainer-nodata  the Trainer's step fed the bare loop's fixed on-GPU batch
---rope swaps the model's rotary embedding for an A/B of the step's cost (issue 3, 1B fp8):
-  half             the model's own: rotate-half pairs (x[i], x[i + D/2]), computed in bf16
-  half-fp32        the same pairs with float32 cos/sin (q, k promoted to float32, as the yardstick's are)
+--rope swaps the model's rotary embedding for an A/B of the step's cost (issue 3, 1B fp8; call 13 ran it when
+the model's own form was half-bf16, so its "half" rows are half-bf16):
+  half             the model's own: rotate-half pairs (x[i], x[i + D/2]) in float32, returned in x's dtype
+  half-bf16        the same pairs with the cos/sin tables cast to bf16 (the model's form before call 13)
+  half-fp32        the same pairs in float32, q and k left in float32 for SDPA's autocast to cast
   interleaved-fp32 the yardstick's form: pairs (x[2i], x[2i+1]), float32 cos/sin, stack + flatten
 Prints one JSON line (median and mean step time; the yardstick reports the mean).
 """
@@ -42,6 +44,12 @@ from cs336_basics.training.transforms import compile_model  # noqa: E402
 VARIANTS = ("bare", "trainer", "trainer-noclip", "trainer-nodata")
 
 
+def rope_half_bf16(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 def rope_half_fp32(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos[:, None, :], sin[:, None, :]
@@ -54,7 +62,8 @@ def rope_interleaved_fp32(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor)
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
 
-ROPES = {"half": transformer.apply_rope, "half-fp32": rope_half_fp32, "interleaved-fp32": rope_interleaved_fp32}
+ROPES = {"half": transformer.apply_rope, "half-bf16": rope_half_bf16, "half-fp32": rope_half_fp32,
+         "interleaved-fp32": rope_interleaved_fp32}
 
 
 class FixedBatch:
