@@ -74,6 +74,14 @@ def test_build_model_swaps_the_head_and_keeps_state_dict_keys():
     assert type(kept.output) is OutputHead and report.skipped["output.proj"] == "output head"
 
 
+def test_head_with_a_vocabulary_not_divisible_by_16_stays_in_bf16():
+    from dataclasses import replace
+
+    model, report = build_model(replace(CFG, vocab_size=500), torch.device("cpu"), Fp8Options(emulate=True))
+    assert type(model.output) is OutputHead and not report.fp8_head
+    assert report.skipped == {"output.proj": "dimension not divisible by 16"}
+
+
 def test_real_kernel_needs_a_multiple_of_16_tokens():
     head = Float8OutputHead(OutputHead(CFG), emulate=False)
     with pytest.raises(UserError, match="multiple of 16 tokens"):

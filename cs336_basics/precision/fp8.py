@@ -80,14 +80,16 @@ def check_fp8_device(device: torch.device, emulate: bool) -> None:
     )
 
 
-def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float] | None) -> str | None:
-    """Why a linear layer stays in bf16, or None to convert it. `fp8_speedup` (auto filter) maps a layer
-    shape to its measured bf16-time / fp8-time for forward+backward."""
-    if fqn == HEAD_FQN:
+def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float] | None,
+                fp8_head: bool = False) -> str | None:
+    """Why a linear layer stays in bf16, or None to convert it (the head: to our float8 head, when
+    `fp8_head`). `fp8_speedup` (auto filter) maps a block layer's shape to its measured bf16-time / fp8-time
+    for forward+backward."""
+    if fqn == HEAD_FQN and not fp8_head:
         return "output head"
     if linear.in_features % 16 or linear.out_features % 16:
         return "dimension not divisible by 16"
-    if fp8_speedup is not None:
+    if fp8_speedup is not None and fqn != HEAD_FQN:
         speedup = fp8_speedup[(linear.in_features, linear.out_features)]
         if speedup <= 1.0:
             return "measured slower in fp8"
@@ -107,23 +109,19 @@ def convert_model_to_fp8(
     report = ConversionReport()
     for fqn, module in model.named_modules():
         if type(module) is nn.Linear:
-            reason = skip_reason(fqn, module, fp8_speedup)
+            reason = skip_reason(fqn, module, fp8_speedup, head)
             if reason:
                 report.skipped[fqn] = reason
+            elif fqn == HEAD_FQN:
+                report.fp8_head = True
             else:
                 report.converted.append(fqn)
     convert_set = set(report.converted)
     convert_to_float8_training(
         model, config=float8_config(recipe, emulate, fsdp_all_gather), module_filter_fn=lambda mod, fqn: fqn in convert_set
     )
-    proj = model.get_submodule(HEAD_FQN) if head else None
-    if proj is not None and report.skipped.get(HEAD_FQN) == "output head":
-        if proj.in_features % 16 or proj.out_features % 16:
-            report.skipped[HEAD_FQN] = "dimension not divisible by 16"
-        else:
-            model.output = Float8OutputHead(model.output, emulate)
-            del report.skipped[HEAD_FQN]
-            report.fp8_head = True
+    if report.fp8_head:
+        model.output = Float8OutputHead(model.output, emulate)
     return report
 
 

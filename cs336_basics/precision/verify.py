@@ -93,7 +93,7 @@ def check_fp8_head(device: torch.device) -> Check:
     (ref_loss, ref_gx, ref_gw), (loss, gx, gw) = results
     rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
     errors = dict(loss=rel(loss, ref_loss), grad_x=rel(gx, ref_gx), grad_w=rel(gw, ref_gw))
-    finite = all(torch.isfinite(t).all() for t in (loss, gx, gw))
+    finite = all(torch.isfinite(v).all() for v in (loss, gx, gw))
     passed = finite and errors["loss"] < 1e-3 and errors["grad_x"] < 2e-2 and errors["grad_w"] < 2e-2
     return Check("float8 head: kernels vs reference", passed,
                  f"{n} tokens x {v} classes (seed {seed}), relative error loss {errors['loss']:.1e}, input gradient "
