@@ -1,3 +1,4 @@
+import gc
 import json
 import math
 import re
@@ -108,6 +109,7 @@ def one_line_error(capsys, rc: int, pattern: str) -> None:
     (["--batch_size", 0], "--batch_size must be a positive integer"),
     (["--max_steps", -1], "--max_steps must be a positive integer"),
     (["--grad_clip", -1.0], "--grad_clip must be >= 0"),
+    (["--gc_interval", -1], "--gc_interval must be >= 0"),
     (["--context_length", 100000], "fewer than one context window"),
     (["--use_fp8"], "needs a GPU with float8 tensor cores"),
     (["--use_fp8", "--fp8_emulate", "--fp8_filter", "auto"], "--fp8_filter auto times each layer"),
@@ -176,6 +178,22 @@ def test_grad_clip_zero_disables_clipping_but_logs_the_norm(tmp_path, small_corp
     norms = [r["grad_norm"] for r in records if "grad_norm" in r]
     assert len(norms) == 3 and all(n > 0 for n in norms)
     assert losses(tmp_path / "run")[3] < losses(tmp_path / "run")[1]  # the gradients were not zeroed
+
+
+def test_training_collects_garbage_on_its_own_schedule(tmp_path, small_corpus, monkeypatch):
+    """Automatic collection is off while the steps run, a young collection comes every --gc_interval
+    steps, and Python's automatic collection is back on afterwards."""
+    seen: list[tuple[int, bool]] = []
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda generation=2: seen.append((generation, gc.isenabled())) or real_collect(generation))
+    assert gc.isenabled()
+    assert train(base_args(tmp_path, small_corpus, steps=6) + ["--gc_interval", 2]) == 0
+    assert gc.isenabled()
+    during = [g for g, enabled in seen if not enabled]
+    assert during == [1, 1, 1]  # after steps 2, 4 and 6, with automatic collection off
+    seen.clear()
+    assert train(base_args(tmp_path, small_corpus, "auto", steps=3) + ["--gc_interval", 0]) == 0
+    assert not [g for g, enabled in seen if not enabled]
 
 
 def test_divergence_stops_without_saving_a_bad_checkpoint(tmp_path, small_corpus, capsys):

@@ -7,6 +7,7 @@ N optimizer steps timed with CUDA events (host clock on CPU).
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -24,6 +25,7 @@ from cs336_basics.model.transformer import ModelConfig
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.training.attention import AttentionKernels, attention_context, probe_backend
+from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.trainer import TrainConfig, Trainer
 
@@ -42,6 +44,7 @@ class BenchSpec:
     compile_mode: str = "default"
     fp8_filter: str = "all"
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
+    gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     device: str = "cuda"
     inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}
 
@@ -63,13 +66,19 @@ def run(spec: BenchSpec) -> dict[str, Any]:
                                                dtype=np.int64).astype(np.uint32)
     train_cfg = TrainConfig(batch_size=spec.batch_size, max_steps=10**6, warmup_steps=0, compile_model=spec.compiled,
                             compile_mode=spec.compile_mode, gradient_checkpointing=spec.checkpointing,
-                            use_flash_attn=spec.flash, fused_attention=spec.fused_attention)
+                            use_flash_attn=spec.flash, fused_attention=spec.fused_attention, gc_interval=spec.gc_interval)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
                           Path(tmp), log=lambda s: print(s, file=sys.stderr))
-        with attention_context(spec.flash, spec.fused_attention), torch._inductor.config.patch(spec.inductor):
-            step_seconds, warmup = time_steps(lambda: trainer.train_step(3e-4), device, spec.steps,
-                                              warmup_steps=3 if spec.compiled else 2)
+        with (attention_context(spec.flash, spec.fused_attention), torch._inductor.config.patch(spec.inductor),
+              ScheduledGC(spec.gc_interval) as collector):
+            steps_done = itertools.count(1)
+
+            def step() -> None:  # what one step of Trainer.train() does, without logging
+                trainer.train_step(3e-4)
+                collector.step_done(next(steps_done))
+
+            step_seconds, warmup = time_steps(step, device, spec.steps, warmup_steps=3 if spec.compiled else 2)
             with AttentionKernels(device) as kernels:  # one more step, untimed: the attention kernels that ran
                 last_loss = float(trainer.train_step(3e-4)[0])
         backend = kernels.ran or probe_backend(spec.flash, spec.fused_attention, cfg.head_dim, device)

@@ -28,6 +28,7 @@ from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, atte
 from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, apply_fsdp,
                                                load_sharded, save_sharded)
+from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
 from cs336_basics.training.throughput import Throughput
@@ -60,6 +61,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     use_flash_attn: bool = False
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
+    gc_interval: int = 50  # Python's automatic GC off while training, a young collection every N steps; 0: automatic
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -67,6 +69,8 @@ class TrainConfig:
                      "checkpoint_interval", "keep_checkpoints", "log_interval"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.gc_interval < 0:
+            raise UserError(f"--gc_interval must be >= 0 (0 leaves Python's automatic collection on), got {self.gc_interval}")
         if self.grad_clip < 0:
             raise UserError(f"--grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.warmup_steps < 0:
@@ -302,18 +306,20 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
                    disable=not self.ctx.is_main)
         try:
-            while self.step < cfg.max_steps:
-                lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-                # The last warm-up step is profiled to report the attention kernels that really ran.
-                watch = throughput.steps == throughput.warmup_steps - 1
-                with AttentionKernels(self.device) if watch else contextlib.nullcontext() as kernels:
-                    loss_sum, grad_norm = self.train_step(lr)
-                if kernels is not None and kernels.ran is not None:
-                    self._report_attention(kernels.ran, bar)
-                self.step += 1
-                bar.update(1)
-                throughput.step_done(self.tokens_per_step)
-                self._after_step(lr, loss_sum, grad_norm, throughput, bar)
+            with ScheduledGC(cfg.gc_interval) as collector:
+                while self.step < cfg.max_steps:
+                    lr = lr_at(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+                    # The last warm-up step is profiled to report the attention kernels that really ran.
+                    watch = throughput.steps == throughput.warmup_steps - 1
+                    with AttentionKernels(self.device) if watch else contextlib.nullcontext() as kernels:
+                        loss_sum, grad_norm = self.train_step(lr)
+                    if kernels is not None and kernels.ran is not None:
+                        self._report_attention(kernels.ran, bar)
+                    self.step += 1
+                    collector.step_done(self.step)
+                    bar.update(1)
+                    throughput.step_done(self.tokens_per_step)
+                    self._after_step(lr, loss_sum, grad_norm, throughput, bar)
         finally:
             bar.close()  # before any error message, so that message is the last line
         self._summarize(throughput)
