@@ -75,7 +75,7 @@ def test_mode_parsing():
     assert parse_mode("bf16-eager-math")["flash"] is False
     assert parse_mode("bf16-compile")["fused_attention"] == "auto"  # PyTorch's own kernel order
     assert parse_mode("bf16-compile-flash")["fused_attention"] == "flash"
-    assert len(all_modes()) == 4 * 2 * 4 * 2
+    assert len(all_modes()) == 5 * 2 * 4 * 2
     for bad in ("fp16-eager", "bf16-fast", "bf16-compile-turbo"):
         with pytest.raises(UserError):
             parse_mode(bad)

@@ -271,6 +271,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     use_fp8, recipe, fp8_head = resolve_fp8(args, resumed)
     if use_fp8:
         check_fp8_device(device, args.fp8_emulate)
+        if recipe == "delayed" and ctx.enabled:
+            raise UserError("--fp8_recipe delayed runs on one GPU for now; under torchrun use --fp8_recipe tensorwise")
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
     train_cfg = resolve_train_config(args, resumed["train_config"] if resumed else None, model_cfg.context_length)
     torch.manual_seed(train_cfg.seed)

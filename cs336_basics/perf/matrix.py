@@ -26,7 +26,7 @@ from cs336_basics.perf.bench_run import BenchSpec
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
 
-PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp")
+PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp", "fp8-delayed")
 DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-tensorwise-compile",
                      "fp8-tensorwise-compile-bf16head", "fp8-tensorwise-compile-flash", "fp8-rowwise-compile",
                      "fp8-rowwise_with_gw_hp-compile", "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
@@ -35,7 +35,8 @@ DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
 # The yardstick keeps its head in bf16: -bf16head is the like-for-like row, ours (fp8 head) the fast path.
 REFERENCE_MODES = {"bf16-eager": "bf16-eager", "bf16-compile": "bf16-compile", "fp8-tensorwise-compile": "fp8-compile",
                    "fp8-tensorwise-compile-bf16head": "fp8-compile", "fp8-rowwise-compile": "fp8rw-compile",
-                   "fp8-tensorwise-eager": "fp8-eager"}
+                   "fp8-tensorwise-eager": "fp8-eager", "fp8-delayed-compile": "fp8-compile",
+                   "fp8-delayed-compile-bf16head": "fp8-compile"}
 BASELINE = "bf16-compile"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "anchor_bench.py"
 

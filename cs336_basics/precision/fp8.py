@@ -19,7 +19,8 @@ import torch.nn as nn
 from cs336_basics.errors import UserError
 from cs336_basics.perf.hardware import supports_fp8
 
-RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+TORCHAO_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+RECIPES = (*TORCHAO_RECIPES, "delayed")  # delayed: our own layer (fp8_delayed.py), not a TorchAO recipe
 FILTERS = ("all", "auto")
 HEAD_FQN = "output.proj"
 
@@ -36,13 +37,14 @@ class ConversionReport:
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # fqn -> reason
     fp8_head: bool = False  # the output head + loss run in float8 (fp8_head.py), not TorchAO
+    layer: str = "Float8Linear"  # what the converted layers became: TorchAO's, or our Float8DelayedLinear
 
     @property
     def total(self) -> int:
         return len(self.converted) + len(self.skipped) + self.fp8_head
 
     def summary(self) -> str:
-        lines = [f"FP8: converted {len(self.converted)} of {self.total} linear layers to Float8Linear"]
+        lines = [f"FP8: converted {len(self.converted)} of {self.total} linear layers to {self.layer}"]
         if self.fp8_head:
             lines.append(f"  {HEAD_FQN} and its cross-entropy: float8 (e4m3 forward, e5m2 logit gradient, static scale)")
         reasons: dict[str, list[str]] = {}
@@ -58,7 +60,7 @@ def float8_config(recipe: str, emulate: bool, fsdp_all_gather: bool = False):
     """TorchAO's recipe; with fsdp_all_gather (tensorwise only) FSDP2 all-gathers weights already in fp8."""
     from torchao.float8 import Float8LinearConfig
 
-    if recipe not in RECIPES:
+    if recipe not in TORCHAO_RECIPES:
         raise UserError(f"--fp8_recipe {recipe!r} is not one of {', '.join(RECIPES)}")
     config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate)
     if fsdp_all_gather and recipe == "tensorwise":
@@ -100,13 +102,18 @@ def convert_model_to_fp8(
     model: nn.Module, recipe: str = "tensorwise", emulate: bool = False,
     fp8_speedup: dict[LayerShape, float] | None = None, fsdp_all_gather: bool = False, head: bool = False,
 ) -> ConversionReport:
-    """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear, in place; with `head`, the
-    output head (projection + loss) for the float8 one of fp8_head.py when its dimensions allow."""
+    """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear (recipe "delayed": for our
+    Float8DelayedLinear), in place; with `head`, the output head (projection + loss) for the float8 one of
+    fp8_head.py when its dimensions allow."""
     from torchao.float8 import convert_to_float8_training
 
+    from cs336_basics.precision.fp8_delayed import convert_to_delayed_float8
     from cs336_basics.precision.fp8_head import Float8OutputHead
 
-    report = ConversionReport()
+    if recipe not in RECIPES:
+        raise UserError(f"--fp8_recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+
+    report = ConversionReport(layer="Float8DelayedLinear" if recipe == "delayed" else "Float8Linear")
     for fqn, module in model.named_modules():
         if type(module) is nn.Linear:
             reason = skip_reason(fqn, module, fp8_speedup, head)
@@ -117,9 +124,12 @@ def convert_model_to_fp8(
             else:
                 report.converted.append(fqn)
     convert_set = set(report.converted)
-    convert_to_float8_training(
-        model, config=float8_config(recipe, emulate, fsdp_all_gather), module_filter_fn=lambda mod, fqn: fqn in convert_set
-    )
+    if recipe == "delayed":
+        convert_to_delayed_float8(model, convert_set, emulate)
+    else:
+        convert_to_float8_training(
+            model, config=float8_config(recipe, emulate, fsdp_all_gather), module_filter_fn=lambda mod, fqn: fqn in convert_set
+        )
     if report.fp8_head:
         model.output = Float8OutputHead(model.output, emulate)
     return report
@@ -128,7 +138,9 @@ def convert_model_to_fp8(
 def is_float8_model(model: nn.Module) -> bool:
     from torchao.float8.float8_linear import Float8Linear
 
-    return any(isinstance(m, Float8Linear) for m in model.modules())
+    from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
+
+    return any(isinstance(m, (Float8Linear, Float8DelayedLinear)) for m in model.modules())
 
 
 def has_fp8_head(model: nn.Module) -> bool:

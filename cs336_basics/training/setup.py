@@ -36,6 +36,8 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     check_fp8_device(device, fp8.emulate)
     speedups = None
     if fp8.filter == "auto":
+        if fp8.recipe == "delayed":
+            raise UserError("--fp8_filter auto times TorchAO's layers; with --fp8_recipe delayed use --fp8_filter all")
         if fp8.emulate or device.type != "cuda":
             raise UserError("--fp8_filter auto times each layer shape on the GPU; with --fp8_emulate use --fp8_filter all")
         from cs336_basics.perf.layer_bench import measure_fp8_speedups

@@ -24,6 +24,7 @@ from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import (has_fp8_head, is_float8_model, precompute_float8_dynamic_scale_for_fsdp,
                                         uses_fp8_all_gather)
+from cs336_basics.precision.fp8_delayed import DelayedScaling, has_delayed_fp8
 from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context
 from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, apply_fsdp,
@@ -126,6 +127,7 @@ class Trainer:
         # bf16 runs report comparable validation losses: a plain model that shares the trained weights.
         # (Sharded parameters cannot be shared that way: under FSDP an fp8 run evaluates in fp8.)
         self.eval_model = self._plain_view(model) if self.fp8 and not ctx.enabled else model
+        self.fp8_scales = DelayedScaling(model) if has_delayed_fp8(model) else None
         # Transformations, in order, after any float8 conversion: activation checkpointing, then compile,
         # then FSDP2 sharding when several processes run.
         if cfg.gradient_checkpointing:
@@ -153,6 +155,22 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self._announced = False  # the first measured tokens/s after warm-up is printed once
         self._last_loss = float("nan")  # the last synchronized (rank-averaged) training loss
+
+    def _calibrate_fp8_scales(self) -> None:
+        """Delayed-scaling float8 layers learn their first scales from one eager forward + backward on the
+        batch the first step will draw (the sampler is rewound), with the weights this run starts from."""
+        assert self.fp8_scales is not None
+        sampler_state = self.train_data.state_dict()
+        x, y = self.train_data.next_batch(self.device)
+        self.train_data.load_state_dict(sampler_state)
+
+        def forward_backward() -> None:
+            with self.autocast:
+                loss = self.model(x, y)
+            loss.backward()
+
+        self.fp8_scales.calibrate(forward_backward, list(self.model.parameters()))
+        self.log(f"fp8 delayed scaling: {len(self.fp8_scales.layers)} layers calibrated on one micro-batch")
 
     @staticmethod
     def _plain_view(model: Transformer) -> Transformer:
@@ -276,6 +294,8 @@ class Trainer:
         losses, gradient norm before clipping) as device tensors, without synchronizing."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.fp8_scales is not None and not self.fp8_scales.calibrated:
+            self._calibrate_fp8_scales()
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(self.cfg.gradient_accumulation_steps):
             x, y = self.train_data.next_batch(self.device)
@@ -283,6 +303,8 @@ class Trainer:
                 loss = self.model(x, y)
             (loss / self.cfg.gradient_accumulation_steps).backward()
             loss_sum += loss.detach()
+        if self.fp8_scales is not None:  # this step's amaxes set the next step's float8 scales
+            self.fp8_scales.update()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
         if self.cfg.grad_clip > 0:
             if self._clip_in_optimizer:  # gradients are divided by max(1, norm / grad_clip) inside the step
@@ -301,6 +323,8 @@ class Trainer:
         cfg = self.cfg
         # The first steps (compilation, allocator and kernel warm-up) are excluded from tokens/s.
         throughput = Throughput(warmup_steps=3 if cfg.compile_model else 1, sync=self._sync)
+        if self.fp8_scales is not None and not self.fp8_scales.calibrated:
+            self._calibrate_fp8_scales()  # here rather than in the first step: before the progress bar
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,

@@ -1,0 +1,157 @@
+"""Float8 linear layers with *delayed* scaling (issue 5): the scales of a layer's input and of its output
+gradient come from the amax seen in earlier steps, so the cast to float8 needs no pass over the tensor
+first and the compiler can fuse it into the kernel that produces the tensor (RMSNorm, SwiGLU, the
+attention output, and their backward counterparts). TorchAO's recipes scale dynamically: they read each
+activation once for its amax, then again to cast it. The weights keep a dynamic tensorwise scale (they
+are small and change every step).
+
+Each step every layer records the amax of its input (a buffer, maxed over micro-batches) and of its output
+gradient (returned by backward as the "gradient" of a 0-dim sink tensor, summed over micro-batches: an
+upper bound on their max). `DelayedScaling.update()` after the backward passes moves them into a history
+of the last `history` steps and sets each scale to float8's largest value / the history's max. Casts
+saturate, so a value above the history's max is clipped, never inf. `calibrate()` fills the history once
+before training from one forward + backward whose gradients are thrown away (the scales start unknown).
+
+The scales are not saved in checkpoints: a resumed run calibrates again. `emulate=True` computes each
+product as a float32 matmul of the dequantised fp8 values (exact fp8 numerics on any device, for tests).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, column_major, scaled_mm
+
+
+def cast_to(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, max_value: float) -> torch.Tensor:
+    """x * scale in float8, saturating."""
+    return (x.float() * scale).clamp(-max_value, max_value).to(dtype)
+
+
+def amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| as a float32 scalar, reduced per row first (the same rows the cast walks, so the compiler can
+    put both in one kernel), then over rows."""
+    return x.detach().abs().amax(dim=-1).amax().float()
+
+
+class _DelayedFloat8Matmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, g_scale: torch.Tensor,
+                g_sink: torch.Tensor, emulate: bool, calibrating: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+        if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
+            x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
+        x8 = cast_to(x2, x_scale, E4M3, E4M3_MAX)
+        w_scale = E4M3_MAX / weight.detach().abs().amax().float().clamp(min=1e-12)
+        w8 = cast_to(weight, w_scale, E4M3, E4M3_MAX)  # (N, K)
+        y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), w_scale.reciprocal(), out_dtype, emulate)  # (M, N)
+        ctx.save_for_backward(x8, w8, x_scale, w_scale, g_scale)
+        ctx.emulate, ctx.calibrating, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, calibrating, x.shape, x.dtype, weight.dtype
+        x_amax = amax(x2)
+        ctx.mark_non_differentiable(x_amax)
+        return y.reshape(*x.shape[:-1], y.shape[-1]), x_amax
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, _grad_amax: torch.Tensor):
+        x8, w8, x_scale, w_scale, g_scale = ctx.saved_tensors
+        g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
+        if ctx.calibrating:
+            g_scale = E5M2_MAX / amax(g2).clamp(min=1e-12)
+        g8 = cast_to(g2, g_scale, E5M2, E5M2_MAX)
+        inv_g = g_scale.reciprocal()
+        grad_x = scaled_mm(g8, column_major(w8), inv_g, w_scale.reciprocal(), ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
+        grad_w = scaled_mm(g8.t().contiguous(), column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
+                           ctx.emulate)  # (N, M) @ (M, K)
+        return grad_x.reshape(ctx.x_shape), grad_w, None, None, amax(g2), None, None
+
+
+class Float8DelayedLinear(nn.Module):
+    """An nn.Linear (no bias) whose products run in float8 with delayed input and gradient scales. It holds
+    the original `weight` Parameter, so parameter names and state-dict keys are those of the plain layer."""
+
+    def __init__(self, linear: nn.Linear, emulate: bool) -> None:
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("Float8DelayedLinear takes layers without bias")
+        self.in_features, self.out_features, self.emulate = linear.in_features, linear.out_features, emulate
+        self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
+        self.weight = linear.weight
+        device = linear.weight.device
+        for name in ("x_scale", "g_scale"):
+            self.register_buffer(name, torch.ones((), device=device), persistent=False)
+        self.register_buffer("x_amax", torch.zeros((), device=device), persistent=False)
+        # Not a parameter or buffer: backward writes the output gradient's amax into its .grad.
+        self.g_amax_sink = torch.zeros((), device=device, requires_grad=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.x_scale, self.g_scale, self.g_amax_sink, self.emulate,
+                                                  self.calibrating)
+        self.x_amax.copy_(torch.maximum(self.x_amax, x_amax))
+        return y
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, delayed scaling, emulate={self.emulate}"
+
+
+class DelayedScaling:
+    """The amax histories and scales of every Float8DelayedLinear of a model, updated in a few batched ops."""
+
+    def __init__(self, model: nn.Module, history: int = 16) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
+        if not self.layers:
+            raise ValueError("the model has no Float8DelayedLinear layers")
+        device = self.layers[0].weight.device
+        self.history = torch.zeros(len(self.layers), 2, history, device=device)  # (layer, input/gradient, step)
+        self._fp8_max = torch.tensor([E4M3_MAX, E5M2_MAX], device=device)
+        self.calibrated = False
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """After a step's backward passes: record this step's amaxes, set the scales for the next step."""
+        zero = torch.zeros((), device=self.history.device)
+        x_amax = torch.stack([m.x_amax for m in self.layers])
+        g_amax = torch.stack([m.g_amax_sink.grad if m.g_amax_sink.grad is not None else zero for m in self.layers])
+        self.history = self.history.roll(1, dims=-1)
+        self.history[..., 0] = torch.stack([x_amax, g_amax], dim=1)
+        scales = self._fp8_max / self.history.amax(dim=-1).clamp(min=1e-12)  # (layer, 2)
+        torch._foreach_copy_([m.x_scale for m in self.layers], list(scales[:, 0].unbind()))
+        torch._foreach_copy_([m.g_scale for m in self.layers], list(scales[:, 1].unbind()))
+        torch._foreach_zero_([m.x_amax for m in self.layers])
+        for m in self.layers:
+            m.g_amax_sink.grad = None
+
+    def calibrate(self, forward_backward: Callable[[], None], params: list[torch.Tensor]) -> None:
+        """One forward + backward with dynamic scales (each tensor's own amax) to learn the first history;
+        the gradients it leaves are discarded. Compiled modules run it eagerly: no graph is built for it."""
+        for m in self.layers:
+            m.calibrating = True
+        try:
+            with torch.compiler.set_stance("force_eager"):
+                forward_backward()
+        finally:
+            for m in self.layers:
+                m.calibrating = False
+        self.update()
+        for p in params:
+            p.grad = None
+        self.calibrated = True
+
+    def scales(self) -> torch.Tensor:
+        """(layer, 2) current input and gradient scales, for inspection and tests."""
+        return torch.stack([torch.stack([m.x_scale, m.g_scale]) for m in self.layers])
+
+
+def has_delayed_fp8(model: nn.Module) -> bool:
+    return any(isinstance(m, Float8DelayedLinear) for m in model.modules())
+
+
+def convert_to_delayed_float8(model: nn.Module, fqns: set[str], emulate: bool) -> None:
+    """Swap the named nn.Linear layers of `model` for Float8DelayedLinear, in place."""
+    for fqn in fqns:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, Float8DelayedLinear(getattr(parent, child), emulate))
