@@ -72,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = p.add_argument_group("speed (unset flags: off / the defaults shown, or the checkpoint's on --resume)")
     yes_no = argparse.BooleanOptionalAction
-    s.add_argument("--use_fp8", action=yes_no, help="TorchAO float8 training for the blocks' linear layers")
-    s.add_argument("--fp8_recipe", choices=RECIPES, help="default tensorwise")
+    s.add_argument("--use_fp8", action=yes_no, help="float8 training for the blocks' linear layers")
+    s.add_argument("--fp8_recipe", choices=RECIPES,
+                   help="delayed: our layer, scales from the last 16 steps (default on one GPU); tensorwise, rowwise, "
+                        "rowwise_with_gw_hp: TorchAO's dynamic scaling (tensorwise is the default under torchrun "
+                        "and with --fp8_filter auto)")
     s.add_argument("--fp8_filter", default="all", choices=FILTERS,
                    help="all: every eligible layer; auto: only layers measured faster in fp8 on this GPU")
     s.add_argument("--fp8_emulate", action="store_true", help="emulated float8 (any device, slow: for testing)")
@@ -253,10 +256,13 @@ def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
     return result
 
 
-def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None) -> tuple[bool, str, bool]:
-    """(use fp8, recipe, float8 head): the flags, else the resumed checkpoint's, else bf16 / tensorwise / head on."""
+def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distributed: bool) -> tuple[bool, str, bool]:
+    """(use fp8, recipe, float8 head): the flags, else the resumed checkpoint's, else bf16 / the default recipe /
+    head on. The default recipe is delayed scaling (measured fastest, benchmarks/NOTES.md 21) where it runs:
+    one process and every eligible layer; TorchAO's tensorwise under torchrun and with --fp8_filter auto."""
     use_fp8 = args.use_fp8 if args.use_fp8 is not None else bool(saved and saved.get("fp8"))
-    recipe = args.fp8_recipe or (saved or {}).get("fp8_recipe") or "tensorwise"
+    default = "tensorwise" if distributed or args.fp8_filter == "auto" else "delayed"
+    recipe = args.fp8_recipe or (saved or {}).get("fp8_recipe") or default
     head = args.fp8_head if args.fp8_head is not None else (saved or {}).get("fp8_head") is not False
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
@@ -268,7 +274,7 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None) -> tuple
 def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.device) -> int:
     out_dir = broadcast_from_rank0(prepare_out_dir(args) if ctx.is_main else None, ctx)
     resumed = load_checkpoint(out_dir) if args.resume else None
-    use_fp8, recipe, fp8_head = resolve_fp8(args, resumed)
+    use_fp8, recipe, fp8_head = resolve_fp8(args, resumed, ctx.enabled)
     if use_fp8:
         check_fp8_device(device, args.fp8_emulate)
         if recipe == "delayed" and ctx.enabled:

@@ -27,7 +27,7 @@ from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp", "fp8-delayed")
-DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-tensorwise-compile",
+DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile", "fp8-tensorwise-compile",
                      "fp8-tensorwise-compile-bf16head", "fp8-tensorwise-compile-flash", "fp8-rowwise-compile",
                      "fp8-rowwise_with_gw_hp-compile", "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
 DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")

@@ -7,7 +7,7 @@ are small and change every step).
 
 Each step every layer records the amax of its input (a buffer, maxed over micro-batches) and of its output
 gradient (returned by backward as the "gradient" of a 0-dim sink tensor, summed over micro-batches: an
-upper bound on their max). `DelayedScaling.update()` after the backward passes moves them into a history
+upper bound on their max, exact with one micro-batch). `DelayedScaling.update()` after the backward passes moves them into a history
 of the last `history` steps and sets each scale to float8's largest value / the history's max. Casts
 saturate, so a value above the history's max is clipped, never inf. `calibrate()` fills the history once
 before training from one forward + backward whose gradients are thrown away (the scales start unknown).
@@ -107,22 +107,26 @@ class DelayedScaling:
         device = self.layers[0].weight.device
         self.history = torch.zeros(len(self.layers), 2, history, device=device)  # (layer, input/gradient, step)
         self._fp8_max = torch.tensor([E4M3_MAX, E5M2_MAX], device=device)
+        self._x_amax = [m.x_amax for m in self.layers]
+        self._x_scale, self._g_scale = [m.x_scale for m in self.layers], [m.g_scale for m in self.layers]
         self.calibrated = False
 
     @torch.no_grad()
     def update(self) -> None:
-        """After a step's backward passes: record this step's amaxes, set the scales for the next step."""
-        zero = torch.zeros((), device=self.history.device)
-        x_amax = torch.stack([m.x_amax for m in self.layers])
-        g_amax = torch.stack([m.g_amax_sink.grad if m.g_amax_sink.grad is not None else zero for m in self.layers])
+        """After a step's backward passes: record this step's amaxes, set the scales for the next step.
+        A handful of batched kernels over all layers (the host is on the critical path at small sizes)."""
+        sinks = [m.g_amax_sink for m in self.layers]
+        if any(s.grad is None for s in sinks):  # a layer that saw no backward this step records 0
+            for s in sinks:
+                if s.grad is None:
+                    s.grad = torch.zeros_like(s)
         self.history = self.history.roll(1, dims=-1)
-        self.history[..., 0] = torch.stack([x_amax, g_amax], dim=1)
+        self.history[:, 0, 0] = torch.stack(self._x_amax)
+        self.history[:, 1, 0] = torch.stack([s.grad for s in sinks])
         scales = self._fp8_max / self.history.amax(dim=-1).clamp(min=1e-12)  # (layer, 2)
-        torch._foreach_copy_([m.x_scale for m in self.layers], list(scales[:, 0].unbind()))
-        torch._foreach_copy_([m.g_scale for m in self.layers], list(scales[:, 1].unbind()))
-        torch._foreach_zero_([m.x_amax for m in self.layers])
-        for m in self.layers:
-            m.g_amax_sink.grad = None
+        torch._foreach_copy_(self._x_scale, scales[:, 0].unbind())
+        torch._foreach_copy_(self._g_scale, scales[:, 1].unbind())
+        torch._foreach_zero_(self._x_amax + [s.grad for s in sinks])  # the sinks' .grad accumulate in place
 
     def calibrate(self, forward_backward: Callable[[], None], params: list[torch.Tensor]) -> None:
         """One forward + backward with dynamic scales (each tensor's own amax) to learn the first history;

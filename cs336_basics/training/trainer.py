@@ -36,6 +36,7 @@ from cs336_basics.training.throughput import Throughput
 from cs336_basics.training.transforms import COMPILE_MODES, apply_activation_checkpointing, compile_model
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
+FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
 
 
 class TrainingDiverged(UserError):
@@ -121,13 +122,13 @@ class Trainer:
         self.model = model
         self.fp8 = is_float8_model(model)
         self.fp8_head = has_fp8_head(model)
+        self.fp8_scales = DelayedScaling(model) if has_delayed_fp8(model) else None
         if self.fp8:
-            self.log(FP8_MODE_MESSAGE)
+            self.log(FP8_DELAYED_MODE_MESSAGE if self.fp8_scales else FP8_MODE_MESSAGE)
         # Evaluation runs every model in one precision (bf16 autocast on CUDA, fp32 on CPU) so that fp8 and
         # bf16 runs report comparable validation losses: a plain model that shares the trained weights.
         # (Sharded parameters cannot be shared that way: under FSDP an fp8 run evaluates in fp8.)
         self.eval_model = self._plain_view(model) if self.fp8 and not ctx.enabled else model
-        self.fp8_scales = DelayedScaling(model) if has_delayed_fp8(model) else None
         # Transformations, in order, after any float8 conversion: activation checkpointing, then compile,
         # then FSDP2 sharding when several processes run.
         if cfg.gradient_checkpointing:

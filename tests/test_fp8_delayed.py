@@ -1,0 +1,152 @@
+"""Float8 linear layers with delayed scaling (precision/fp8_delayed.py) on CPU: numerics against the plain
+model (emulated fp8 and the real `torch._scaled_mm` CPU kernel), the scale history, saturation, the
+calibration step, the compiled graph, and training through the CLI."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cs336_basics.data.batches import RandomWindows
+from cs336_basics.errors import UserError
+from cs336_basics.model.transformer import ModelConfig, Transformer
+from cs336_basics.precision.fp8 import convert_model_to_fp8
+from cs336_basics.precision.fp8_delayed import DelayedScaling, Float8DelayedLinear
+from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX
+from cs336_basics.training.setup import Fp8Options, build_model
+from cs336_basics.training.trainer import TrainConfig, Trainer
+from cs336_basics.training.transforms import compile_model
+
+CFG = ModelConfig(vocab_size=512, context_length=32, dim=64, n_layers=2, n_heads=4, intermediate_size=128)
+
+
+def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - test).pow(2).sum()))
+
+
+def batch(seed: int = 0, b: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randint(0, CFG.vocab_size, (b, CFG.context_length), generator=g) for _ in range(2))
+
+
+def delayed_copy(model: Transformer, emulate: bool) -> tuple[Transformer, DelayedScaling]:
+    model = copy.deepcopy(model)
+    report = convert_model_to_fp8(model, "delayed", emulate=emulate)
+    assert len(report.converted) == 5 * CFG.n_layers and report.layer == "Float8DelayedLinear"
+    return model, DelayedScaling(model)
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("emulate", [True, False])  # False: the real torch._scaled_mm kernel, on CPU
+def test_loss_and_gradients_match_the_plain_model_after_calibration(emulate):
+    torch.manual_seed(0)
+    plain = Transformer(CFG)
+    model, scales = delayed_copy(plain, emulate)
+    x, y = batch()
+    scales.calibrate(lambda: model(x, y).backward(), list(model.parameters()))
+    assert all(p.grad is None for p in model.parameters())  # the calibration's gradients are thrown away
+    loss = model(x, y)
+    loss.backward()
+    ref = plain(x, y)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) / ref.item() < 1e-2
+    ours, theirs = grads(model), grads(plain)
+    assert ours.keys() == theirs.keys()  # the same parameter names: checkpoints are the plain model's
+    whole = sqnr_db(torch.cat([g.flatten() for g in theirs.values()]), torch.cat([g.flatten() for g in ours.values()]))
+    assert whole > 15 and min(sqnr_db(theirs[n], ours[n]) for n in ours) > 10  # the thresholds verify uses
+    assert all(torch.isfinite(g).all() for g in ours.values())
+
+
+def test_scales_follow_the_amax_history_and_saturate_above_it():
+    torch.manual_seed(0)
+    layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)
+    scales = DelayedScaling(nn.Sequential(layer), history=4)
+
+    def forward_backward(x_amax: float, g_amax: float) -> torch.Tensor:
+        x = (torch.rand(8, 32) * 2 - 1) * x_amax / 2
+        x[0, 0] = x_amax
+        out = layer(x)
+        g = (torch.rand_like(out) * 2 - 1) * g_amax / 2
+        g[3, 2] = g_amax
+        out.backward(g)
+        return out
+
+    def step(x_amax: float, g_amax: float) -> torch.Tensor:
+        out = forward_backward(x_amax, g_amax)
+        scales.update()
+        return out
+
+    scales.calibrate(lambda: forward_backward(2.0, 0.5), [layer.weight])
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 2.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.5)
+    step(1.0, 0.25)  # smaller amaxes: the history's max still rules
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 2.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.5)
+    for _ in range(3):  # the calibration's amaxes leave the 4-step history
+        step(1.0, 0.25)
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.25)
+    out = step(1e4, 0.25)  # far above the history: saturates instead of overflowing
+    assert torch.isfinite(out).all() and torch.isfinite(layer.weight.grad).all()
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 1e4)  # and the next step's scale has learned it
+
+
+def test_micro_batches_accumulate_the_input_max_and_the_gradient_sum():
+    layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)
+    scales = DelayedScaling(nn.Sequential(layer))
+    for amax in (3.0, 1.0):
+        x = torch.zeros(4, 32)
+        x[1, 1] = amax
+        g = torch.zeros(4, 16)
+        g[2, 2] = amax / 10
+        layer(x).backward(g)
+    assert layer.x_amax.item() == 3.0 and layer.g_amax_sink.grad.item() == pytest.approx(0.4)
+    scales.update()
+    assert layer.x_amax.item() == 0.0 and layer.g_amax_sink.grad.item() == 0.0
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 3.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.4)
+
+
+def test_compiled_model_computes_what_the_eager_one_does():
+    torch.manual_seed(0)
+    model, scales = delayed_copy(Transformer(CFG), emulate=False)
+    x, y = batch()
+    scales.calibrate(lambda: model(x, y).backward(), list(model.parameters()))
+    eager = copy.deepcopy(model)
+    eager_scales = DelayedScaling(eager)
+    compile_model(model)
+    for _ in range(2):  # the second step runs on scales the first one's update set
+        losses = []
+        for m, s in ((eager, eager_scales), (model, scales)):
+            loss = m(x, y)
+            loss.backward()
+            s.update()
+            losses.append(loss.item())
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=0)
+        torch.testing.assert_close(scales.scales(), eager_scales.scales(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(grads(model), grads(eager), rtol=1e-3, atol=1e-6)
+        for m in (model, eager):
+            m.zero_grad()
+
+
+def test_trainer_calibrates_on_the_first_batch_without_moving_the_data_stream(tmp_path):
+    torch.manual_seed(0)
+    model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True))
+    tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 4096).astype(np.uint32)
+    data = RandomWindows(tokens, 4, CFG.context_length, seed=0)
+    trainer = Trainer(model, TrainConfig(batch_size=4, max_steps=3, warmup_steps=1, eval_interval=3, eval_steps=1,
+                                         checkpoint_interval=3), data, tokens[:512], torch.device("cpu"), tmp_path,
+                      log=lambda s: None)
+    assert trainer.fp8_scales is not None and not trainer.fp8_scales.calibrated
+    before = RandomWindows(tokens, 4, CFG.context_length, seed=0).next_batch(torch.device("cpu"))
+    trainer._calibrate_fp8_scales()
+    assert trainer.fp8_scales.calibrated and all(p.grad is None for p in model.parameters())
+    after = data.next_batch(torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(before, after))  # the first step still draws the first batch
+    assert (trainer.fp8_scales.scales() != 1).all()  # every layer learned its scales
+
+
+def test_delayed_recipe_refuses_the_auto_filter():
+    with pytest.raises(UserError, match="--fp8_filter auto times TorchAO's layers"):
+        build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", filter="auto", emulate=True))
