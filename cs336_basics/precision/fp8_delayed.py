@@ -40,11 +40,13 @@ def amax(x: torch.Tensor) -> torch.Tensor:
 
 class _DelayedFloat8Matmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, g_sink: torch.Tensor,
-                index: torch.Tensor, emulate: bool, calibrating: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, x_scales: torch.Tensor, g_scales: torch.Tensor,
+                g_sink: torch.Tensor, index: torch.Tensor, emulate: bool, calibrating: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
-        x_scale, g_scale = scales.index_select(0, index)[0].unbind()  # this layer's row
+        # This layer's scales, (1,) each, from separate tables: with both in one (layer, 2) table the compiled
+        # graph handed cuBLASLt a scale at a 4-byte offset, which it refused (CUBLAS_STATUS_NOT_SUPPORTED).
+        x_scale, g_scale = x_scales.index_select(0, index), g_scales.index_select(0, index)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
             x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
         x8 = cast_to(x2, x_scale, E4M3, E4M3_MAX)
@@ -73,15 +75,16 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         grad_w = scaled_mm(g8.t().contiguous(), column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
                            ctx.emulate)  # (N, M) @ (M, K)
         one_hot = torch.arange(ctx.n_layers, device=index.device) == index
-        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, None, one_hot * g_amax, None, None, None
+        return grad_x.reshape(ctx.x_shape).to(ctx.x_dtype), grad_w, None, None, one_hot * g_amax, None, None, None
 
 
 class ScaleState:
-    """Every delayed-scaling layer's scales and this step's amaxes, in three small tensors shared by all of
+    """Every delayed-scaling layer's scales and this step's amaxes, in four small tensors shared by all of
     them (each layer reads and writes its own row), so updating them is a few kernels, not one per layer."""
 
     def __init__(self, n_layers: int, device: torch.device) -> None:
-        self.scales = torch.ones(n_layers, 2, device=device)  # (layer, input / gradient)
+        self.x_scale = torch.ones(n_layers, device=device)  # inputs, e4m3
+        self.g_scale = torch.ones(n_layers, device=device)  # output gradients, e5m2
         self.x_amax = torch.zeros(n_layers, device=device)  # max over this step's micro-batches
         # Not a parameter: backward writes each layer's output-gradient amax into its row of .grad
         # (accumulated, so summed over micro-batches: an upper bound on their max, exact with one).
@@ -106,8 +109,8 @@ class Float8DelayedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.state
-        y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, s.scales, s.g_sink, self.index, self.emulate,
-                                                  self.calibrating)
+        y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, s.x_scale, s.g_scale, s.g_sink, self.index,
+                                                  self.emulate, self.calibrating)
         s.x_amax.index_copy_(0, self.index, torch.maximum(s.x_amax.index_select(0, self.index), x_amax.view(1)))
         return y
 
@@ -125,9 +128,9 @@ class DelayedScaling:
         self.state = self.layers[0].state
         if any(m.state is not self.state for m in self.layers):
             raise ValueError("the model's Float8DelayedLinear layers do not share one ScaleState")
-        n = self.state.scales.shape[0]
-        self.history = torch.zeros(n, 2, history, device=self.state.scales.device)  # (layer, input / gradient, step)
-        self._fp8_max = torch.tensor([E4M3_MAX, E5M2_MAX], device=self.state.scales.device)
+        n, device = self.state.x_scale.shape[0], self.state.x_scale.device
+        self.history = torch.zeros(n, 2, history, device=device)  # (layer, input / gradient, step)
+        self._fp8_max = torch.tensor([E4M3_MAX, E5M2_MAX], device=device)
         self.calibrated = False
 
     @torch.no_grad()
@@ -139,7 +142,9 @@ class DelayedScaling:
         self.history = self.history.roll(1, dims=-1)
         self.history[:, 0, 0] = s.x_amax
         self.history[:, 1, 0] = s.g_sink.grad
-        s.scales.copy_(self._fp8_max / self.history.amax(dim=-1).clamp(min=1e-12))
+        scales = self._fp8_max / self.history.amax(dim=-1).clamp(min=1e-12)  # (layer, 2)
+        s.x_scale.copy_(scales[:, 0])
+        s.g_scale.copy_(scales[:, 1])
         s.x_amax.zero_()
         s.g_sink.grad.zero_()  # accumulates in place from here on
 
@@ -161,7 +166,7 @@ class DelayedScaling:
 
     def scales(self) -> torch.Tensor:
         """(layer, 2) current input and gradient scales, for inspection and tests."""
-        return self.state.scales.clone()
+        return torch.stack([self.state.x_scale, self.state.g_scale], dim=1)
 
 
 def has_delayed_fp8(model: nn.Module) -> bool:
