@@ -13,7 +13,7 @@ from cs336_basics.data.batches import RandomWindows
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.precision.fp8 import convert_model_to_fp8
-from cs336_basics.precision.fp8_delayed import DelayedScaling, Float8DelayedLinear, ScaleState
+from cs336_basics.precision.fp8_delayed import DelayedScaling, Float8DelayedLinear
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX
 from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.trainer import TrainConfig, Trainer
@@ -62,21 +62,10 @@ def test_loss_and_gradients_match_the_plain_model_after_calibration(emulate):
     assert all(torch.isfinite(g).all() for g in ours.values())
 
 
-def one_layer(history: int = 16) -> tuple[Float8DelayedLinear, DelayedScaling]:
-    """A Float8DelayedLinear in row 1 of a two-row ScaleState (row 0 must stay untouched)."""
-    layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), ScaleState(2, torch.device("cpu")), 1, emulate=True)
-    return layer, DelayedScaling(nn.Sequential(layer), history=history)
-
-
-def x_and_g_scales(scales: DelayedScaling) -> tuple[float, float]:
-    assert not scales.history[0].any()  # the other layer's row recorded nothing
-    table = scales.scales()
-    return table[1, 0].item(), table[1, 1].item()
-
-
 def test_scales_follow_the_amax_history_and_saturate_above_it():
     torch.manual_seed(0)
-    layer, scales = one_layer(history=4)
+    layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)
+    scales = DelayedScaling(nn.Sequential(layer), history=4)
 
     def forward_backward(x_amax: float, g_amax: float) -> torch.Tensor:
         x = (torch.rand(8, 32) * 2 - 1) * x_amax / 2
@@ -93,31 +82,30 @@ def test_scales_follow_the_amax_history_and_saturate_above_it():
         return out
 
     scales.calibrate(lambda: forward_backward(2.0, 0.5), [layer.weight])
-    assert x_and_g_scales(scales) == pytest.approx((E4M3_MAX / 2.0, E5M2_MAX / 0.5))
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 2.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.5)
     step(1.0, 0.25)  # smaller amaxes: the history's max still rules
-    assert x_and_g_scales(scales) == pytest.approx((E4M3_MAX / 2.0, E5M2_MAX / 0.5))
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 2.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.5)
     for _ in range(3):  # the calibration's amaxes leave the 4-step history
         step(1.0, 0.25)
-    assert x_and_g_scales(scales) == pytest.approx((E4M3_MAX, E5M2_MAX / 0.25))
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.25)
     out = step(1e4, 0.25)  # far above the history: saturates instead of overflowing
     assert torch.isfinite(out).all() and torch.isfinite(layer.weight.grad).all()
-    assert x_and_g_scales(scales)[0] == pytest.approx(E4M3_MAX / 1e4)  # and the next step's scale has learned it
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 1e4)  # and the next step's scale has learned it
 
 
 def test_micro_batches_accumulate_the_input_max_and_the_gradient_sum():
-    layer, scales = one_layer()
+    layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)
+    scales = DelayedScaling(nn.Sequential(layer))
     for amax in (3.0, 1.0):
         x = torch.zeros(4, 32)
         x[1, 1] = amax
         g = torch.zeros(4, 16)
         g[2, 2] = amax / 10
         layer(x).backward(g)
-    state = layer.state
-    assert state.x_amax.tolist() == [0.0, 3.0] and state.g_sink.grad.tolist() == pytest.approx([0.0, 0.4])
+    assert layer.x_amax.item() == 3.0 and layer.g_amax_sink.grad.item() == pytest.approx(0.4)
     scales.update()
-    assert state.x_amax.tolist() == [0.0, 0.0] and state.g_sink.grad.tolist() == [0.0, 0.0]
-    # row 0 saw nothing: its amax history is all zeros, so its scale is float8's max over the 1e-12 floor
-    assert scales.scales()[1].tolist() == pytest.approx([E4M3_MAX / 3.0, E5M2_MAX / 0.4])
+    assert layer.x_amax.item() == 0.0 and layer.g_amax_sink.grad.item() == 0.0
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 3.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.4)
 
 
 def test_compiled_model_computes_what_the_eager_one_does():
