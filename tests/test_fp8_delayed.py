@@ -93,19 +93,37 @@ def test_scales_follow_the_amax_history_and_saturate_above_it():
     assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 1e4)  # and the next step's scale has learned it
 
 
-def test_micro_batches_accumulate_the_input_max_and_the_gradient_sum():
+@pytest.mark.parametrize("order", [(3.0, 1.0), (1.0, 3.0)])
+def test_micro_batches_keep_the_max_of_their_amaxes(order):
     layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)
     scales = DelayedScaling(nn.Sequential(layer))
-    for amax in (3.0, 1.0):
+    for i, amax in enumerate(order):
         x = torch.zeros(4, 32)
         x[1, 1] = amax
         g = torch.zeros(4, 16)
         g[2, 2] = amax / 10
         layer(x).backward(g)
-    assert layer.x_amax.item() == 3.0 and layer.g_amax_sink.grad.item() == pytest.approx(0.4)
+        if i < len(order) - 1:
+            scales.after_backward()  # what the Trainer does between micro-batches
+    assert layer.x_amax.item() == 3.0
     scales.update()
     assert layer.x_amax.item() == 0.0 and layer.g_amax_sink.grad.item() == 0.0
-    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 3.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.4)
+    # the max (0.3) of the two gradient amaxes, not their sum (0.4)
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 3.0) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.3)
+
+
+def test_trainer_folds_gradient_amaxes_between_micro_batches(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True))
+    tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 4096).astype(np.uint32)
+    trainer = Trainer(model, TrainConfig(batch_size=2, gradient_accumulation_steps=3, max_steps=1, warmup_steps=0),
+                      RandomWindows(tokens, 2, CFG.context_length, seed=0), tokens[:512], torch.device("cpu"), tmp_path,
+                      log=lambda s: None)
+    trainer._calibrate_fp8_scales()
+    calls = []
+    monkeypatch.setattr(trainer.fp8_scales, "after_backward", lambda: calls.append(1))
+    trainer.train_step(1e-3)
+    assert len(calls) == 3  # between the three micro-batches (2), then update() folds the last one
 
 
 def test_compiled_model_computes_what_the_eager_one_does():
@@ -150,3 +168,26 @@ def test_trainer_calibrates_on_the_first_batch_without_moving_the_data_stream(tm
 def test_delayed_recipe_refuses_the_auto_filter():
     with pytest.raises(UserError, match="--fp8_filter auto times TorchAO's layers"):
         build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", filter="auto", emulate=True))
+
+
+def test_verify_check_fails_on_wrong_gradients_and_reports_a_compile_error(tmp_path, monkeypatch):
+    from cs336_basics.precision import verify
+
+    torch.manual_seed(0)
+    plain = Transformer(CFG)
+    x, y = batch()
+    _, ref_grads = verify.loss_and_grads(plain, x, y, torch.device("cpu"))
+    tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 8192).astype(np.uint32)
+    monkeypatch.setattr(verify, "short_compiled_training", lambda *a: [5.0] * 5 + [3.0] * 5)  # skip compiling here
+    args = (x, y, ref_grads, tokens, CFG, torch.device("cpu"), True, tmp_path)
+    assert verify.check_delayed_scaling(plain, *args).passed
+    wrong = {n: -g for n, g in ref_grads.items()}  # as a transposed operand or a sign error would give
+    check = verify.check_delayed_scaling(plain, x, y, wrong, *args[3:])
+    assert check.passed is False and "dB against bf16" in check.figure
+
+    def broken(*a):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmul")
+
+    monkeypatch.setattr(verify, "short_compiled_training", broken)
+    check = verify.check_delayed_scaling(plain, *args)
+    assert check.passed is False and "CUBLAS_STATUS_NOT_SUPPORTED" in check.figure

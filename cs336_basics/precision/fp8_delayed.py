@@ -6,8 +6,8 @@ activation once for its amax, then again to cast it. The weights keep a dynamic 
 are small and change every step).
 
 Each step every layer records the amax of its input (a buffer, maxed over micro-batches) and of its output
-gradient (returned by backward as the "gradient" of a 0-dim sink tensor, summed over micro-batches: an
-upper bound on their max, exact with one micro-batch). `DelayedScaling.update()` after the backward passes moves them into a history
+gradient (returned by backward as the "gradient" of a 0-dim sink tensor; `after_backward()` between
+micro-batches keeps their max, where autograd would add them up). `DelayedScaling.update()` after the backward passes moves them into a history
 of the last `history` steps and sets each scale to float8's largest value / the history's max. Casts
 saturate, so a value above the history's max is clipped, never inf. `calibrate()` fills the history once
 before training from one forward + backward whose gradients are thrown away (the scales start unknown).
@@ -109,24 +109,37 @@ class DelayedScaling:
         self._fp8_max = torch.tensor([E4M3_MAX, E5M2_MAX], device=device)
         self._x_amax = [m.x_amax for m in self.layers]
         self._x_scale, self._g_scale = [m.x_scale for m in self.layers], [m.g_scale for m in self.layers]
+        self._g_amax = torch.zeros(len(self.layers), device=device)  # this step's max over micro-batches
         self.calibrated = False
+
+    def _sink_grads(self) -> list[torch.Tensor]:
+        sinks = [m.g_amax_sink for m in self.layers]
+        for s in sinks:  # a layer that saw no backward yet records 0
+            if s.grad is None:
+                s.grad = torch.zeros_like(s)
+        return [s.grad for s in sinks]
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Between micro-batches: fold the output-gradient amaxes of the backward pass just run (the sinks'
+        .grad, which autograd would otherwise add up over the micro-batches) into this step's running max."""
+        grads = self._sink_grads()
+        torch.maximum(self._g_amax, torch.stack(grads), out=self._g_amax)
+        torch._foreach_zero_(grads)  # the sinks' .grad accumulate in place
 
     @torch.no_grad()
     def update(self) -> None:
         """After a step's backward passes: record this step's amaxes, set the scales for the next step.
         A handful of batched kernels over all layers (the host is on the critical path at small sizes)."""
-        sinks = [m.g_amax_sink for m in self.layers]
-        if any(s.grad is None for s in sinks):  # a layer that saw no backward this step records 0
-            for s in sinks:
-                if s.grad is None:
-                    s.grad = torch.zeros_like(s)
+        self.after_backward()  # the last (or only) micro-batch
         self.history = self.history.roll(1, dims=-1)
         self.history[:, 0, 0] = torch.stack(self._x_amax)
-        self.history[:, 1, 0] = torch.stack([s.grad for s in sinks])
+        self.history[:, 1, 0] = self._g_amax
         scales = self._fp8_max / self.history.amax(dim=-1).clamp(min=1e-12)  # (layer, 2)
         torch._foreach_copy_(self._x_scale, scales[:, 0].unbind())
         torch._foreach_copy_(self._g_scale, scales[:, 1].unbind())
-        torch._foreach_zero_(self._x_amax + [s.grad for s in sinks])  # the sinks' .grad accumulate in place
+        torch._foreach_zero_(self._x_amax)
+        self._g_amax.zero_()
 
     def calibrate(self, forward_backward: Callable[[], None], params: list[torch.Tensor]) -> None:
         """One forward + backward with dynamic scales (each tensor's own amax) to learn the first history;

@@ -101,6 +101,42 @@ def check_fp8_head(device: torch.device) -> Check:
                  + ("" if finite else "; NaN or inf"))
 
 
+def short_compiled_training(model: Transformer, tokens: np.ndarray, cfg: ModelConfig, device: torch.device,
+                            tmp_dir, steps: int = 40) -> list[float]:
+    """`steps` compiled training steps of the Trainer (warm-up over the first 6), their losses."""
+    from cs336_basics.training.trainer import TrainConfig, Trainer
+
+    train_cfg = TrainConfig(batch_size=8, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=5, compile_model=True,
+                            gradient_checkpointing=False, use_flash_attn=device.type == "cuda", eval_steps=2)
+    trainer = Trainer(model, train_cfg, RandomWindows(tokens, 8, cfg.context_length, seed=1), tokens[:4096],
+                      device, tmp_dir, log=lambda s: None)
+    return [trainer.train_step(3e-3 if step > 5 else 3e-3 * (step + 1) / 6)[0].item() for step in range(steps)]
+
+
+def check_delayed_scaling(bf16_model: Transformer, x: torch.Tensor, y: torch.Tensor, ref_grads: dict[str, torch.Tensor],
+                          tokens: np.ndarray, cfg: ModelConfig, device: torch.device, emulate: bool, tmp_dir) -> Check:
+    """The default recipe on one GPU (fp8_delayed.py, our own layer, not TorchAO's): after its calibration step
+    its gradients against bf16's (the thresholds above), then compiled training steps that lower the loss."""
+    from cs336_basics.precision.fp8_delayed import DelayedScaling
+
+    name = "delayed scaling (default recipe): gradients, compiled training"
+    model = copy.deepcopy(bf16_model)
+    convert_model_to_fp8(model, "delayed", emulate=emulate, head=True)
+    try:
+        DelayedScaling(model).calibrate(lambda: loss_and_grads(model, x, y, device), list(model.parameters()))
+        _, grads = loss_and_grads(model, x, y, device)
+        whole = sqnr_db(torch.cat([ref_grads[n].flatten() for n in ref_grads]),
+                        torch.cat([grads[n].flatten() for n in ref_grads]))
+        losses = short_compiled_training(model, tokens, cfg, device, tmp_dir)
+    except Exception as e:  # report, do not hide: the check fails with the message
+        return Check(name, False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    finite = all(math.isfinite(v) for v in losses)
+    return Check(name, whole >= GRAD_SQNR_DB and finite and last < first - 0.5,
+                 f"gradients {whole:.1f} dB against bf16 (threshold {GRAD_SQNR_DB}); {len(losses)} compiled steps, "
+                 f"mean loss of steps 1-5 {first:.3f} -> last 5 {last:.3f}")
+
+
 def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print) -> list[Check]:
     emulate = not supports_fp8(device)
     checks: list[Check] = []
@@ -147,25 +183,17 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
     record(check_fp8_head(device))
 
     # Compile after conversion, then a short training run that must lower the loss.
-    from cs336_basics.training.trainer import TrainConfig, Trainer
-
-    train_cfg = TrainConfig(batch_size=8, max_steps=40, lr=3e-3, min_lr=3e-4, warmup_steps=5, compile_model=True,
-                            gradient_checkpointing=False, use_flash_attn=device.type == "cuda", eval_steps=2)
-    trainer = Trainer(fp8_model, train_cfg, RandomWindows(tokens, 8, cfg.context_length, seed=1), tokens[:4096],
-                      device, tmp_dir, log=lambda s: None)
-    losses = []
     try:
-        for step in range(train_cfg.max_steps):
-            loss_sum, _ = trainer.train_step(3e-3 if step > 5 else 3e-3 * (step + 1) / 6)
-            losses.append(loss_sum.item())
+        losses = short_compiled_training(fp8_model, tokens, cfg, device, tmp_dir)
         record(Check("torch.compile after FP8 conversion", is_float8_model(fp8_model),
-                     f"{train_cfg.max_steps} compiled fp8 training steps ran; Float8 modules kept"))
+                     f"{len(losses)} compiled fp8 training steps ran; Float8 modules kept"))
     except Exception as e:  # report, do not hide: the check fails with the compiler's message
         record(Check("torch.compile after FP8 conversion", False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
         return checks
     first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
     record(Check("short FP8 training run lowers the loss", last < first - 0.5,
                  f"mean loss of steps 1-5 {first:.3f} -> steps 36-40 {last:.3f}"))
+    record(check_delayed_scaling(bf16_model, x, y, ref_grads, tokens, cfg, device, emulate, tmp_dir))
 
     if emulate:
         record(Check("FP8+compile faster than FP8 eager", None,

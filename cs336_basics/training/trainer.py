@@ -298,12 +298,15 @@ class Trainer:
         if self.fp8_scales is not None and not self.fp8_scales.calibrated:
             self._calibrate_fp8_scales()
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(self.cfg.gradient_accumulation_steps):
+        accumulation = self.cfg.gradient_accumulation_steps
+        for micro_batch in range(accumulation):
             x, y = self.train_data.next_batch(self.device)
             with self.autocast:
                 loss = self.model(x, y)
-            (loss / self.cfg.gradient_accumulation_steps).backward()
+            (loss / accumulation).backward()
             loss_sum += loss.detach()
+            if self.fp8_scales is not None and micro_batch < accumulation - 1:
+                self.fp8_scales.after_backward()  # the max of the micro-batches' gradient amaxes, not their sum
         if self.fp8_scales is not None:  # this step's amaxes set the next step's float8 scales
             self.fp8_scales.update()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
