@@ -191,3 +191,28 @@ def test_verify_check_fails_on_wrong_gradients_and_reports_a_compile_error(tmp_p
     monkeypatch.setattr(verify, "short_compiled_training", broken)
     check = verify.check_delayed_scaling(plain, *args)
     assert check.passed is False and "CUBLAS_STATUS_NOT_SUPPORTED" in check.figure
+
+
+def test_compiled_graph_hands_scaled_mm_scales_that_cublaslt_takes(monkeypatch):
+    """On Hopper, cuBLASLt refused a scale that the compiled graph passed as a 0-dim view at a 4-byte offset
+    (call 20), and inductor's CUDA lowering asserts on (1,)-shaped scales (call 21); the CPU kernel accepts
+    both. So every scale reaching torch._scaled_mm from the compiled graph must be 0-dim at offset 0."""
+    from torch._inductor.select_algorithm import extern_kernels
+
+    seen = []
+    real = extern_kernels._scaled_mm
+
+    def checked(a, b, scale_a, scale_b, *args, **kwargs):
+        seen.extend((s.dim(), s.storage_offset()) for s in (scale_a, scale_b))
+        return real(a, b, scale_a, scale_b, *args, **kwargs)
+
+    monkeypatch.setattr(extern_kernels, "_scaled_mm", checked)
+    torch._dynamo.reset()  # no cached graph from another test: this one must be generated here
+    torch.manual_seed(0)
+    model, scales = delayed_copy(Transformer(CFG), emulate=False)
+    x, y = batch()
+    scales.calibrate(lambda: model(x, y).backward(), list(model.parameters()))
+    compile_model(model)
+    model(x, y).backward()
+    assert len(seen) >= 2 * 3 * 5 * CFG.n_layers  # three products per layer ran through the compiled graph
+    assert set(seen) == {(0, 0)}, sorted(set(seen))

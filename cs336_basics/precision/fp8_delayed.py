@@ -7,10 +7,11 @@ are small and change every step).
 
 Each step every layer records the amax of its input (a buffer, maxed over micro-batches) and of its output
 gradient (returned by backward as the "gradient" of a 0-dim sink tensor; `after_backward()` between
-micro-batches keeps their max, where autograd would add them up). `DelayedScaling.update()` after the backward passes moves them into a history
-of the last `history` steps and sets each scale to float8's largest value / the history's max. Casts
-saturate, so a value above the history's max is clipped, never inf. `calibrate()` fills the history once
-before training from one forward + backward whose gradients are thrown away (the scales start unknown).
+micro-batches keeps their max, where autograd would add them up). `DelayedScaling.update()` after the
+backward passes moves them into a history of the last `history` steps and sets each scale to float8's
+largest value / the history's max. Casts saturate, so a value above the history's max is clipped, never
+inf. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
+whose gradients are thrown away (the scales start unknown).
 
 The scales are not saved in checkpoints: a resumed run calibrates again. `emulate=True` computes each
 product as a float32 matmul of the dequantised fp8 values (exact fp8 numerics on any device, for tests).
