@@ -132,7 +132,8 @@ def test_verify_fp8_compilation_on_cpu():
     proc = subprocess.run([sys.executable, "verify_fp8_compilation.py", "--device", "cpu"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "8 passed, 0 failed, 1 skipped" in proc.stdout
+    assert "9 passed, 0 failed, 1 skipped" in proc.stdout
+    assert "[PASS] delayed float8 layer: kernels vs reference" in proc.stdout
     assert "[PASS] float8 head: kernels vs reference" in proc.stdout
     assert "[PASS] delayed scaling (default recipe): gradients, compiled training" in proc.stdout
     assert "[SKIP] FP8+compile faster than FP8 eager: skipped: emulated float8" in proc.stdout
