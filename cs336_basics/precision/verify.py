@@ -107,7 +107,7 @@ def check_delayed_layer(device: torch.device) -> Check:
     from them: output and both gradients within bounds, no NaN."""
     import torch.nn as nn
 
-    from cs336_basics.precision.fp8_delayed import DelayedScaling, Float8DelayedLinear
+    from cs336_basics.precision.fp8_delayed import DelayedScaling, convert_to_delayed_float8
 
     n, k, m = (8192, 896, 3584) if device.type == "cuda" else (256, 64, 128)
     seed = secrets.randbits(31)
@@ -117,12 +117,14 @@ def check_delayed_layer(device: torch.device) -> Check:
     grad_y = (torch.randn(n, m, device=device, generator=g) * 1e-3).bfloat16()
     results = []
     for emulate in (True, False):
-        layer = Float8DelayedLinear(nn.Linear(k, m, bias=False, device=device), emulate)
+        model = nn.Sequential(nn.Linear(k, m, bias=False, device=device))
         with torch.no_grad():
-            layer.weight.copy_(w)
+            model[0].weight.copy_(w)
+        convert_to_delayed_float8(model, {"0"}, emulate)
+        layer = model[0]
         xe = x.clone().requires_grad_()
         try:
-            DelayedScaling(nn.Sequential(layer)).calibrate(lambda: layer(xe).backward(grad_y), [layer.weight])
+            DelayedScaling(model).calibrate(lambda: layer(xe).backward(grad_y), [layer.weight])
             xe.grad = None
             y = layer(xe)
             y.backward(grad_y)
