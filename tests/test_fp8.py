@@ -153,6 +153,8 @@ def test_loud_warnings_quote_committed_measurements():
     eager = warnings_for(gpu_run(compiled=False))
     assert len(eager) == 1 and eager[0].startswith("WARNING: FP8 without --compile_model runs SLOWER than BF16")
     assert "0.28x (fp8 eager tokens/s vs bf16 + compile; NVIDIA H200" in eager[0]
+    delayed = warnings_for(gpu_run(compiled=False, fp8_recipe="delayed"))  # the default recipe was not measured eager
+    assert "with TorchAO tensorwise; delayed not measured eager" in delayed[0]
     checkpointing = warnings_for(gpu_run(gradient_checkpointing=True))
     assert len(checkpointing) == 1 and "0.89x (fp8 + compile tokens/s with vs without checkpointing" in checkpointing[0]
     assert warnings_for(gpu_run()) == [] and warnings_for(gpu_run(fp8=False, compiled=False)) == []

@@ -34,15 +34,22 @@ class RunShape:
         return self.batch_size * self.accumulation * self.context_length * self.world_size
 
 
+def fp8_eager_factor(run: RunShape) -> str:
+    """The committed fp8-eager measurement (made with TorchAO tensorwise), saying so for another recipe."""
+    factor = measured_factor("fp8_eager_vs_bf16_compile")
+    if factor is None:
+        return "no committed measurement yet"
+    return factor if run.fp8_recipe == "tensorwise" else f"{factor} with TorchAO tensorwise; {run.fp8_recipe} not measured eager"
+
+
 def verdict(run: RunShape) -> tuple[str, list[str]]:
     """('OPTIMAL CONFIGURATION: ...' or 'SUBOPTIMAL CONFIGURATION', reasons)."""
     if run.device.type != "cuda":
         return "CPU RUN", ["no CUDA device: fine for small models and tests; timings are CPU timings"]
     issues = []
     if run.fp8 and not run.compiled:
-        factor = measured_factor("fp8_eager_vs_bf16_compile")
         issues.append("FP8 without --compile_model runs SLOWER than BF16 (unfused casts and scale reductions); "
-                      f"measured: {factor or 'no committed measurement yet'}")
+                      f"measured: {fp8_eager_factor(run)}")
     if not run.fp8 and supports_fp8(run.device):
         issues.append("this GPU has fp8 tensor cores: add --use_fp8 (with --compile_model)")
     if not run.compiled:
@@ -63,9 +70,8 @@ def warnings_for(run: RunShape) -> list[str]:
     """The configurations that silently cost a lot: said on stderr as well as in the summary."""
     out = []
     if run.fp8 and not run.compiled and not run.fp8_emulate:
-        factor = measured_factor("fp8_eager_vs_bf16_compile")
         out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
-                   f"measured: {factor or 'no committed measurement yet'}. Add --compile_model.")
+                   f"measured: {fp8_eager_factor(run)}. Add --compile_model.")
     if run.fp8 and run.gradient_checkpointing and run.device.type == "cuda":
         factor = measured_factor("activation_checkpointing_cost_fp8")
         out.append("WARNING: gradient checkpointing is on with FP8: every block's forward (and its float8 casts) "
