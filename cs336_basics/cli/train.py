@@ -268,6 +268,8 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
         raise UserError("--fp8_emulate only applies with --use_fp8")
     if args.fp8_head is not None and not use_fp8:
         raise UserError("--fp8_head / --no-fp8_head only apply with --use_fp8")
+    if use_fp8 and recipe == "delayed" and distributed:
+        raise UserError("--fp8_recipe delayed runs on one GPU for now; under torchrun use --fp8_recipe tensorwise")
     return use_fp8, recipe, head
 
 
@@ -277,8 +279,6 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     use_fp8, recipe, fp8_head = resolve_fp8(args, resumed, ctx.enabled)
     if use_fp8:
         check_fp8_device(device, args.fp8_emulate)
-        if recipe == "delayed" and ctx.enabled:
-            raise UserError("--fp8_recipe delayed runs on one GPU for now; under torchrun use --fp8_recipe tensorwise")
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
     train_cfg = resolve_train_config(args, resumed["train_config"] if resumed else None, model_cfg.context_length)
     torch.manual_seed(train_cfg.seed)

@@ -61,7 +61,7 @@ def float8_config(recipe: str, emulate: bool, fsdp_all_gather: bool = False):
     from torchao.float8 import Float8LinearConfig
 
     if recipe not in TORCHAO_RECIPES:
-        raise UserError(f"--fp8_recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+        raise UserError(f"--fp8_recipe {recipe!r} is not one of TorchAO's recipes: {', '.join(TORCHAO_RECIPES)}")
     config = dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=emulate)
     if fsdp_all_gather and recipe == "tensorwise":
         config = dataclasses.replace(config, enable_fsdp_float8_all_gather=True)
