@@ -216,14 +216,3 @@ def test_compiled_graph_hands_scaled_mm_scales_that_cublaslt_takes(monkeypatch):
     model(x, y).backward()
     assert len(seen) >= 2 * 3 * 5 * CFG.n_layers  # three products per layer ran through the compiled graph
     assert set(seen) == {(0, 0)}, sorted(set(seen))
-
-
-def test_verify_layer_check_catches_a_broken_kernel(monkeypatch):
-    from cs336_basics.precision.verify import check_delayed_layer
-
-    assert check_delayed_layer(torch.device("cpu")).passed
-    real = torch._scaled_mm
-    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, out_dtype: real(
-        a, b, scale_a=scale_a, scale_b=torch.ones_like(scale_b), out_dtype=out_dtype))  # one scale dropped
-    broken = check_delayed_layer(torch.device("cpu"))
-    assert broken.passed is False and "relative error" in broken.figure

@@ -104,14 +104,3 @@ def test_compiled_head_matches_eager():
     compiled = run(head)
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-5)
     assert sqnr_db(eager[1], compiled[1]) > 30  # same fp8 values; fusion may round the bf16 logits differently
-
-
-def test_verify_check_catches_a_broken_kernel(monkeypatch):
-    from cs336_basics.precision.verify import check_fp8_head
-
-    assert check_fp8_head(torch.device("cpu")).passed
-    real = torch._scaled_mm
-    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, out_dtype: real(
-        a, b, scale_a=scale_a, scale_b=torch.ones_like(scale_b), out_dtype=out_dtype))  # one scale dropped
-    broken = check_fp8_head(torch.device("cpu"))
-    assert broken.passed is False and "relative error" in broken.figure

@@ -139,6 +139,19 @@ def test_verify_fp8_compilation_on_cpu():
     assert "[SKIP] FP8+compile faster than FP8 eager: skipped: emulated float8" in proc.stdout
 
 
+@pytest.mark.parametrize("check_name", ["check_fp8_head", "check_delayed_layer"])
+def test_verify_kernel_checks_catch_a_broken_kernel(monkeypatch, check_name):
+    from cs336_basics.precision import verify
+
+    check = getattr(verify, check_name)
+    assert check(torch.device("cpu")).passed
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, out_dtype: real(
+        a, b, scale_a=scale_a, scale_b=torch.ones_like(scale_b), out_dtype=out_dtype))  # one scale dropped
+    broken = check(torch.device("cpu"))
+    assert broken.passed is False and "relative error" in broken.figure
+
+
 def test_attention_kernel_names_name_the_backend_that_ran():
     from cs336_basics.training.attention import attention_kernels
 

@@ -24,12 +24,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, column_major, scaled_mm
-
-
-def cast_to(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, max_value: float) -> torch.Tensor:
-    """x * scale in float8, saturating."""
-    return (x.float() * scale).clamp(-max_value, max_value).to(dtype)
+from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
 
 
 def amax(x: torch.Tensor) -> torch.Tensor:
@@ -47,10 +42,9 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
             x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
         x8 = cast_to(x2, x_scale, E4M3, E4M3_MAX)
-        w_scale = E4M3_MAX / weight.detach().abs().amax().float().clamp(min=1e-12)
-        w8 = cast_to(weight, w_scale, E4M3, E4M3_MAX)  # (N, K)
-        y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), w_scale.reciprocal(), out_dtype, emulate)  # (M, N)
-        ctx.save_for_backward(x8, w8, x_scale, w_scale, g_scale)
+        w8, inv_w = to_fp8(weight)  # (N, K), dynamic scale
+        y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate)  # (M, N)
+        ctx.save_for_backward(x8, w8, x_scale, inv_w, g_scale)
         ctx.emulate, ctx.calibrating, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, calibrating, x.shape, x.dtype, weight.dtype
         x_amax = amax(x2)
         ctx.mark_non_differentiable(x_amax)
@@ -58,13 +52,13 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, _grad_amax: torch.Tensor):
-        x8, w8, x_scale, w_scale, g_scale = ctx.saved_tensors
+        x8, w8, x_scale, inv_w, g_scale = ctx.saved_tensors
         g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         if ctx.calibrating:
             g_scale = E5M2_MAX / amax(g2).clamp(min=1e-12)
         g8 = cast_to(g2, g_scale, E5M2, E5M2_MAX)
         inv_g = g_scale.reciprocal()
-        grad_x = scaled_mm(g8, column_major(w8), inv_g, w_scale.reciprocal(), ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
+        grad_x = scaled_mm(g8, column_major(w8), inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
         grad_w = scaled_mm(g8.t().contiguous(), column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
                            ctx.emulate)  # (N, M) @ (M, K)
         return grad_x.reshape(ctx.x_shape), grad_w, None, None, amax(g2), None, None

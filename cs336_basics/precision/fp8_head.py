@@ -27,11 +27,16 @@ E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 E4M3_MAX, E5M2_MAX = torch.finfo(E4M3).max, torch.finfo(E5M2).max
 
 
+def cast_to(x: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype, max_value: float) -> torch.Tensor:
+    """x * scale in float8, saturating."""
+    return (x.float() * scale).clamp(-max_value, max_value).to(dtype)
+
+
 def to_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic tensorwise e4m3 cast: (x * scale in fp8, 1 / scale), scale = 448 / amax(x)."""
     amax = x.detach().abs().amax().float().clamp(min=1e-12)
     scale = E4M3_MAX / amax
-    return (x.float() * scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale.reciprocal()
+    return cast_to(x, scale, E4M3, E4M3_MAX), scale.reciprocal()
 
 
 def scaled_mm(a: torch.Tensor, b: torch.Tensor, inv_a: torch.Tensor, inv_b: torch.Tensor,
@@ -64,7 +69,7 @@ class _Float8LinearCrossEntropy(torch.autograd.Function):
         n, vocab = logits.shape
         onehot = torch.arange(vocab, device=logits.device)[None, :] == targets[:, None]
         g = torch.exp(logits.float() - lse[:, None]) - onehot.float()  # softmax - onehot, in [-1, 1]
-        g8 = (g * E5M2_MAX).clamp(-E5M2_MAX, E5M2_MAX).to(E5M2)  # static scale: no amax pass
+        g8 = cast_to(g, E5M2_MAX, E5M2, E5M2_MAX)  # static scale: no amax pass
         inv_g = grad_loss.float() / (n * E5M2_MAX)
         grad_x = scaled_mm(g8, column_major(w8), inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (N, V) @ (V, D)
         grad_w = scaled_mm(g8.t().contiguous(), column_major(x8), inv_g, inv_x, ctx.w_dtype, ctx.emulate)  # (V, N) @ (N, D)

@@ -70,9 +70,26 @@ def loss_and_grads(model: Transformer, x, y, device) -> tuple[float, dict[str, t
     return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def kernels_vs_reference(name: str, device: torch.device, run: Callable[[bool], tuple[torch.Tensor, ...]],
+                         labels: tuple[str, ...], bounds: tuple[float, ...], what: str) -> Check:
+    """`run(emulate)` through the real `torch._scaled_mm` kernels against `run(True)`, its reference (float32
+    products of the same fp8 values): each result's relative error under its bound, no NaN."""
+    results = []
+    for emulate in (True, False):
+        try:
+            results.append(run(emulate))
+        except (RuntimeError, NotImplementedError) as e:  # a CPU build without a float8 matmul kernel
+            return Check(name, None, f"skipped: torch._scaled_mm on {device.type}: {e}")
+    reference, real = results
+    errors = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(real, reference)]
+    finite = all(torch.isfinite(t).all() for t in real)
+    passed = finite and all(e < b for e, b in zip(errors, bounds))
+    return Check(name, passed, f"{what}, relative error " + ", ".join(f"{l} {e:.1e}" for l, e in zip(labels, errors))
+                 + f" (bounds {', '.join(f'{b:.0e}'.replace('e-0', 'e-') for b in bounds)})" + ("" if finite else "; NaN or inf"))
+
+
 def check_fp8_head(device: torch.device) -> Check:
-    """The float8 head + loss through the real `torch._scaled_mm` kernels against its reference (float32
-    products of the same fp8 values), on fresh random inputs: loss and gradients within bounds, no NaN."""
+    """The float8 head + loss through the real kernels against its reference, on fresh random inputs."""
     from cs336_basics.precision.fp8_head import linear_cross_entropy_fp8
 
     n, d, v = (8192, 896, 8192) if device.type == "cuda" else (256, 64, 512)
@@ -81,30 +98,21 @@ def check_fp8_head(device: torch.device) -> Check:
     x = torch.randn(n, d, device=device, generator=g)
     w = torch.randn(v, d, device=device, generator=g) * 0.02
     t = torch.randint(0, v, (n,), device=device, generator=g)
-    results = []
-    for emulate in (True, False):
+
+    def run(emulate: bool) -> tuple[torch.Tensor, ...]:
         xe, we = x.clone().requires_grad_(), w.clone().requires_grad_()
-        try:
-            loss = linear_cross_entropy_fp8(xe, we, t, emulate=emulate)
-        except (RuntimeError, NotImplementedError) as e:  # a CPU build without a float8 matmul kernel
-            return Check("float8 head: kernels vs reference", None, f"skipped: torch._scaled_mm on {device.type}: {e}")
+        loss = linear_cross_entropy_fp8(xe, we, t, emulate=emulate)
         loss.backward()
-        results.append((loss.detach(), xe.grad, we.grad))
-    (ref_loss, ref_gx, ref_gw), (loss, gx, gw) = results
-    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
-    errors = dict(loss=rel(loss, ref_loss), grad_x=rel(gx, ref_gx), grad_w=rel(gw, ref_gw))
-    finite = all(torch.isfinite(v).all() for v in (loss, gx, gw))
-    passed = finite and errors["loss"] < 1e-3 and errors["grad_x"] < 2e-2 and errors["grad_w"] < 2e-2
-    return Check("float8 head: kernels vs reference", passed,
-                 f"{n} tokens x {v} classes (seed {seed}), relative error loss {errors['loss']:.1e}, input gradient "
-                 f"{errors['grad_x']:.1e}, weight gradient {errors['grad_w']:.1e} (bounds 1e-3, 2e-2, 2e-2)"
-                 + ("" if finite else "; NaN or inf"))
+        return loss.detach(), xe.grad, we.grad
+
+    return kernels_vs_reference("float8 head: kernels vs reference", device, run,
+                                ("loss", "input gradient", "weight gradient"), (1e-3, 2e-2, 2e-2),
+                                f"{n} tokens x {v} classes (seed {seed})")
 
 
 def check_delayed_layer(device: torch.device) -> Check:
-    """Our delayed-scaling float8 linear (fp8_delayed.py) through the real `torch._scaled_mm` kernels against
-    its reference (float32 products of the same fp8 values), on fresh random bf16 inputs with scales learned
-    from them: output and both gradients within bounds, no NaN."""
+    """Our delayed-scaling float8 linear (fp8_delayed.py) through the real kernels against its reference, on
+    fresh random bf16 inputs with scales learned from them."""
     import torch.nn as nn
 
     from cs336_basics.precision.fp8_delayed import DelayedScaling, convert_to_delayed_float8
@@ -115,31 +123,23 @@ def check_delayed_layer(device: torch.device) -> Check:
     x = torch.randn(n, k, device=device, generator=g).bfloat16()
     w = torch.randn(m, k, device=device, generator=g) * 0.02
     grad_y = (torch.randn(n, m, device=device, generator=g) * 1e-3).bfloat16()
-    results = []
-    for emulate in (True, False):
+
+    def run(emulate: bool) -> tuple[torch.Tensor, ...]:
         model = nn.Sequential(nn.Linear(k, m, bias=False, device=device))
         with torch.no_grad():
             model[0].weight.copy_(w)
         convert_to_delayed_float8(model, {"0"}, emulate)
         layer = model[0]
         xe = x.clone().requires_grad_()
-        try:
-            DelayedScaling(model).calibrate(lambda: layer(xe).backward(grad_y), [layer.weight])
-            xe.grad = None
-            y = layer(xe)
-            y.backward(grad_y)
-        except (RuntimeError, NotImplementedError) as e:  # a CPU build without a float8 matmul kernel
-            return Check("delayed float8 layer: kernels vs reference", None, f"skipped: torch._scaled_mm on {device.type}: {e}")
-        results.append((y.detach(), xe.grad, layer.weight.grad))
-    (ref_y, ref_gx, ref_gw), (y, gx, gw) = results
-    rel = lambda a, b: float((a.float() - b.float()).norm() / b.float().norm())  # noqa: E731
-    errors = dict(y=rel(y, ref_y), grad_x=rel(gx, ref_gx), grad_w=rel(gw, ref_gw))
-    finite = all(torch.isfinite(v).all() for v in (y, gx, gw))
-    passed = finite and all(e < 2e-2 for e in errors.values())
-    return Check("delayed float8 layer: kernels vs reference", passed,
-                 f"{n} tokens, {k} -> {m} (seed {seed}), relative error output {errors['y']:.1e}, input gradient "
-                 f"{errors['grad_x']:.1e}, weight gradient {errors['grad_w']:.1e} (bound 2e-2 each)"
-                 + ("" if finite else "; NaN or inf"))
+        DelayedScaling(model).calibrate(lambda: layer(xe).backward(grad_y), [layer.weight])
+        xe.grad = None
+        y = layer(xe)
+        y.backward(grad_y)
+        return y.detach(), xe.grad, layer.weight.grad
+
+    return kernels_vs_reference("delayed float8 layer: kernels vs reference", device, run,
+                                ("output", "input gradient", "weight gradient"), (2e-2, 2e-2, 2e-2),
+                                f"{n} tokens, {k} -> {m} (seed {seed})")
 
 
 def short_compiled_training(model: Transformer, tokens: np.ndarray, cfg: ModelConfig, device: torch.device,
