@@ -170,7 +170,7 @@ class Trainer:
                 loss = self.model(x, y)
             loss.backward()
 
-        self.fp8_scales.calibrate(forward_backward, list(self.model.parameters()))
+        self.fp8_scales.calibrate(forward_backward, self._params)
         self.log(f"fp8 delayed scaling: {len(self.fp8_scales.layers)} layers calibrated on one micro-batch")
 
     @staticmethod
