@@ -90,7 +90,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
         checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],
-        step_ms_mean=round(step_mean * 1e3, 2),
+        step_ms_mean=round(step_mean * 1e3, 2), step_ms_each=[round(t * 1e3, 2) for t in step_seconds],
         tokens_per_second=round(tokens_per_second), warmup_seconds=round(warmup, 1),
         model_tflops=round(tokens_per_second * token_flops(cfg).model / 1e12, 1), loss=round(last_loss, 3),
     )
