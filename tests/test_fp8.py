@@ -1,3 +1,4 @@
+import json
 
 import pytest
 import torch
@@ -160,13 +161,48 @@ def test_loud_warnings_quote_committed_measurements():
     assert warnings_for(gpu_run()) == [] and warnings_for(gpu_run(fp8=False, compiled=False)) == []
 
 
-def test_summary_has_tokens_per_step_and_roofline(monkeypatch):
+def gains_file(tmp_path, monkeypatch, *entries) -> None:
+    """Committed fp8 gains replaced by `entries`: (dim, kind, ratio) of the delayed recipe."""
+    path = tmp_path / "fp8_gains.json"
+    path.write_text(json.dumps([dict(dim=dim, n_layers=24, batch_size=16, context_length=1024, kind=kind, recipe="delayed",
+                                     compile_mode="default", ratio=ratio, gpu="NVIDIA H200", source="x")
+                                for dim, kind, ratio in entries]))
+    monkeypatch.setattr("cs336_basics.perf.measured.GAINS_FILE", path)
+
+
+def test_fp8_measured_slower_in_training_near_this_width_is_said(tmp_path, monkeypatch):
+    from cs336_basics.training.summary import warnings_for
+
+    monkeypatch.setattr("cs336_basics.training.summary.supports_fp8", lambda device: True)
+    gains_file(tmp_path, monkeypatch, (896, "training", 0.92), (896, "training", 0.96), (896, "bench", 1.05))
+    delayed = dict(fp8_recipe="delayed", accumulation=1)
+    head, reasons = verdict(gpu_run(**delayed), dim=1024)  # 896 is the nearest measured width
+    assert head == "SUBOPTIMAL CONFIGURATION" and any("FP8 measured SLOWER than BF16 in training" in r for r in reasons)
+    (warning,) = warnings_for(gpu_run(**delayed), dim=896)
+    assert "training runs 0.92x-0.96x; bench 1.05x" in warning and "dim 896, 24 layers" in warning
+    # a bf16 run there is not told to add --use_fp8
+    assert verdict(gpu_run(fp8=False, **delayed), dim=896) == ("OPTIMAL CONFIGURATION: BF16 + Compilation", [])
+    # nothing measured within a factor 1.5 of the width, or eager: no claim either way
+    assert verdict(gpu_run(**delayed), dim=2048) == ("OPTIMAL CONFIGURATION: FP8 + Compilation", [])
+    assert not any("in training" in r for r in verdict(gpu_run(compiled=False, **delayed), dim=896)[1])
+    # where fp8 paid in training, nothing is said against it and bf16 runs are told to use it
+    gains_file(tmp_path, monkeypatch, (2048, "training", 1.25))
+    assert verdict(gpu_run(**delayed), dim=2048) == ("OPTIMAL CONFIGURATION: FP8 + Compilation", [])
+    assert any("add --use_fp8" in r for r in verdict(gpu_run(fp8=False, **delayed), dim=2048)[1])
+    assert warnings_for(gpu_run(**delayed), dim=2048) == []
+
+
+def test_summary_has_tokens_per_step_and_roofline(tmp_path, monkeypatch):
     from cs336_basics.perf.hardware import lookup_peaks
 
+    gains_file(tmp_path, monkeypatch, (896, "bench", 1.07))
     monkeypatch.setattr("cs336_basics.training.summary.supports_fp8", lambda device: True)
     monkeypatch.setattr("torch.cuda.get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     seed = ModelConfig()
     text = format_summary(seed, 398_492_544, 353_420_160, gpu_run(), lookup_peaks("NVIDIA H100 80GB HBM3"))
     assert "16 micro-batch x 8 accumulation x 1024 context = 131,072" in text
     assert "OPTIMAL CONFIGURATION: FP8 + Compilation" in text
+    assert "fp8 vs bf16       fp8 tensorwise" not in text  # only delayed measurements in this file
+    text = format_summary(seed, 398_492_544, 353_420_160, gpu_run(fp8_recipe="delayed"), lookup_peaks("NVIDIA H200"))
+    assert "fp8 vs bf16       fp8 delayed / bf16 tokens/s measured at dim 896" in text and "bench 1.07x" in text
     assert "Expected: at most" in text and "upper bound" in text

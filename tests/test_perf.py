@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cs336_basics.model.transformer import PRESETS, Transformer
+from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
 from cs336_basics.perf.flops import mfu, optimizer_step_seconds, roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import lookup_peaks
 from cs336_basics.perf.matrix import all_modes, main as matrix_main, parse_inductor, parse_mode
@@ -247,3 +248,37 @@ def test_reference_ratio_compares_mean_with_mean():
     stock = dict(mode="bf16-compile", tok_s=100_000, step_ms=163.84)  # the yardstick's step_ms is a mean
     row = format_table([ours], [stock], on_gpu=True).splitlines()[-1]
     assert "| 0.999 |" in row  # 163.84 / 164.0, not 100,000 / 100,000 or 163.84 / 160.0
+
+
+def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(tmp_path):
+    from cs336_basics.perf.measured import collect_fp8_gains
+
+    call = tmp_path / "results" / "call"
+    call.mkdir(parents=True)
+    (call / "env.txt").write_text("NVIDIA H200, 580.159.04, 143771 MiB\n")
+    model = dataclasses.asdict(ModelConfig(dim=896, n_layers=24))
+    train = dict(batch_size=16, gradient_accumulation_steps=1, compile_model=True, compile_mode="default",
+                 gradient_checkpointing=False)
+
+    def run(name: str, fp8: bool, tokens_per_second: float, **changes) -> None:
+        (call / name).mkdir()
+        (call / name / "run.json").write_text(json.dumps(dict(model_config=model, train_config={**train, **changes},
+                                                              fp8=fp8, fp8_recipe="delayed" if fp8 else None)))
+        (call / name / "summary.json").write_text(json.dumps(dict(tokens_per_second=tokens_per_second, world_size=1)))
+
+    run("bf16-batch8", False, 50.0, batch_size=8)  # another batch: not fp8's pair
+    run("bf16", False, 200.0)
+    run("fp8", True, 180.0)
+    (call / "matrix").mkdir()
+    rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=80.0, step_ms_mean=90.0),
+            dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False, step_ms=70.0,
+                 step_ms_mean=75.0),
+            dict(name="fp8-tensorwise-compile-ac", precision="fp8-tensorwise", compiled=True, checkpointing=True,
+                 step_ms=60.0),
+            dict(name="fp8-rowwise-compile", error="out of memory")]
+    (call / "matrix" / "matrix.json").write_text(json.dumps(dict(
+        model=model, batch_size=16, rows=rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
+    gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
+    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"]) for g in gains] == [
+        ("training", "delayed", 0.9, 896, 16), ("bench", "delayed", 1.2, 896, 16)]  # bench: mean step over mean step
+    assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")

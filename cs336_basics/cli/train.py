@@ -297,7 +297,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
     if ctx.is_main:
-        for warning in warnings_for(run_shape):
+        for warning in warnings_for(run_shape, model_cfg.dim):
             print(warning, file=sys.stderr)
 
     run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info,

@@ -4,7 +4,10 @@ quoted by the trainer's warnings. Nothing here is typed in: absent measurements 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 FACTORS_FILE = RESULTS_DIR / "measured_factors.json"
@@ -20,3 +23,112 @@ def measured_factor(name: str) -> str | None:
     if not entry:
         return None
     return f"{entry['ratio']:.2f}x ({entry['what']}; {entry['gpu']}, {entry['date']}, {entry['source']})"
+
+
+# fp8 / bf16 gains measured on the GPU, by model size. Collected from committed device calls by
+# `python -m cs336_basics.perf.measured CALL_DIR ...` into GAINS_FILE; the configuration summary quotes the entries
+# of the nearest measured width, so a run learns whether fp8 paid at about its size, in training as well as in
+# the bench.
+GAINS_FILE = RESULTS_DIR / "fp8_gains.json"
+NEAR = 1.5  # a measured width within this factor of the run's counts as near
+
+
+def _gpu_of(call: Path) -> str:
+    env = call / "env.txt"  # first line: nvidia-smi's "name, driver, memory"
+    return env.read_text().splitlines()[0].split(",")[0].strip() if env.is_file() else "unknown GPU"
+
+
+def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
+    return dict(dim=model["dim"], n_layers=model["n_layers"], batch_size=batch_size, context_length=model["context_length"])
+
+
+def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
+    """Every fp8 / bf16 tokens/s ratio one device call holds: training runs (run.json + summary.json) paired with
+    the bf16 run of the same model, batch and compile settings; bench rows (*/matrix.json) against the same
+    matrix's bf16-compile row, mean step to mean step."""
+    repo = results_dir.resolve().parents[1]
+    source = call.resolve().relative_to(repo).as_posix() if call.resolve().is_relative_to(repo) else call.as_posix()
+    gains: list[dict[str, Any]] = []
+    runs = []  # (run.json, tokens/s, folder name) of each single-GPU training run
+    for run_json in sorted(call.glob("*/run.json")):
+        summary = json.loads(s.read_text()) if (s := run_json.parent / "summary.json").is_file() else {}
+        if summary.get("tokens_per_second") and summary.get("world_size", 1) == 1:
+            runs.append((json.loads(run_json.read_text()), summary["tokens_per_second"], run_json.parent.name))
+
+    def same_run(run: dict[str, Any]) -> tuple[Any, ...]:
+        t = run["train_config"]
+        return (json.dumps(run["model_config"], sort_keys=True), t["batch_size"], t["gradient_accumulation_steps"],
+                t["compile_model"], t["compile_mode"], t["gradient_checkpointing"])
+
+    bf16 = {same_run(run): (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]}
+    for run, tokens_per_second, name in runs:
+        if run["fp8"] and (pair := bf16.get(same_run(run))):
+            train = run["train_config"]
+            gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
+                              compile_mode=train["compile_mode"], ratio=round(tokens_per_second / pair[0], 4),
+                              gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
+    for matrix_json in sorted(call.glob("*/matrix.json")):
+        matrix = json.loads(matrix_json.read_text())
+        rows = {r["name"]: r for r in matrix["rows"] if "step_ms" in r}
+        base = rows.get("bf16-compile")
+        if base is None:
+            continue
+        command = matrix["environment"].get("command", "").split()
+        mode = command[command.index("--compile_mode") + 1] if "--compile_mode" in command else "default"
+        for row in rows.values():
+            if row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]:
+                gains.append(dict(_shape(matrix["model"], matrix["batch_size"]), kind="bench",
+                                  recipe=row["precision"].split("-", 1)[1], compile_mode=mode,
+                                  ratio=round(base.get("step_ms_mean", base["step_ms"]) / row.get("step_ms_mean", row["step_ms"]), 4),
+                                  gpu=matrix["environment"].get("gpu") or _gpu_of(call),
+                                  source=f"{source}/{matrix_json.parent.name} ({row['name']})"))
+    return gains
+
+
+def nearest_fp8_gains(dim: int, recipe: str) -> list[dict[str, Any]]:
+    """The measured gains of `recipe` at the measured width nearest to `dim` (within a factor NEAR), or []."""
+    try:
+        gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe]
+    except (OSError, ValueError):
+        return []
+    if not gains:
+        return []
+    nearest = min({g["dim"] for g in gains}, key=lambda d: abs(math.log(d / dim)))
+    return [g for g in gains if g["dim"] == nearest] if max(nearest / dim, dim / nearest) <= NEAR else []
+
+
+def fp8_gain_note(dim: int, recipe: str) -> tuple[str, bool] | None:
+    """('fp8 delayed / bf16 tokens/s measured at dim 896, ...: training runs 0.90x-0.96x; bench 1.00x-1.13x', was
+    fp8 slower in every training run there?) for the nearest measured width; None when nothing near was measured."""
+    gains = nearest_fp8_gains(dim, recipe)
+    if not gains:
+        return None
+    g = gains[0]
+    parts = []
+    for kind, label in (("training", "training runs"), ("bench", "bench")):
+        ratios = sorted(x["ratio"] for x in gains if x["kind"] == kind and x["compile_mode"] == "default")
+        if ratios:
+            parts.append(f"{label} {ratios[0]:.2f}x" + (f"-{ratios[-1]:.2f}x" if len(ratios) > 1 else ""))
+    if not parts:
+        return None
+    training = [x["ratio"] for x in gains if x["kind"] == "training" and x["compile_mode"] == "default"]
+    text = (f"fp8 {recipe} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
+            f"{g['batch_size']} x {g['context_length']} ({g['gpu']}, {len(gains)} measurements in "
+            f"{GAINS_FILE.name}): {'; '.join(parts)}")
+    return text, bool(training) and max(training) < 1.0
+
+
+def main(argv: list[str]) -> int:
+    """python -m cs336_basics.perf.measured CALL_DIR [CALL_DIR ...]: (re)write GAINS_FILE from those calls."""
+    if not argv or (missing := [c for c in argv if not Path(c).is_dir()]):
+        print(f"error: {'no CALL_DIR given' if not argv else 'not a directory: ' + ', '.join(missing)}; usage: "
+              "python -m cs336_basics.perf.measured benchmarks/results/CALL [...]", file=sys.stderr)
+        return 2
+    gains = [g for call in argv for g in collect_fp8_gains(Path(call))]
+    GAINS_FILE.write_text(json.dumps(gains, indent=1) + "\n")
+    print(f"wrote {len(gains)} measurements to {GAINS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,7 @@ import torch
 from cs336_basics.model.transformer import ModelConfig
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import DevicePeaks, supports_fp8
-from cs336_basics.perf.measured import measured_factor
+from cs336_basics.perf.measured import fp8_gain_note, measured_factor
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,37 @@ def fp8_eager_factor(run: RunShape) -> str:
     return factor if run.fp8_recipe == "tensorwise" else f"{factor} with TorchAO tensorwise; {run.fp8_recipe} not measured eager"
 
 
-def verdict(run: RunShape) -> tuple[str, list[str]]:
-    """('OPTIMAL CONFIGURATION: ...' or 'SUBOPTIMAL CONFIGURATION', reasons)."""
+def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
+    """What fp8 (the run's recipe, or the one --use_fp8 would pick) measured against bf16 at the nearest measured
+    width, and whether it was slower in training there; None on CPU, emulated, eager, or with nothing near."""
+    if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
+        return None
+    recipe = run.fp8_recipe if run.fp8 else ("delayed" if run.world_size == 1 else "tensorwise")
+    return fp8_gain_note(dim, recipe)
+
+
+def slower_in_training(gain: tuple[str, bool] | None, quote: bool) -> str | None:
+    if gain is None or not gain[1]:
+        return None
+    where = f"({gain[0]})" if quote else "(the 'fp8 vs bf16' line above)"
+    return (f"FP8 measured SLOWER than BF16 in training at about this size {where}: the float8 casts and the "
+            "host's launch work outweigh the faster matmuls at this width (benchmarks/NOTES.md 25); time a bf16 run "
+            "against yours, or try --compile_mode reduce-overhead")
+
+
+def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:
+    """('OPTIMAL CONFIGURATION: ...' or 'SUBOPTIMAL CONFIGURATION', reasons). `dim`, the model width, brings in
+    the fp8 / bf16 gains measured nearest to it."""
     if run.device.type != "cuda":
         return "CPU RUN", ["no CUDA device: fine for small models and tests; timings are CPU timings"]
     issues = []
+    gain = fp8_gain(run, dim)
     if run.fp8 and not run.compiled:
         issues.append("FP8 without --compile_model runs SLOWER than BF16 (unfused casts and scale reductions); "
                       f"measured: {fp8_eager_factor(run)}")
-    if not run.fp8 and supports_fp8(run.device):
+    if run.fp8 and (slower := slower_in_training(gain, quote=False)):
+        issues.append(slower)
+    if not run.fp8 and supports_fp8(run.device) and not (gain and gain[1]):
         issues.append("this GPU has fp8 tensor cores: add --use_fp8 (with --compile_model)")
     if not run.compiled:
         issues.append("no --compile_model: every elementwise op is a separate kernel")
@@ -66,9 +88,11 @@ def verdict(run: RunShape) -> tuple[str, list[str]]:
     return "SUBOPTIMAL CONFIGURATION", issues
 
 
-def warnings_for(run: RunShape) -> list[str]:
+def warnings_for(run: RunShape, dim: int | None = None) -> list[str]:
     """The configurations that silently cost a lot: said on stderr as well as in the summary."""
     out = []
+    if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True)):
+        out.append(f"WARNING: {slower}.")
     if run.fp8 and not run.compiled and not run.fp8_emulate:
         out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
                    f"measured: {fp8_eager_factor(run)}. Add --compile_model.")
@@ -103,7 +127,9 @@ def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: R
     ]
     if fp8_converted:
         lines.append("  " + fp8_converted.replace("\n", "\n  "))
-    head, reasons = verdict(run)
+    if gain := fp8_gain(run, cfg.dim):
+        lines.append(f"  fp8 vs bf16       {gain[0]}")
+    head, reasons = verdict(run, cfg.dim)
     lines.append(head)
     lines += [f"  - {r}" for r in reasons]
     if peaks:
