@@ -93,6 +93,24 @@ def test_scales_follow_the_amax_history_and_saturate_above_it():
     assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 1e4)  # and the next step's scale has learned it
 
 
+def test_amax_history_round_trips_and_refuses_other_layers():
+    torch.manual_seed(0)
+    model, scales = delayed_copy(Transformer(CFG), emulate=True)
+    x, y = batch()
+    scales.calibrate(lambda: model(x, y).backward(), list(model.parameters()))
+    model(*batch(1)).backward()
+    scales.update()
+    state = scales.state_dict()
+    fresh, fresh_scales = delayed_copy(Transformer(CFG), emulate=True)
+    assert not fresh_scales.calibrated
+    fresh_scales.load_state_dict(state)
+    assert fresh_scales.calibrated and torch.equal(fresh_scales.scales(), scales.scales())
+    assert torch.equal(fresh_scales.history, scales.history)
+    one_layer = DelayedScaling(nn.Sequential(Float8DelayedLinear(nn.Linear(64, 64, bias=False), emulate=True)))
+    with pytest.raises(ValueError, match="float8 layers differ"):
+        one_layer.load_state_dict(state)
+
+
 @pytest.mark.parametrize("order", [(3.0, 1.0), (1.0, 3.0)])
 def test_micro_batches_keep_the_max_of_their_amaxes(order):
     layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)

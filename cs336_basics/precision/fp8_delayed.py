@@ -130,11 +130,29 @@ class DelayedScaling:
         self.history = self.history.roll(1, dims=-1)
         self.history[:, 0, 0] = torch.stack(self._x_amax)
         self.history[:, 1, 0] = self._g_amax
+        self._set_scales()
+        torch._foreach_zero_(self._x_amax)
+        self._g_amax.zero_()
+
+    def _set_scales(self) -> None:
         scales = self._fp8_max / self.history.amax(dim=-1).clamp(min=1e-12)  # (layer, 2)
         torch._foreach_copy_(self._x_scale, scales[:, 0].unbind())
         torch._foreach_copy_(self._g_scale, scales[:, 1].unbind())
-        torch._foreach_zero_(self._x_amax)
-        self._g_amax.zero_()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The amax history, from which the scales follow: checkpointed, so a resumed run scales its next step
+        as the uninterrupted run would have (instead of recalibrating)."""
+        return {"history": self.history.cpu()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        history = state["history"]
+        if history.shape != self.history.shape:
+            raise ValueError(f"amax history of shape {tuple(history.shape)} for {tuple(self.history.shape)} "
+                             "(layers, input/gradient, steps): the checkpoint's float8 layers differ")
+        self.history.copy_(history)
+        self._set_scales()
+        self.calibrated = True
 
     def calibrate(self, forward_backward: Callable[[], None], params: list[torch.Tensor]) -> None:
         """One forward + backward with dynamic scales (each tensor's own amax) to learn the first history;

@@ -206,6 +206,7 @@ class Trainer:
             "model_config": self.model_cfg.to_dict(),
             "train_config": asdict(self.cfg),
             "fp8": self.fp8,
+            "fp8_delayed_scaling": self.fp8_scales.state_dict() if self.fp8_scales and self.fp8_scales.calibrated else None,
             **self.run_info,
         }
 
@@ -222,6 +223,11 @@ class Trainer:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                            options=StateDictOptions(full_state_dict=self.ctx.enabled))
         self.train_data.load_state_dict(state["sampler"])
+        if self.fp8_scales is not None and state.get("fp8_delayed_scaling") is not None:
+            try:
+                self.fp8_scales.load_state_dict(state["fp8_delayed_scaling"])
+            except ValueError as e:  # another set of float8 layers: the first step calibrates afresh
+                self.log(f"fp8 delayed scaling: not resumed ({e}); recalibrating")
         set_rng_state(state["rng"])
         self.step = state["step"]
         if self.ctx.is_main:
