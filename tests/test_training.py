@@ -116,6 +116,7 @@ def one_line_error(capsys, rc: int, pattern: str) -> None:
     (["--max_steps", -1], "--max_steps must be a positive integer"),
     (["--grad_clip", -1.0], "--grad_clip must be >= 0"),
     (["--gc_interval", -1], "--gc_interval must be >= 0"),
+    (["--compile_model", "--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", 2], "cannot accumulate gradients"),
     (["--context_length", 100000], "fewer than one context window"),
     (["--use_fp8"], "needs a GPU with float8 tensor cores"),
     (["--use_fp8", "--fp8_emulate", "--fp8_filter", "auto"], "--fp8_filter auto times each layer"),

@@ -57,7 +57,7 @@ def slower_in_training(gain: tuple[str, bool] | None, quote: bool) -> str | None
     where = f"({gain[0]})" if quote else "(the 'fp8 vs bf16' line above)"
     return (f"FP8 measured SLOWER than BF16 in training at about this size {where}: the float8 casts and the "
             "host's launch work outweigh the faster matmuls at this width (benchmarks/NOTES.md 25); time a bf16 run "
-            "against yours, or try --compile_mode reduce-overhead")
+            "against yours, or try CUDA graphs (--compile_mode reduce-overhead, one micro-batch per step)")
 
 
 def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:

@@ -33,7 +33,7 @@ from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
 from cs336_basics.training.throughput import Throughput
-from cs336_basics.training.transforms import COMPILE_MODES, apply_activation_checkpointing, compile_model
+from cs336_basics.training.transforms import COMPILE_MODES, CUDA_GRAPH_MODES, apply_activation_checkpointing, compile_model
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
@@ -83,6 +83,12 @@ class TrainConfig:
             raise UserError(f"--fused_attention must be one of {', '.join(FUSED_ORDERS)}, got {self.fused_attention!r}")
         if self.compile_model and self.compile_mode not in COMPILE_MODES:
             raise UserError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_model and self.compile_mode in CUDA_GRAPH_MODES and self.gradient_accumulation_steps > 1:
+            # CUDA graph trees hand a backward graph's output to .grad as is; the next micro-batch's replay
+            # overwrites it (pytorch/pytorch#169545 raises, #96693 reports silently wrong gradients).
+            raise UserError(f"--compile_mode {self.compile_mode} (CUDA graphs) cannot accumulate gradients over "
+                            f"{self.gradient_accumulation_steps} micro-batches: the next replay overwrites the first "
+                            "one's .grad; use --gradient_accumulation_steps 1 with a larger --batch_size, or --compile_mode default")
         return self
 
 
