@@ -106,10 +106,13 @@ class DelayedScaling:
         self._x_scale, self._g_scale = [m.x_scale for m in self.layers], [m.g_scale for m in self.layers]
         self._g_amax = torch.zeros(len(self.layers), device=device)  # this step's max over micro-batches
         self.calibrated = False
+        # Each sink gets its own zero .grad now, so backward adds into memory we own, resumed runs included
+        # (a CUDA-graph output installed as .grad would be overwritten by the next replay).
+        self._sink_grads()
 
     def _sink_grads(self) -> list[torch.Tensor]:
         sinks = [m.g_amax_sink for m in self.layers]
-        for s in sinks:  # a layer that saw no backward yet records 0
+        for s in sinks:
             if s.grad is None:
                 s.grad = torch.zeros_like(s)
         return [s.grad for s in sinks]
