@@ -250,6 +250,20 @@ def test_reference_ratio_compares_mean_with_mean():
     assert "| 0.999 |" in row  # 163.84 / 164.0, not 100,000 / 100,000 or 163.84 / 160.0
 
 
+def test_matrix_compares_with_bf16_mean_to_mean_and_shows_how_steps_wander():
+    from cs336_basics.perf.matrix import format_table
+
+    common = dict(model_tflops=1.0, warmup_seconds=1.0, attention_backend="CUDNN_ATTENTION")
+    bf16 = dict(name="bf16-compile", tokens_per_second=100_000, step_ms=90.0, step_ms_mean=90.0,
+                step_ms_each=[90.0] * 20, **common)
+    wandering = [77.0] * 14 + [100.0] * 6  # median 77, mean 83.9: a host-bound fp8 row
+    fp8 = dict(name="fp8-delayed-compile", tokens_per_second=116_883, step_ms=77.0, step_ms_mean=sum(wandering) / 20,
+               step_ms_each=wandering, **common)
+    rows = format_table([bf16, fp8], [], on_gpu=True).splitlines()
+    assert "| 90.0-90.0 |" in rows[2] and "| 1.000x |" in rows[2]
+    assert "| 77.0-100.0 |" in rows[3] and "| 1.073x |" in rows[3]  # 90 / 83.9, not the median's 1.17x
+
+
 def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(tmp_path):
     from cs336_basics.perf.measured import collect_fp8_gains
 

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated, or 'all' ({len(all_modes())}); default: {','.join(DEFAULT_GPU_MODES)}")
-    p.add_argument("--steps", type=int, help="timed steps per configuration (default 15 GPU, 3 CPU)")
+    p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="default")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...",
                    help="torch._inductor.config overrides for every compiled configuration, e.g. "
@@ -192,28 +192,40 @@ def measured_factors(rows: dict[str, dict[str, Any]], env: dict[str, Any], sourc
     return {k: v for k, v in factors.items() if v}
 
 
+def mean_ms(row: dict[str, Any]) -> float:
+    return row.get("step_ms_mean", row["step_ms"])
+
+
 def ref_ratio(row: dict[str, Any], ref: dict[str, Any]) -> float:
     """Our speed over the yardstick's, both from the *mean* step time: the yardstick times its steps as one
     span (a mean), so our row's median (its tokens/s column) would flatter us by the slow steps it ignores."""
-    return ref["step_ms"] / row.get("step_ms_mean", row["step_ms"])
+    return ref["step_ms"] / mean_ms(row)
+
+
+def spread(row: dict[str, Any]) -> str:
+    """The 10th-90th percentile step times: a wide one marks a step that waits on the host (NOTES 25)."""
+    each = sorted(row.get("step_ms_each", []))
+    if len(each) < 10:
+        return "n/a"
+    return f"{each[len(each) // 10]:.1f}-{each[(9 * len(each)) // 10]:.1f}"
 
 
 def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on_gpu: bool) -> str:
     base = next((r for r in rows if r["name"] == BASELINE and "tokens_per_second" in r), None)
     ref_by_mode = {r.get("mode"): r for r in reference}
-    header = ["configuration", "tokens/s", "step ms", "model TFLOP/s", "MFU (bf16 peak)", "peak GiB",
-              f"vs {BASELINE}", "reference tokens/s", "ours / reference (mean step)", "roofline bound", "warm-up s",
-              "attention that ran"]
+    header = ["configuration", "tokens/s", "step ms", "step ms p10-p90", "model TFLOP/s", "MFU (bf16 peak)", "peak GiB",
+              f"vs {BASELINE} (mean step)", "reference tokens/s", "ours / reference (mean step)", "roofline bound",
+              "warm-up s", "attention that ran"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['name']} | FAILED: {r['error']} |" + " |" * (len(header) - 2))
             continue
         ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
-        cells = [r["name"], f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", f"{r['model_tflops']:.0f}",
+        cells = [r["name"], f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r), f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
                  f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a",
-                 f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x" if base else "n/a",
+                 f"{mean_ms(base) / mean_ms(r):.3f}x" if base else "n/a",
                  f"{ref['tok_s']:,}" if "tok_s" in ref else "",
                  f"{ref_ratio(r, ref):.3f}" if "tok_s" in ref else "",
                  f"{r['roofline_tokens_per_second']:,}" if "roofline_tokens_per_second" in r else "n/a",
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "intermediate_size") if getattr(args, n) is not None}
     cfg = replace(PRESETS[preset], **overrides).validate()
     batch_size = args.batch_size or ((8 if preset == "1b" else 16) if on_gpu else 4)
-    steps = args.steps or (15 if on_gpu else 3)
+    steps = args.steps or (50 if on_gpu else 3)  # host-bound fp8 steps wander: 15-20 steps misled by 5% (NOTES 25)
     if args.modes == "all":
         modes = all_modes()
     elif args.modes:
