@@ -43,12 +43,12 @@ def fp8_eager_factor(run: RunShape) -> str:
 
 
 def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
-    """What fp8 (the run's recipe, or the one --use_fp8 would pick) measured against bf16 at the nearest measured
-    width, and whether it was slower in training there; None on CPU, emulated, eager, or with nothing near."""
+    """What fp8 with the run's recipe (in a bf16 run: the one --use_fp8 would pick) measured against bf16 at the
+    nearest measured width, and whether it was slower in training there; None on CPU, emulated, eager, or with
+    nothing near."""
     if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
         return None
-    recipe = run.fp8_recipe if run.fp8 else ("delayed" if run.world_size == 1 else "tensorwise")
-    return fp8_gain_note(dim, recipe)
+    return fp8_gain_note(dim, run.fp8_recipe)
 
 
 def slower_in_training(gain: tuple[str, bool] | None, quote: bool) -> str | None:
