@@ -17,7 +17,7 @@ from cs336_basics.perf.measured import fp8_gain_note, measured_factor
 class RunShape:
     device: torch.device
     fp8: bool
-    fp8_recipe: str
+    fp8_recipe: str  # the recipe fp8 uses, or in a bf16 run would use with --use_fp8
     fp8_emulate: bool
     compiled: bool
     compile_mode: str
