@@ -25,6 +25,7 @@ from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
 from cs336_basics.perf.bench_run import BenchSpec
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
+from cs336_basics.perf.measured import mean_ms
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp", "fp8-delayed")
 DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile", "fp8-tensorwise-compile",
@@ -190,10 +191,6 @@ def measured_factors(rows: dict[str, dict[str, Any]], env: dict[str, Any], sourc
                                                    "fp8 + compile tokens/s with vs without checkpointing"),
     }
     return {k: v for k, v in factors.items() if v}
-
-
-def mean_ms(row: dict[str, Any]) -> float:
-    return row.get("step_ms_mean", row["step_ms"])
 
 
 def ref_ratio(row: dict[str, Any], ref: dict[str, Any]) -> float:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cs336_basics.files import write_text_atomic
+
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 FACTORS_FILE = RESULTS_DIR / "measured_factors.json"
 
@@ -31,6 +33,11 @@ def measured_factor(name: str) -> str | None:
 # the bench.
 GAINS_FILE = RESULTS_DIR / "fp8_gains.json"
 NEAR = 1.5  # a measured width within this factor of the run's counts as near
+
+
+def mean_ms(row: dict[str, Any]) -> float:
+    """A bench row's mean step time (rows from before it was recorded have only the median)."""
+    return row.get("step_ms_mean", row["step_ms"])
 
 
 def _gpu_of(call: Path) -> str:
@@ -79,7 +86,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
             if row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]:
                 gains.append(dict(_shape(matrix["model"], matrix["batch_size"]), kind="bench",
                                   recipe=row["precision"].split("-", 1)[1], compile_mode=mode,
-                                  ratio=round(base.get("step_ms_mean", base["step_ms"]) / row.get("step_ms_mean", row["step_ms"]), 4),
+                                  ratio=round(mean_ms(base) / mean_ms(row), 4),
                                   gpu=matrix["environment"].get("gpu") or _gpu_of(call),
                                   source=f"{source}/{matrix_json.parent.name} ({row['name']})"))
     return gains
@@ -104,18 +111,16 @@ def fp8_gain_note(dim: int, recipe: str) -> tuple[str, bool] | None:
     if not gains:
         return None
     g = gains[0]
-    parts = []
-    for kind, label in (("training", "training runs"), ("bench", "bench")):
-        ratios = sorted(x["ratio"] for x in gains if x["kind"] == kind and x["compile_mode"] == "default")
-        if ratios:
-            parts.append(f"{label} {ratios[0]:.2f}x" + (f"-{ratios[-1]:.2f}x" if len(ratios) > 1 else ""))
+    ratios = {kind: sorted(x["ratio"] for x in gains if x["kind"] == kind and x["compile_mode"] == "default")
+              for kind in ("training", "bench")}
+    parts = [f"{label} {r[0]:.2f}x" + (f"-{r[-1]:.2f}x" if len(r) > 1 else "")
+             for label, r in (("training runs", ratios["training"]), ("bench", ratios["bench"])) if r]
     if not parts:
         return None
-    training = [x["ratio"] for x in gains if x["kind"] == "training" and x["compile_mode"] == "default"]
     text = (f"fp8 {recipe} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
             f"{g['batch_size']} x {g['context_length']} ({g['gpu']}, {len(gains)} measurements in "
             f"{GAINS_FILE.name}): {'; '.join(parts)}")
-    return text, bool(training) and max(training) < 1.0
+    return text, bool(ratios["training"]) and ratios["training"][-1] < 1.0
 
 
 def main(argv: list[str]) -> int:
@@ -125,7 +130,7 @@ def main(argv: list[str]) -> int:
               "python -m cs336_basics.perf.measured benchmarks/results/CALL [...]", file=sys.stderr)
         return 2
     gains = [g for call in argv for g in collect_fp8_gains(Path(call))]
-    GAINS_FILE.write_text(json.dumps(gains, indent=1) + "\n")
+    write_text_atomic(GAINS_FILE, json.dumps(gains, indent=1) + "\n")
     print(f"wrote {len(gains)} measurements to {GAINS_FILE}")
     return 0
 

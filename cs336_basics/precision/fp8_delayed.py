@@ -13,7 +13,8 @@ largest value / the history's max. Casts saturate, so a value above the history'
 inf. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
 whose gradients are thrown away (the scales start unknown).
 
-The scales are not saved in checkpoints: a resumed run calibrates again. `emulate=True` computes each
+The history is saved in checkpoints (`state_dict`), so a resumed run scales as the uninterrupted one would
+have. `emulate=True` computes each
 product as a float32 matmul of the dequantised fp8 values (exact fp8 numerics on any device, for tests).
 """
 
@@ -106,16 +107,13 @@ class DelayedScaling:
         self._x_scale, self._g_scale = [m.x_scale for m in self.layers], [m.g_scale for m in self.layers]
         self._g_amax = torch.zeros(len(self.layers), device=device)  # this step's max over micro-batches
         self.calibrated = False
-        # Each sink gets its own zero .grad now, so backward adds into memory we own, resumed runs included
-        # (a CUDA-graph output installed as .grad would be overwritten by the next replay).
-        self._sink_grads()
+        # Each sink gets its own zero .grad now, so backward adds into memory we own (a layer that saw no
+        # backward records 0; a CUDA-graph output installed as .grad would be overwritten by the next replay).
+        for m in self.layers:
+            m.g_amax_sink.grad = torch.zeros_like(m.g_amax_sink)
 
     def _sink_grads(self) -> list[torch.Tensor]:
-        sinks = [m.g_amax_sink for m in self.layers]
-        for s in sinks:
-            if s.grad is None:
-                s.grad = torch.zeros_like(s)
-        return [s.grad for s in sinks]
+        return [m.g_amax_sink.grad for m in self.layers]
 
     @torch.no_grad()
     def after_backward(self) -> None:
