@@ -162,11 +162,11 @@ def test_loud_warnings_quote_committed_measurements():
 
 
 def gains_file(tmp_path, monkeypatch, *entries) -> None:
-    """Committed fp8 gains replaced by `entries`: (dim, kind, ratio) of the delayed recipe."""
+    """Committed fp8 gains replaced by `entries`: (dim, kind, ratio[, compile mode]) of the delayed recipe."""
     path = tmp_path / "fp8_gains.json"
-    path.write_text(json.dumps([dict(dim=dim, n_layers=24, batch_size=16, context_length=1024, kind=kind, recipe="delayed",
-                                     compile_mode="default", ratio=ratio, gpu="NVIDIA H200", source="x")
-                                for dim, kind, ratio in entries]))
+    path.write_text(json.dumps([dict(dim=e[0], n_layers=24, batch_size=16, context_length=1024, kind=e[1], recipe="delayed",
+                                     compile_mode=e[3] if len(e) > 3 else "default", ratio=e[2], gpu="NVIDIA H200",
+                                     source="x") for e in entries]))
     monkeypatch.setattr("cs336_basics.perf.measured.GAINS_FILE", path)
 
 
@@ -206,3 +206,23 @@ def test_summary_has_tokens_per_step_and_roofline(tmp_path, monkeypatch):
     text = format_summary(seed, 398_492_544, 353_420_160, gpu_run(fp8_recipe="delayed"), lookup_peaks("NVIDIA H200"))
     assert "fp8 vs bf16       fp8 delayed / bf16 tokens/s measured at dim 896" in text and "bench 1.07x" in text
     assert "Expected: at most" in text and "upper bound" in text
+
+
+def test_gains_are_those_of_the_compile_mode_fp8_runs_with(tmp_path, monkeypatch):
+    from cs336_basics.training.summary import warnings_for
+
+    monkeypatch.setattr("cs336_basics.training.summary.supports_fp8", lambda device: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda device=None: "NVIDIA H200")
+    gains_file(tmp_path, monkeypatch, (896, "training", 0.92), (896, "training", 1.17, "reduce-overhead"),
+               (896, "bench", 1.15, "reduce-overhead"))
+    plain = gpu_run(fp8_recipe="delayed", accumulation=1)
+    graphs = gpu_run(fp8_recipe="delayed", accumulation=1, compile_mode="reduce-overhead", fp8_compile_mode="reduce-overhead")
+    (warning,) = warnings_for(plain, dim=896)  # measured slower without CUDA graphs: said, and CUDA graphs suggested
+    assert "training runs 0.92x" in warning and "--compile_mode reduce-overhead" in warning
+    assert warnings_for(graphs, dim=896) == []
+    text = format_summary(ModelConfig(), 398_492_544, 353_420_160, graphs, None)
+    assert "fp8 delayed with CUDA graphs / bf16 tokens/s measured at dim 896" in text
+    assert "training runs 1.17x; bench 1.15x" in text and "reduce-overhead (per block + loss, replayed as CUDA graphs)" in text
+    # a bf16 run whose fp8 variant would use CUDA graphs is told to add --use_fp8
+    bf16 = gpu_run(fp8=False, fp8_recipe="delayed", accumulation=1, fp8_compile_mode="reduce-overhead")
+    assert any("add --use_fp8" in r for r in verdict(bf16, dim=896)[1])

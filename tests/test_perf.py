@@ -274,25 +274,30 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     train = dict(batch_size=16, gradient_accumulation_steps=1, compile_model=True, compile_mode="default",
                  gradient_checkpointing=False)
 
-    def run(name: str, fp8: bool, tokens_per_second: float, **changes) -> None:
+    def run(name: str, fp8: bool, tokens_per_second: float, ran: str | None = None, **changes) -> None:
         (call / name).mkdir()
         (call / name / "run.json").write_text(json.dumps(dict(model_config=model, train_config={**train, **changes},
-                                                              fp8=fp8, fp8_recipe="delayed" if fp8 else None)))
+                                                              fp8=fp8, fp8_recipe="delayed" if fp8 else None,
+                                                              **({"compile_mode": ran} if ran else {}))))
         (call / name / "summary.json").write_text(json.dumps(dict(tokens_per_second=tokens_per_second, world_size=1)))
 
     run("bf16-batch8", False, 50.0, batch_size=8)  # another batch: not fp8's pair
     run("bf16", False, 200.0)
     run("fp8", True, 180.0)
+    # --compile_mode auto (run.json says what ran): fp8 with CUDA graphs paired with bf16 without
+    run("bf16-auto", False, 100.0, ran="default", compile_mode="auto", batch_size=32)
+    run("fp8-auto", True, 115.0, ran="reduce-overhead", compile_mode="auto", batch_size=32)
     (call / "matrix").mkdir()
     rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=80.0, step_ms_mean=90.0),
             dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False, step_ms=70.0,
-                 step_ms_mean=75.0),
+                 step_ms_mean=75.0, compile_mode="reduce-overhead"),
             dict(name="fp8-tensorwise-compile-ac", precision="fp8-tensorwise", compiled=True, checkpointing=True,
                  step_ms=60.0),
             dict(name="fp8-rowwise-compile", error="out of memory")]
     (call / "matrix" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
     gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
-    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"]) for g in gains] == [
-        ("training", "delayed", 0.9, 896, 16), ("bench", "delayed", 1.2, 896, 16)]  # bench: mean step over mean step
+    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"]) for g in gains] == [
+        ("training", "delayed", 0.9, 896, 16, "default"), ("training", "delayed", 1.15, 896, 32, "reduce-overhead"),
+        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead")]  # bench: mean step over mean step
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")

@@ -4,6 +4,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,8 @@ from cs336_basics.data.batches import RandomWindows
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.errors import UserError
+from cs336_basics.model.transformer import ModelConfig, Transformer
+from cs336_basics.training.trainer import TrainConfig, Trainer
 
 
 def train(argv, capsys=None) -> int:
@@ -268,3 +271,42 @@ def test_clipping_inside_the_fused_optimizer_matches_clip_then_step(tmp_path, gr
     assert (float(expected_norm) > grad_clip) == (grad_clip < 1)  # the first case really clips
     for (name, got), want in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("fp8, device, distributed, accumulation, expected", [
+    (True, "cuda", False, 1, "reduce-overhead"),
+    (False, "cuda", False, 1, "default"),  # bf16 steps are GPU-bound: CUDA graphs measured no gain
+    (True, "cuda", False, 2, "default"),  # the next replay would overwrite the accumulated .grad
+    (True, "cuda", True, 1, "default"),  # FSDP: not run with CUDA graphs here
+    (True, "cpu", False, 1, "default"),
+])
+def test_auto_compile_mode(fp8, device, distributed, accumulation, expected):
+    from cs336_basics.training.transforms import resolve_compile_mode
+
+    assert resolve_compile_mode("auto", fp8, torch.device(device), distributed, accumulation) == expected
+    assert resolve_compile_mode("max-autotune", fp8, torch.device(device), distributed, accumulation) == "max-autotune"
+
+
+def test_cuda_graph_generations_begin_at_every_step_and_evaluation_batch(tmp_path, monkeypatch):
+    """With CUDA graphs each step and each evaluation batch starts a new graph generation (the blocks' graphs,
+    chained in one forward, would otherwise free each other's outputs in no-grad evaluation)."""
+    import cs336_basics.training.trainer as trainer_module
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode: marks.append(mode))  # no compile on CPU
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
+    tokens = (np.arange(4096) % 97).astype(np.uint16)
+    for mode, expected in (("reduce-overhead", 1), ("default", 0)):
+        marks.clear()
+        trainer = Trainer(Transformer(cfg), TrainConfig(batch_size=2, max_steps=3, compile_model=True, compile_mode=mode,
+                                                        gradient_checkpointing=False, eval_steps=4),
+                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / mode, log=lambda s: None)
+        assert marks == [mode] and trainer.compile_mode == mode
+        marks.clear()
+        trainer.train_step(1e-3)
+        trainer.train_step(1e-3)
+        assert len(marks) == 2 * expected
+        marks.clear()
+        trainer.evaluate()  # 200 tokens: 12 windows of 16, in batches of 2 capped at 4 batches
+        assert len(marks) == 4 * expected

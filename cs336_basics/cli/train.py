@@ -41,7 +41,7 @@ from cs336_basics.training.distributed import (DistributedContext, barrier, broa
 from cs336_basics.training.setup import Fp8Options, build_model
 from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
-from cs336_basics.training.transforms import COMPILE_MODES
+from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
 
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fp8_head", action=yes_no,
                    help="with --use_fp8: the output head and its loss in float8 too (default on; --no-fp8_head keeps bf16)")
     s.add_argument("--compile_model", action=yes_no, help="torch.compile each block and the loss")
-    s.add_argument("--compile_mode", choices=COMPILE_MODES, help="torch.compile mode (default: default)")
+    s.add_argument("--compile_mode", choices=COMPILE_MODES,
+                   help="torch.compile mode (default: auto: reduce-overhead, i.e. CUDA graphs, for fp8 on one GPU with "
+                        "one micro-batch per step; default otherwise)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
@@ -290,10 +292,14 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                      head=fp8_head) if use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
+    def compile_mode(fp8: bool) -> str:  # as the Trainer resolves it, for this run and for its fp8 variant
+        return resolve_compile_mode(train_cfg.compile_mode, fp8, device, ctx.enabled, train_cfg.gradient_accumulation_steps)
+
     run_shape = RunShape(device, use_fp8, recipe, args.fp8_emulate, train_cfg.compile_model,
-                         train_cfg.compile_mode, backend, train_cfg.gradient_checkpointing,
+                         compile_mode(use_fp8), backend, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
-                         ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head))
+                         ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head),
+                         fp8_compile_mode=compile_mode(True))
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
     if ctx.is_main:
@@ -301,7 +307,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
             print(warning, file=sys.stderr)
 
     run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info,
-                "fp8_recipe": recipe if use_fp8 else None, "fp8_head": fp8_report.fp8_head if fp8_report else None}
+                "fp8_recipe": recipe if use_fp8 else None, "fp8_head": fp8_report.fp8_head if fp8_report else None,
+                "compile_mode": run_shape.compile_mode if train_cfg.compile_model else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)
     trainer = Trainer(model, train_cfg, sampler, val_tokens, device, out_dir, run_info, ctx=ctx)

@@ -41,7 +41,7 @@ class BenchSpec:
     fused_attention: str = "auto"
     checkpointing: bool = False
     steps: int = 10
-    compile_mode: str = "default"
+    compile_mode: str = "auto"  # as TrainConfig.compile_mode: CUDA graphs for fp8 with one micro-batch
     fp8_filter: str = "all"
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
@@ -86,7 +86,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     step_mean = sum(step_seconds) / len(step_seconds)
     tokens_per_second = spec.batch_size * T / step
     result: dict[str, Any] = dict(
-        name=spec.name, precision=spec.precision, compiled=spec.compiled, flash=spec.flash,
+        name=spec.name, precision=spec.precision, compiled=spec.compiled, compile_mode=trainer.compile_mode, flash=spec.flash,
         checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],

@@ -26,6 +26,7 @@ from cs336_basics.perf.bench_run import BenchSpec
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.perf.measured import mean_ms
+from cs336_basics.training.transforms import CUDA_GRAPH_MODES
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp", "fp8-delayed")
 DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile", "fp8-tensorwise-compile",
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated, or 'all' ({len(all_modes())}); default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
-    p.add_argument("--compile_mode", default="default")
+    p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...",
                    help="torch._inductor.config overrides for every compiled configuration, e.g. "
                         "coordinate_descent_tuning=True,triton.prefer_nd_tiling=True (recorded in the results)")
@@ -219,7 +220,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             lines.append(f"| {r['name']} | FAILED: {r['error']} |" + " |" * (len(header) - 2))
             continue
         ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
-        cells = [r["name"], f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r), f"{r['model_tflops']:.0f}",
+        graphs = " (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else ""
+        cells = [r["name"] + graphs, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r), f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
                  f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a",
                  f"{mean_ms(base) / mean_ms(r):.3f}x" if base else "n/a",

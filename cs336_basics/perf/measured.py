@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cs336_basics.files import write_text_atomic
+from cs336_basics.training.transforms import CUDA_GRAPH_MODES
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 FACTORS_FILE = RESULTS_DIR / "measured_factors.json"
@@ -72,7 +73,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         if run["fp8"] and (pair := bf16.get(same_run(run))):
             train = run["train_config"]
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
-                              compile_mode=train["compile_mode"], ratio=round(tokens_per_second / pair[0], 4),
+                              compile_mode=run.get("compile_mode") or train["compile_mode"], ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     for matrix_json in sorted(call.glob("*/matrix.json")):
         matrix = json.loads(matrix_json.read_text())
@@ -81,21 +82,22 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         if base is None:
             continue
         command = matrix["environment"].get("command", "").split()
-        mode = command[command.index("--compile_mode") + 1] if "--compile_mode" in command else "default"
+        asked = command[command.index("--compile_mode") + 1] if "--compile_mode" in command else "default"
         for row in rows.values():
             if row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]:
                 gains.append(dict(_shape(matrix["model"], matrix["batch_size"]), kind="bench",
-                                  recipe=row["precision"].split("-", 1)[1], compile_mode=mode,
+                                  recipe=row["precision"].split("-", 1)[1], compile_mode=row.get("compile_mode", asked),
                                   ratio=round(mean_ms(base) / mean_ms(row), 4),
                                   gpu=matrix["environment"].get("gpu") or _gpu_of(call),
                                   source=f"{source}/{matrix_json.parent.name} ({row['name']})"))
     return gains
 
 
-def nearest_fp8_gains(dim: int, recipe: str) -> list[dict[str, Any]]:
-    """The measured gains of `recipe` at the measured width nearest to `dim` (within a factor NEAR), or []."""
+def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default") -> list[dict[str, Any]]:
+    """The measured gains of `recipe` compiled with `compile_mode` at the measured width nearest to `dim` (within
+    a factor NEAR), or []."""
     try:
-        gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe]
+        gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode]
     except (OSError, ValueError):
         return []
     if not gains:
@@ -104,20 +106,19 @@ def nearest_fp8_gains(dim: int, recipe: str) -> list[dict[str, Any]]:
     return [g for g in gains if g["dim"] == nearest] if max(nearest / dim, dim / nearest) <= NEAR else []
 
 
-def fp8_gain_note(dim: int, recipe: str) -> tuple[str, bool] | None:
+def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default") -> tuple[str, bool] | None:
     """('fp8 delayed / bf16 tokens/s measured at dim 896, ...: training runs 0.90x-0.96x; bench 1.00x-1.13x', was
-    fp8 slower in every training run there?) for the nearest measured width; None when nothing near was measured."""
-    gains = nearest_fp8_gains(dim, recipe)
+    fp8 slower in every training run there?) for the nearest width measured with that compile mode; None when
+    nothing near was measured."""
+    gains = nearest_fp8_gains(dim, recipe, compile_mode)
     if not gains:
         return None
     g = gains[0]
-    ratios = {kind: sorted(x["ratio"] for x in gains if x["kind"] == kind and x["compile_mode"] == "default")
-              for kind in ("training", "bench")}
+    ratios = {kind: sorted(x["ratio"] for x in gains if x["kind"] == kind) for kind in ("training", "bench")}
     parts = [f"{label} {r[0]:.2f}x" + (f"-{r[-1]:.2f}x" if len(r) > 1 else "")
              for label, r in (("training runs", ratios["training"]), ("bench", ratios["bench"])) if r]
-    if not parts:
-        return None
-    text = (f"fp8 {recipe} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
+    graphs = " with CUDA graphs" if compile_mode in CUDA_GRAPH_MODES else ""
+    text = (f"fp8 {recipe}{graphs} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
             f"{g['batch_size']} x {g['context_length']} ({g['gpu']}, {len(gains)} measurements in "
             f"{GAINS_FILE.name}): {'; '.join(parts)}")
     return text, bool(ratios["training"]) and ratios["training"][-1] < 1.0

@@ -11,6 +11,7 @@ from cs336_basics.model.transformer import ModelConfig
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import DevicePeaks, supports_fp8
 from cs336_basics.perf.measured import fp8_gain_note, measured_factor
+from cs336_basics.training.transforms import CUDA_GRAPH_MODES
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class RunShape:
     context_length: int
     world_size: int = 1
     fp8_head: bool = False  # the output head + loss in float8 too
+    fp8_compile_mode: str = "default"  # the compile mode fp8 uses, or in a bf16 run would use with --use_fp8
 
     @property
     def tokens_per_step(self) -> int:
@@ -48,16 +50,18 @@ def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
     nothing near."""
     if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
         return None
-    return fp8_gain_note(dim, run.fp8_recipe)
+    return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode)
 
 
-def slower_in_training(gain: tuple[str, bool] | None, quote: bool) -> str | None:
+def slower_in_training(gain: tuple[str, bool] | None, quote: bool, compile_mode: str) -> str | None:
     if gain is None or not gain[1]:
         return None
     where = f"({gain[0]})" if quote else "(the 'fp8 vs bf16' line above)"
+    graphs = "" if compile_mode in CUDA_GRAPH_MODES else (
+        ", or use CUDA graphs (--compile_mode reduce-overhead, one micro-batch per step)")
     return (f"FP8 measured SLOWER than BF16 in training at about this size {where}: the float8 casts and the "
-            "host's launch work outweigh the faster matmuls at this width (benchmarks/NOTES.md 25); time a bf16 run "
-            "against yours, or try CUDA graphs (--compile_mode reduce-overhead, one micro-batch per step)")
+            f"host's launch work outweigh the faster matmuls at this width (benchmarks/NOTES.md 25); time a bf16 run "
+            f"against yours{graphs}")
 
 
 def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:
@@ -70,7 +74,7 @@ def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:
     if run.fp8 and not run.compiled:
         issues.append("FP8 without --compile_model runs SLOWER than BF16 (unfused casts and scale reductions); "
                       f"measured: {fp8_eager_factor(run)}")
-    if run.fp8 and (slower := slower_in_training(gain, quote=False)):
+    if run.fp8 and (slower := slower_in_training(gain, quote=False, compile_mode=run.compile_mode)):
         issues.append(slower)
     if not run.fp8 and supports_fp8(run.device) and not (gain and gain[1]):
         issues.append("this GPU has fp8 tensor cores: add --use_fp8 (with --compile_model)")
@@ -91,7 +95,7 @@ def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:
 def warnings_for(run: RunShape, dim: int | None = None) -> list[str]:
     """The configurations that silently cost a lot: said on stderr as well as in the summary."""
     out = []
-    if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True)):
+    if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True, compile_mode=run.compile_mode)):
         out.append(f"WARNING: {slower}.")
     if run.fp8 and not run.compiled and not run.fp8_emulate:
         out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
@@ -102,6 +106,13 @@ def warnings_for(run: RunShape, dim: int | None = None) -> list[str]:
                    f"runs twice; measured: {factor or 'no committed measurement yet'}. "
                    "Add --no_gradient_checkpointing if memory allows.")
     return out
+
+
+def compile_line(run: RunShape) -> str:
+    if not run.compiled:
+        return "off (eager)"
+    graphs = ", replayed as CUDA graphs" if run.compile_mode in CUDA_GRAPH_MODES else ""
+    return f"{run.compile_mode} (per block + loss{graphs})"
 
 
 def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: RunShape,
@@ -116,7 +127,7 @@ def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: R
         f"  model             {n_params / 1e6:.1f}M parameters ({n_params_no_emb / 1e6:.1f}M without embedding): "
         f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, SwiGLU {cfg.intermediate_size}, vocab {cfg.vocab_size}",
         f"  precision         {precision}",
-        f"  compile           {run.compile_mode + ' (per block + loss)' if run.compiled else 'off (eager)'}",
+        f"  compile           {compile_line(run)}",
         f"  attention         {run.attention_backend}"
         + (" (a probe's; the kernels that ran are named after warm-up)" if run.device.type == "cuda" else ""),
         f"  grad checkpoint   {'on (per block)' if run.gradient_checkpointing else 'off'}",

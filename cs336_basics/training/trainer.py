@@ -33,7 +33,8 @@ from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
 from cs336_basics.training.throughput import Throughput
-from cs336_basics.training.transforms import COMPILE_MODES, CUDA_GRAPH_MODES, apply_activation_checkpointing, compile_model
+from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, apply_activation_checkpointing, compile_model,
+                                              resolve_compile_mode)
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
@@ -59,7 +60,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_interval: int = 10
     compile_model: bool = False
-    compile_mode: str = "default"
+    compile_mode: str = "auto"  # "auto": CUDA graphs for fp8 on one GPU with one micro-batch (transforms.py)
     gradient_checkpointing: bool = True
     use_flash_attn: bool = False
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
@@ -139,10 +140,15 @@ class Trainer:
         # then FSDP2 sharding when several processes run.
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model)
+        self.compile_mode = resolve_compile_mode(cfg.compile_mode, self.fp8, device, ctx.enabled,
+                                                 cfg.gradient_accumulation_steps) if cfg.compile_model else None
+        # With CUDA graphs every step (and every evaluation batch) begins a new graph generation: the previous
+        # one's outputs are dead, and the blocks' graphs, chained within one forward pass, keep theirs.
+        self._cuda_graphs = self.compile_mode in CUDA_GRAPH_MODES
         if cfg.compile_model:
-            compile_model(model, cfg.compile_mode)
+            compile_model(model, self.compile_mode)
             if self.eval_model is not model:
-                compile_model(self.eval_model, cfg.compile_mode)
+                compile_model(self.eval_model, self.compile_mode)
         if ctx.enabled:
             apply_fsdp(model, ctx, device)
         self._fp8_fsdp_scales = self.fp8 and ctx.enabled and uses_fp8_all_gather(model)
@@ -259,6 +265,8 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of window losses, windows)
         for x, y in validation_batches(self.val_tokens, self.cfg.batch_size, self.model_cfg.context_length,
                                        self.cfg.eval_steps, self.device, self.ctx.rank, self.ctx.world_size):
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self.autocast:
                 loss = self.eval_model(x, y).double()
             total += torch.stack([loss * x.shape[0], torch.tensor(float(x.shape[0]), device=self.device, dtype=torch.float64)])
@@ -309,6 +317,8 @@ class Trainer:
             group["lr"] = lr
         if self.fp8_scales is not None and not self.fp8_scales.calibrated:
             self._calibrate_fp8_scales()
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         loss_sum = torch.zeros((), device=self.device)
         accumulation = self.cfg.gradient_accumulation_steps
         for micro_batch in range(accumulation):

@@ -4,12 +4,23 @@ graph, reused 24 times, in seconds). Both act in place and keep the state-dict k
 
 from __future__ import annotations
 
+import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from cs336_basics.model.transformer import Transformer
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each compiled graph as a CUDA graph
+
+
+def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed: bool, accumulation: int) -> str:
+    """The torch.compile mode a run uses. "auto": CUDA graphs ("reduce-overhead") for float8 on one GPU with one
+    micro-batch per step, whose ~2,500 kernel launches a step make the host the bottleneck at small widths
+    (benchmarks/NOTES.md 25-26, 28); "default" otherwise: bf16 steps are GPU-bound and gain nothing, and CUDA
+    graphs cannot accumulate gradients (the next replay overwrites .grad) nor have they run under FSDP here."""
+    if mode != "auto":
+        return mode
+    return "reduce-overhead" if fp8 and device.type == "cuda" and not distributed and accumulation == 1 else "default"
 
 
 def apply_activation_checkpointing(model: Transformer) -> None:
