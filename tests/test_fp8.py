@@ -162,9 +162,10 @@ def test_loud_warnings_quote_committed_measurements():
 
 
 def gains_file(tmp_path, monkeypatch, *entries) -> None:
-    """Committed fp8 gains replaced by `entries`: (dim, kind, ratio[, compile mode]) of the delayed recipe."""
+    """Committed fp8 gains replaced by `entries`: (dim, kind, ratio[, compile mode[, micro-batch]]) of the delayed recipe."""
     path = tmp_path / "fp8_gains.json"
-    path.write_text(json.dumps([dict(dim=e[0], n_layers=24, batch_size=16, context_length=1024, kind=e[1], recipe="delayed",
+    path.write_text(json.dumps([dict(dim=e[0], n_layers=24, batch_size=e[4] if len(e) > 4 else 16, context_length=1024,
+                                     kind=e[1], recipe="delayed",
                                      compile_mode=e[3] if len(e) > 3 else "default", ratio=e[2], gpu="NVIDIA H200",
                                      source="x") for e in entries]))
     monkeypatch.setattr("cs336_basics.perf.measured.GAINS_FILE", path)
@@ -226,3 +227,15 @@ def test_gains_are_those_of_the_compile_mode_fp8_runs_with(tmp_path, monkeypatch
     # a bf16 run whose fp8 variant would use CUDA graphs is told to add --use_fp8
     bf16 = gpu_run(fp8=False, fp8_recipe="delayed", accumulation=1, fp8_compile_mode="reduce-overhead")
     assert any("add --use_fp8" in r for r in verdict(bf16, dim=896)[1])
+
+
+def test_gains_of_the_same_micro_batch_are_preferred(tmp_path, monkeypatch):
+    from cs336_basics.perf.measured import fp8_gain_note
+
+    gains_file(tmp_path, monkeypatch, (896, "training", 0.92), (896, "training", 1.17, "default", 32))
+    text, slower = fp8_gain_note(896, "delayed", batch_size=16)
+    assert "micro-batch 16 x 1024" in text and text.endswith(": training runs 0.92x") and slower
+    text, slower = fp8_gain_note(896, "delayed", batch_size=32)
+    assert "micro-batch 32 x 1024" in text and "training runs 1.17x" in text and not slower
+    text, slower = fp8_gain_note(896, "delayed", batch_size=8)  # not measured: every batch at that width
+    assert "micro-batch 16/32 x 1024" in text and "training runs 0.92x-1.17x" in text and not slower

@@ -110,12 +110,13 @@ def time_steps(step: Callable[[], Any], device: torch.device, steps: int, warmup
     On CUDA an event is recorded between consecutive steps and the host synchronizes only at the end, so
     the CPU runs ahead as it does in training and the reference."""
     cuda = device.type == "cuda"
+    if cuda:  # the peak spans the warm-up too: CUDA graphs take their memory pool while they are recorded there
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(warmup_steps):
         step()
     if cuda:
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     warmup = time.perf_counter() - start
     if not cuda:
         times = []

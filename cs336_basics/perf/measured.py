@@ -93,9 +93,10 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     return gains
 
 
-def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default") -> list[dict[str, Any]]:
+def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None
+                      ) -> list[dict[str, Any]]:
     """The measured gains of `recipe` compiled with `compile_mode` at the measured width nearest to `dim` (within
-    a factor NEAR), or []."""
+    a factor NEAR), those of micro-batch `batch_size` if that was measured there; or []."""
     try:
         gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode]
     except (OSError, ValueError):
@@ -103,23 +104,28 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default") -> l
     if not gains:
         return []
     nearest = min({g["dim"] for g in gains}, key=lambda d: abs(math.log(d / dim)))
-    return [g for g in gains if g["dim"] == nearest] if max(nearest / dim, dim / nearest) <= NEAR else []
+    if max(nearest / dim, dim / nearest) > NEAR:
+        return []
+    near = [g for g in gains if g["dim"] == nearest]
+    return [g for g in near if g["batch_size"] == batch_size] or near
 
 
-def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default") -> tuple[str, bool] | None:
+def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None
+                  ) -> tuple[str, bool] | None:
     """('fp8 delayed / bf16 tokens/s measured at dim 896, ...: training runs 0.90x-0.96x; bench 1.00x-1.13x', was
-    fp8 slower in every training run there?) for the nearest width measured with that compile mode; None when
-    nothing near was measured."""
-    gains = nearest_fp8_gains(dim, recipe, compile_mode)
+    fp8 slower in every training run there?) for the nearest width (and the same micro-batch, where measured)
+    measured with that compile mode; None when nothing near was measured."""
+    gains = nearest_fp8_gains(dim, recipe, compile_mode, batch_size)
     if not gains:
         return None
     g = gains[0]
     ratios = {kind: sorted(x["ratio"] for x in gains if x["kind"] == kind) for kind in ("training", "bench")}
-    parts = [f"{label} {r[0]:.2f}x" + (f"-{r[-1]:.2f}x" if len(r) > 1 else "")
+    parts = [f"{label} {r[0]:.2f}x" + (f"-{r[-1]:.2f}x" if f"{r[-1]:.2f}" != f"{r[0]:.2f}" else "")
              for label, r in (("training runs", ratios["training"]), ("bench", ratios["bench"])) if r]
     graphs = " with CUDA graphs" if compile_mode in CUDA_GRAPH_MODES else ""
+    batches = "/".join(str(b) for b in sorted({x["batch_size"] for x in gains}))
     text = (f"fp8 {recipe}{graphs} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
-            f"{g['batch_size']} x {g['context_length']} ({g['gpu']}, {len(gains)} measurements in "
+            f"{batches} x {g['context_length']} ({g['gpu']}, {len(gains)} measurement{'s' if len(gains) > 1 else ''} in "
             f"{GAINS_FILE.name}): {'; '.join(parts)}")
     return text, bool(ratios["training"]) and ratios["training"][-1] < 1.0
 

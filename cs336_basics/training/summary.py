@@ -50,7 +50,7 @@ def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
     nothing near."""
     if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
         return None
-    return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode)
+    return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size)
 
 
 def slower_in_training(gain: tuple[str, bool] | None, quote: bool, compile_mode: str) -> str | None:
