@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE SIXTH SESSION, NOT YET RUN. Device call (kind nvidia-h200, one GPU alone) to settle whether
+# Call 25 (prepared in the sixth session, run in the seventh). Device call (kind nvidia-h200, one GPU alone) to settle whether
 # CUDA graphs become the fp8 default on one GPU (NOTES 25-26): call 24 measured the delayed seed step at 1.154x
 # our bf16 with --compile_mode reduce-overhead in the bench (1.106x without), but no training run has used CUDA
 # graphs: evaluation, checkpoints, gradient accumulation (the graphs' outputs are overwritten by the next replay)
