@@ -53,15 +53,20 @@ def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
     return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size)
 
 
-def slower_in_training(gain: tuple[str, bool] | None, quote: bool, compile_mode: str) -> str | None:
+def slower_in_training(gain: tuple[str, bool] | None, quote: bool, run: RunShape) -> str | None:
     if gain is None or not gain[1]:
         return None
     where = f"({gain[0]})" if quote else "(the 'fp8 vs bf16' line above)"
-    graphs = "" if compile_mode in CUDA_GRAPH_MODES else (
-        ", or use CUDA graphs (--compile_mode reduce-overhead, one micro-batch per step)")
+    if run.compile_mode in CUDA_GRAPH_MODES:
+        remedy = ""
+    elif run.accumulation > 1:
+        remedy = (", or run one micro-batch per step (--gradient_accumulation_steps 1 and a larger --batch_size), "
+                  "where fp8 compiles with CUDA graphs (--compile_mode auto)")
+    else:
+        remedy = ", or use CUDA graphs (--compile_mode auto or reduce-overhead)"
     return (f"FP8 measured SLOWER than BF16 in training at about this size {where}: the float8 casts and the "
             f"host's launch work outweigh the faster matmuls at this width (benchmarks/NOTES.md 25); time a bf16 run "
-            f"against yours{graphs}")
+            f"against yours{remedy}")
 
 
 def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:
@@ -74,7 +79,7 @@ def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:
     if run.fp8 and not run.compiled:
         issues.append("FP8 without --compile_model runs SLOWER than BF16 (unfused casts and scale reductions); "
                       f"measured: {fp8_eager_factor(run)}")
-    if run.fp8 and (slower := slower_in_training(gain, quote=False, compile_mode=run.compile_mode)):
+    if run.fp8 and (slower := slower_in_training(gain, quote=False, run=run)):
         issues.append(slower)
     if not run.fp8 and supports_fp8(run.device) and not (gain and gain[1]):
         issues.append("this GPU has fp8 tensor cores: add --use_fp8 (with --compile_model)")
@@ -95,7 +100,7 @@ def verdict(run: RunShape, dim: int | None = None) -> tuple[str, list[str]]:
 def warnings_for(run: RunShape, dim: int | None = None) -> list[str]:
     """The configurations that silently cost a lot: said on stderr as well as in the summary."""
     out = []
-    if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True, compile_mode=run.compile_mode)):
+    if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True, run=run)):
         out.append(f"WARNING: {slower}.")
     if run.fp8 and not run.compiled and not run.fp8_emulate:
         out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
