@@ -301,3 +301,27 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
         ("training", "delayed", 0.9, 896, 16, "default"), ("training", "delayed", 1.15, 896, 32, "reduce-overhead"),
         ("bench", "delayed", 1.2, 896, 16, "reduce-overhead")]  # bench: mean step over mean step
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")
+
+
+def test_fp8_gains_from_bench_runs_alone(tmp_path):
+    from cs336_basics.perf.measured import collect_fp8_gains
+
+    call = tmp_path / "call"
+    call.mkdir()
+    model = dataclasses.asdict(ModelConfig(dim=2048, n_layers=16))
+
+    def bench(name: str, precision: str, mode: str, mean: float, ran: str | None = None) -> None:
+        spec = dict(name=name, model=model, batch_size=8, precision=precision, compile_mode=mode)
+        (call / f"{name}.command").write_text(f"python3 -m cs336_basics.perf.bench_run '{json.dumps(spec)}'\n")
+        row = dict(name=name, precision=precision, compiled=True, checkpointing=False, batch_size=8, step_ms=mean,
+                   step_ms_mean=mean, **({"compile_mode": ran} if ran else {}))
+        (call / f"{name}.log").write_text("compiling\nRESULT " + json.dumps(row) + "\n")
+
+    bench("bf16-graphs", "bf16", "reduce-overhead", 150.0)  # an older row: the spec says what ran; not a baseline
+    bench("bf16", "bf16", "auto", 180.0, ran="default")
+    bench("fp8", "fp8-delayed", "auto", 120.0, ran="reduce-overhead")
+    (call / "crashed.command").write_text("python3 -m cs336_basics.perf.bench_run '{}'\n")  # no log: skipped
+    gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
+    assert [(g["kind"], g["recipe"], g["compile_mode"], g["ratio"], g["dim"], g["batch_size"]) for g in gains] == [
+        ("bench", "delayed", "reduce-overhead", 1.5, 2048, 8)]
+    assert gains[0]["source"].endswith("fp8 vs bf16 (bench_run)")

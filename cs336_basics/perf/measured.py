@@ -50,10 +50,27 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
     return dict(dim=model["dim"], n_layers=model["n_layers"], batch_size=batch_size, context_length=model["context_length"])
 
 
+def _bench_run_rows(call: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(model config, result row) of each bench_run a call ran alone: NAME.command holds the spec as JSON in
+    single quotes, NAME.log the RESULT line; rows from before results named their compile mode take the spec's."""
+    rows = []
+    for command in sorted(call.glob("*.command")):
+        text, log = command.read_text(), command.with_suffix(".log")
+        if "cs336_basics.perf.bench_run" not in text or not log.is_file():
+            continue
+        result = next((line[len("RESULT "):] for line in log.read_text().splitlines() if line.startswith("RESULT ")), None)
+        if result is not None:
+            spec = json.loads(text[text.index("'") + 1 : text.rindex("'")])
+            row = json.loads(result)
+            rows.append((spec["model"], {"compile_mode": spec.get("compile_mode", "default"), **row}))
+    return rows
+
+
 def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     """Every fp8 / bf16 tokens/s ratio one device call holds: training runs (run.json + summary.json) paired with
-    the bf16 run of the same model, batch and compile settings; bench rows (*/matrix.json) against the same
-    matrix's bf16-compile row, mean step to mean step."""
+    the bf16 run of the same model, batch and compile settings; bench rows (*/matrix.json, or bench_run alone:
+    NAME.command + NAME.log) against the bf16 + compile row of the same matrix or call, mean step to mean step.
+    Collect only calls that ran this repository's own code."""
     repo = results_dir.resolve().parents[1]
     source = call.resolve().relative_to(repo).as_posix() if call.resolve().is_relative_to(repo) else call.as_posix()
     gains: list[dict[str, Any]] = []
@@ -75,6 +92,14 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
                               compile_mode=run.get("compile_mode") or train["compile_mode"], ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
+    alone = _bench_run_rows(call)
+    for model, row in alone:
+        base = next((r for m, r in alone if m == model and r["batch_size"] == row["batch_size"] and r["precision"] == "bf16"
+                     and r["compiled"] and not r["checkpointing"] and r["compile_mode"] == "default"), None)
+        if base and row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]:
+            gains.append(dict(_shape(model, row["batch_size"]), kind="bench", recipe=row["precision"].split("-", 1)[1],
+                              compile_mode=row["compile_mode"], ratio=round(mean_ms(base) / mean_ms(row), 4),
+                              gpu=_gpu_of(call), source=f"{source}/{row['name']} vs {base['name']} (bench_run)"))
     for matrix_json in sorted(call.glob("*/matrix.json")):
         matrix = json.loads(matrix_json.read_text())
         rows = {r["name"]: r for r in matrix["rows"] if "step_ms" in r}
