@@ -292,6 +292,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                      head=fp8_head) if use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
+
     def compile_mode(fp8: bool) -> str:  # as the Trainer resolves it, for this run and for its fp8 variant
         return resolve_compile_mode(train_cfg.compile_mode, fp8, device, ctx.enabled, train_cfg.gradient_accumulation_steps)
 

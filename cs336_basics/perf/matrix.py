@@ -221,7 +221,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             continue
         ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
         graphs = " (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else ""
-        cells = [r["name"] + graphs, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r), f"{r['model_tflops']:.0f}",
+        cells = [r["name"] + graphs, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
+                 f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
                  f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a",
                  f"{mean_ms(base) / mean_ms(r):.3f}x" if base else "n/a",

@@ -90,7 +90,8 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         if run["fp8"] and (pair := bf16.get(same_run(run))):
             train = run["train_config"]
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
-                              compile_mode=run.get("compile_mode") or train["compile_mode"], ratio=round(tokens_per_second / pair[0], 4),
+                              compile_mode=run.get("compile_mode") or train["compile_mode"],  # what ran, where recorded
+                              ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
     for model, row in alone:
