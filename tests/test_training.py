@@ -310,3 +310,13 @@ def test_cuda_graph_generations_begin_at_every_step_and_evaluation_batch(tmp_pat
         marks.clear()
         trainer.evaluate()  # 200 tokens: 12 windows of 16, in batches of 2 capped at 4 batches
         assert len(marks) == 4 * expected
+
+
+def test_compile_mode_auto_is_recorded_as_what_ran(tmp_path, small_corpus, capsys, monkeypatch):
+    import cs336_basics.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode: None)  # no compile on CPU
+    assert train(base_args(tmp_path, small_corpus, steps=2) + ["--compile_model"]) == 0
+    assert "compile           default (per block + loss)" in capsys.readouterr().out  # auto: no CUDA graphs on CPU
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["train_config"]["compile_mode"] == "auto" and run["compile_mode"] == "default"
