@@ -9,22 +9,10 @@
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_sizes; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
-T0=$(date +%s)
-nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,utilization.gpu,clocks_event_reasons.active \
-  --format=csv -lms 100 > $R/smi.csv 2> $R/smi.err &
-SMI=$!
-pack() { tar czf $OUT/cudagraph_sizes.tar.gz -C $R .; }
-DATA="--train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt"
-COMMON="--warmup_steps 20 --eval_interval 50 --eval_steps 10 --log_interval 10 --checkpoint_interval 1000 --sample_tokens 0 --seed 0 --compile_model --use_flash_attn --no_gradient_checkpointing"
-run() {  # name, seconds, flags...
-  local name=$1 secs=$2; shift 2
-  echo "python3 train_h100.py $DATA $COMMON --out_dir $R/$name $*" > $R/$name.command
-  echo "$(date -u +%H:%M:%S.%N) start $name" >> $R/phases.txt
-  timeout $secs python3 train_h100.py $DATA $COMMON --out_dir $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v "step/s, loss" > $R/$name.log
-  echo "$(date -u +%H:%M:%S.%N) end $name" >> $R/phases.txt
-  echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - T0 )) s: $(grep -a '^trained' $R/$name.log)"
-  rm -rf $R/$name/checkpoints $R/$name/tokenizer.json; pack
-}
+T0=$(date +%s); PACK=cudagraph_sizes.tar.gz
+FLAGS="--train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt --warmup_steps 20 --eval_interval 50 --eval_steps 10 --log_interval 10 --checkpoint_interval 1000 --sample_tokens 0 --seed 0 --compile_model --use_flash_attn --no_gradient_checkpointing"
+source benchmarks/scripts/lib_single.sh
+gpu_log_start
 SMALL="--preset small --vocab_size 50304 --context_length 1024 --max_steps 200"
 run small-bf16 70 $SMALL
 run small-fp8 80 $SMALL --use_fp8

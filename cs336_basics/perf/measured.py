@@ -50,6 +50,18 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
     return dict(dim=model["dim"], n_layers=model["n_layers"], batch_size=batch_size, context_length=model["context_length"])
 
 
+def _compiled_fp8(row: dict[str, Any]) -> bool:
+    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing."""
+    return row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
+
+
+def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], base: dict[str, Any], compile_mode: str,
+                gpu: str, source: str) -> dict[str, Any]:
+    """One bench row's gain over its bf16 + compile row, mean step to mean step."""
+    return dict(_shape(model, batch_size), kind="bench", recipe=row["precision"].split("-", 1)[1],
+                compile_mode=compile_mode, ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
+
+
 def _bench_run_rows(call: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(model config, result row) of each bench_run a call ran alone: NAME.command holds the spec as JSON in
     single quotes, NAME.log the RESULT line; rows from before results named their compile mode take the spec's."""
@@ -97,10 +109,9 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     for model, row in alone:
         base = next((r for m, r in alone if m == model and r["batch_size"] == row["batch_size"] and r["precision"] == "bf16"
                      and r["compiled"] and not r["checkpointing"] and r["compile_mode"] == "default"), None)
-        if base and row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]:
-            gains.append(dict(_shape(model, row["batch_size"]), kind="bench", recipe=row["precision"].split("-", 1)[1],
-                              compile_mode=row["compile_mode"], ratio=round(mean_ms(base) / mean_ms(row), 4),
-                              gpu=_gpu_of(call), source=f"{source}/{row['name']} vs {base['name']} (bench_run)"))
+        if base and _compiled_fp8(row):
+            gains.append(_bench_gain(model, row["batch_size"], row, base, row["compile_mode"], _gpu_of(call),
+                                     f"{source}/{row['name']} vs {base['name']} (bench_run)"))
     for matrix_json in sorted(call.glob("*/matrix.json")):
         matrix = json.loads(matrix_json.read_text())
         rows = {r["name"]: r for r in matrix["rows"] if "step_ms" in r}
@@ -110,12 +121,10 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         command = matrix["environment"].get("command", "").split()
         asked = command[command.index("--compile_mode") + 1] if "--compile_mode" in command else "default"
         for row in rows.values():
-            if row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]:
-                gains.append(dict(_shape(matrix["model"], matrix["batch_size"]), kind="bench",
-                                  recipe=row["precision"].split("-", 1)[1], compile_mode=row.get("compile_mode", asked),
-                                  ratio=round(mean_ms(base) / mean_ms(row), 4),
-                                  gpu=matrix["environment"].get("gpu") or _gpu_of(call),
-                                  source=f"{source}/{matrix_json.parent.name} ({row['name']})"))
+            if _compiled_fp8(row):
+                gains.append(_bench_gain(matrix["model"], matrix["batch_size"], row, base, row.get("compile_mode", asked),
+                                         matrix["environment"].get("gpu") or _gpu_of(call),
+                                         f"{source}/{matrix_json.parent.name} ({row['name']})"))
     return gains
 
 

@@ -70,6 +70,21 @@ def loss_and_grads(model: Transformer, x, y, device) -> tuple[float, dict[str, t
     return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def whole_sqnr_db(ref_grads: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> float:
+    """SQNR of all parameters' gradients together against the reference's."""
+    return sqnr_db(torch.cat([ref_grads[n].flatten() for n in ref_grads]), torch.cat([grads[n].flatten() for n in ref_grads]))
+
+
+def error_line(e: Exception) -> str:
+    """An exception in one line for a failed check: report, do not hide."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def first_and_last_losses(losses: list[float]) -> tuple[float, float]:
+    """Mean loss of the first and of the last five steps."""
+    return float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+
+
 def kernels_vs_reference(name: str, device: torch.device, run: Callable[[bool], tuple[torch.Tensor, ...]],
                          labels: tuple[str, ...], bounds: tuple[float, ...], what: str) -> Check:
     """`run(emulate)` through the real `torch._scaled_mm` kernels against `run(True)`, its reference (float32
@@ -166,12 +181,11 @@ def check_delayed_scaling(bf16_model: Transformer, x: torch.Tensor, y: torch.Ten
     try:
         DelayedScaling(model).calibrate(lambda: loss_and_grads(model, x, y, device), list(model.parameters()))
         _, grads = loss_and_grads(model, x, y, device)
-        whole = sqnr_db(torch.cat([ref_grads[n].flatten() for n in ref_grads]),
-                        torch.cat([grads[n].flatten() for n in ref_grads]))
+        whole = whole_sqnr_db(ref_grads, grads)
         losses = short_compiled_training(model, tokens, cfg, device, tmp_dir)
     except Exception as e:  # report, do not hide: the check fails with the message
-        return Check(name, False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+        return Check(name, False, error_line(e))
+    first, last = first_and_last_losses(losses)
     finite = all(math.isfinite(v) for v in losses)
     return Check(name, whole >= GRAD_SQNR_DB and finite and last < first - 0.5,
                  f"gradients {whole:.1f} dB against bf16 (threshold {GRAD_SQNR_DB}); {len(losses)} compiled steps, "
@@ -214,8 +228,7 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
     rel = abs(fp8_loss - ref_loss) / abs(ref_loss)
     record(Check("FP8 vs BF16 loss, same weights and batch", rel < LOSS_REL_TOL,
                  f"{fp8_loss:.5f} vs {ref_loss:.5f} (relative difference {rel:.2e}, tolerance {LOSS_REL_TOL})"))
-    whole = sqnr_db(torch.cat([ref_grads[n].flatten() for n in ref_grads]),
-                    torch.cat([fp8_grads[n].flatten() for n in ref_grads]))
+    whole = whole_sqnr_db(ref_grads, fp8_grads)
     worst_name, worst = min(((n, sqnr_db(ref_grads[n], fp8_grads[n])) for n in ref_grads), key=lambda t: t[1])
     record(Check("FP8 vs BF16 gradients (SQNR)", whole >= GRAD_SQNR_DB and worst >= WORST_PARAM_SQNR_DB,
                  f"all parameters {whole:.1f} dB (threshold {GRAD_SQNR_DB}); worst single parameter {worst:.1f} dB "
@@ -230,9 +243,9 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
         record(Check("torch.compile after FP8 conversion", is_float8_model(fp8_model),
                      f"{len(losses)} compiled fp8 training steps ran; Float8 modules kept"))
     except Exception as e:  # report, do not hide: the check fails with the compiler's message
-        record(Check("torch.compile after FP8 conversion", False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+        record(Check("torch.compile after FP8 conversion", False, error_line(e)))
         return checks
-    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    first, last = first_and_last_losses(losses)
     record(Check("short FP8 training run lowers the loss", last < first - 0.5,
                  f"mean loss of steps 1-5 {first:.3f} -> steps 36-40 {last:.3f}"))
     record(check_delayed_scaling(bf16_model, x, y, ref_grads, tokens, cfg, device, emulate, tmp_dir))
