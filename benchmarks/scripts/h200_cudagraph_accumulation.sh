@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# PREPARED IN THE SEVENTH SESSION ON BRANCH cudagraph-accumulation, NOT YET RUN (kind nvidia-h200, one GPU alone).
+# The seed guide's own command accumulates 8 micro-batches, where main refuses CUDA graphs (a replay overwrites
+# the .grad the previous micro-batch left, pytorch/pytorch#169545), so it runs the host-bound fp8 step (0.90-0.96x
+# bf16 in training, NOTES 25). This branch moves each micro-batch's gradients into buffers of its own before the
+# next replay (Trainer._move_grads_out; CPU test: the same gradients as plain accumulation) and lets
+# --compile_mode auto use CUDA graphs with accumulation. To settle before merging:
+#  1. correctness on the GPU: fp8 with CUDA graphs and with --compile_mode default, same seed and data, 60 steps:
+#     the train-loss columns of metrics.jsonl must agree (to the run-to-run noise of the same command) and the
+#     validation losses too;
+#  2. speed: the seed guide's command, bf16 vs fp8 (auto -> CUDA graphs), 60 steps of 8 x 16 x 1024 tokens.
+set -u
+source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
+R=/tmp/results_cga; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
+T0=$(date +%s)
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,utilization.gpu,clocks_event_reasons.active \
+  --format=csv -lms 100 > $R/smi.csv 2> $R/smi.err &
+SMI=$!
+pack() { tar czf $OUT/cudagraph_accumulation.tar.gz -C $R .; }
+GUIDE="--dim 896 --n_heads 14 --intermediate_size 3584 --batch_size 16 --gradient_accumulation_steps 8 --compile_model --use_flash_attn --no_gradient_checkpointing"
+DATA="--train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt"
+COMMON="--max_steps 60 --warmup_steps 10 --eval_interval 30 --eval_steps 10 --log_interval 5 --checkpoint_interval 1000 --sample_tokens 0 --seed 0"
+run() {  # name, seconds, flags...
+  local name=$1 secs=$2; shift 2
+  echo "python3 train_h100.py $GUIDE $DATA $COMMON --out_dir $R/$name $*" > $R/$name.command
+  echo "$(date -u +%H:%M:%S.%N) start $name" >> $R/phases.txt
+  timeout $secs python3 train_h100.py $GUIDE $DATA $COMMON --out_dir $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v "step/s, loss" > $R/$name.log
+  echo "$(date -u +%H:%M:%S.%N) end $name" >> $R/phases.txt
+  echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - T0 )) s: $(grep -a '^trained' $R/$name.log)"
+  rm -rf $R/$name/checkpoints $R/$name/tokenizer.json; pack
+}
+run guide-fp8-cudagraphs 140 --use_fp8
+run guide-fp8-no-cudagraphs 130 --use_fp8 --compile_mode default
+run guide-bf16 130
+kill $SMI; pack
+python3 - $R <<'PY'
+import json, sys
+from pathlib import Path
+r = Path(sys.argv[1])
+def rows(name): return [json.loads(l) for l in (r / name / "metrics.jsonl").read_text().splitlines()]
+a, b = rows("guide-fp8-cudagraphs"), rows("guide-fp8-no-cudagraphs")
+for x, y in zip(a, b):
+    k = "loss" if "loss" in x else "val_loss"
+    print(x["step"], k, x.get(k), y.get(k))
+PY
+echo "total $(( $(date +%s) - T0 )) s"
