@@ -12,23 +12,11 @@
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_cga; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
-T0=$(date +%s)
-nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,utilization.gpu,clocks_event_reasons.active \
-  --format=csv -lms 100 > $R/smi.csv 2> $R/smi.err &
-SMI=$!
-pack() { tar czf $OUT/cudagraph_accumulation.tar.gz -C $R .; }
+T0=$(date +%s); PACK=cudagraph_accumulation.tar.gz
 GUIDE="--dim 896 --n_heads 14 --intermediate_size 3584 --batch_size 16 --gradient_accumulation_steps 8 --compile_model --use_flash_attn --no_gradient_checkpointing"
-DATA="--train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt"
-COMMON="--max_steps 60 --warmup_steps 10 --eval_interval 30 --eval_steps 10 --log_interval 5 --checkpoint_interval 1000 --sample_tokens 0 --seed 0"
-run() {  # name, seconds, flags...
-  local name=$1 secs=$2; shift 2
-  echo "python3 train_h100.py $GUIDE $DATA $COMMON --out_dir $R/$name $*" > $R/$name.command
-  echo "$(date -u +%H:%M:%S.%N) start $name" >> $R/phases.txt
-  timeout $secs python3 train_h100.py $GUIDE $DATA $COMMON --out_dir $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v "step/s, loss" > $R/$name.log
-  echo "$(date -u +%H:%M:%S.%N) end $name" >> $R/phases.txt
-  echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - T0 )) s: $(grep -a '^trained' $R/$name.log)"
-  rm -rf $R/$name/checkpoints $R/$name/tokenizer.json; pack
-}
+FLAGS="$GUIDE --train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt --max_steps 60 --warmup_steps 10 --eval_interval 30 --eval_steps 10 --log_interval 5 --checkpoint_interval 1000 --sample_tokens 0 --seed 0"
+source benchmarks/scripts/lib_single.sh
+gpu_log_start
 run guide-fp8-cudagraphs 140 --use_fp8
 run guide-fp8-no-cudagraphs 130 --use_fp8 --compile_mode default
 run guide-bf16 130
