@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --use_fp8: the output head and its loss in float8 too (default on; --no-fp8_head keeps bf16)")
     s.add_argument("--compile_model", action=yes_no, help="torch.compile each block and the loss")
     s.add_argument("--compile_mode", choices=COMPILE_MODES,
-                   help="torch.compile mode (default: auto: reduce-overhead, i.e. CUDA graphs, for fp8 on one GPU with "
-                        "one micro-batch per step; default otherwise)")
+                   help="torch.compile mode (default: auto: reduce-overhead, i.e. CUDA graphs, for fp8 on one GPU; "
+                        "default otherwise)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
@@ -294,7 +294,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
 
     def compile_mode(fp8: bool) -> str:  # as the Trainer resolves it, for this run and for its fp8 variant
-        return resolve_compile_mode(train_cfg.compile_mode, fp8, device, ctx.enabled, train_cfg.gradient_accumulation_steps)
+        return resolve_compile_mode(train_cfg.compile_mode, fp8, device, ctx.enabled)
 
     run_shape = RunShape(device, use_fp8, recipe, args.fp8_emulate, train_cfg.compile_model,
                          compile_mode(use_fp8), backend, train_cfg.gradient_checkpointing,

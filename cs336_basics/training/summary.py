@@ -57,13 +57,7 @@ def slower_in_training(gain: tuple[str, bool] | None, quote: bool, run: RunShape
     if gain is None or not gain[1]:
         return None
     where = f"({gain[0]})" if quote else "(the 'fp8 vs bf16' line above)"
-    if run.compile_mode in CUDA_GRAPH_MODES:
-        remedy = ""
-    elif run.accumulation > 1:
-        remedy = (", or run one micro-batch per step (--gradient_accumulation_steps 1 and a larger --batch_size), "
-                  "where fp8 compiles with CUDA graphs (--compile_mode auto)")
-    else:
-        remedy = ", or use CUDA graphs (--compile_mode auto or reduce-overhead)"
+    remedy = "" if run.compile_mode in CUDA_GRAPH_MODES else ", or use CUDA graphs (--compile_mode auto or reduce-overhead)"
     return (f"FP8 measured SLOWER than BF16 in training at about this size {where}: the float8 casts and the "
             f"host's launch work outweigh the faster matmuls at this width (benchmarks/NOTES.md 25); time a bf16 run "
             f"against yours{remedy}")

@@ -60,7 +60,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_interval: int = 10
     compile_model: bool = False
-    compile_mode: str = "auto"  # "auto": CUDA graphs for fp8 on one GPU with one micro-batch (transforms.py)
+    compile_mode: str = "auto"  # "auto": CUDA graphs for fp8 on one GPU (transforms.py)
     gradient_checkpointing: bool = True
     use_flash_attn: bool = False
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
@@ -84,12 +84,6 @@ class TrainConfig:
             raise UserError(f"--fused_attention must be one of {', '.join(FUSED_ORDERS)}, got {self.fused_attention!r}")
         if self.compile_model and self.compile_mode not in COMPILE_MODES:
             raise UserError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
-        if self.compile_model and self.compile_mode in CUDA_GRAPH_MODES and self.gradient_accumulation_steps > 1:
-            # CUDA graph trees hand a backward graph's output to .grad as is; the next micro-batch's replay
-            # overwrites it (pytorch/pytorch#169545 raises, #96693 reports silently wrong gradients).
-            raise UserError(f"--compile_mode {self.compile_mode} (CUDA graphs) cannot accumulate gradients over "
-                            f"{self.gradient_accumulation_steps} micro-batches: the next replay overwrites the first "
-                            "one's .grad; use --gradient_accumulation_steps 1 with a larger --batch_size, or --compile_mode default")
         return self
 
 
@@ -140,11 +134,11 @@ class Trainer:
         # then FSDP2 sharding when several processes run.
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model)
-        self.compile_mode = resolve_compile_mode(cfg.compile_mode, self.fp8, device, ctx.enabled,
-                                                 cfg.gradient_accumulation_steps) if cfg.compile_model else None
+        self.compile_mode = resolve_compile_mode(cfg.compile_mode, self.fp8, device, ctx.enabled) if cfg.compile_model else None
         # With CUDA graphs every step (and every evaluation batch) begins a new graph generation: the previous
         # one's outputs are dead, and the blocks' graphs, chained within one forward pass, keep theirs.
         self._cuda_graphs = self.compile_mode in CUDA_GRAPH_MODES
+        self._grad_sums: list[torch.Tensor] | None = None  # with CUDA graphs and accumulation: see _move_grads_out
         if cfg.compile_model:
             compile_model(model, self.compile_mode)
             if self.eval_model is not model:
@@ -317,18 +311,23 @@ class Trainer:
             group["lr"] = lr
         if self.fp8_scales is not None and not self.fp8_scales.calibrated:
             self._calibrate_fp8_scales()
-        if self._cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
         loss_sum = torch.zeros((), device=self.device)
         accumulation = self.cfg.gradient_accumulation_steps
         for micro_batch in range(accumulation):
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             x, y = self.train_data.next_batch(self.device)
             with self.autocast:
                 loss = self.model(x, y)
             (loss / accumulation).backward()
             loss_sum += loss.detach()
-            if self.fp8_scales is not None and micro_batch < accumulation - 1:
-                self.fp8_scales.after_backward()  # the max of the micro-batches' gradient amaxes, not their sum
+            if micro_batch < accumulation - 1:
+                if self.fp8_scales is not None:
+                    self.fp8_scales.after_backward()  # the max of the micro-batches' gradient amaxes, not their sum
+                if self._cuda_graphs:
+                    self._move_grads_out(first=micro_batch == 0)
+        if self._cuda_graphs and accumulation > 1:
+            torch._foreach_add_([p.grad for p in self._params], self._grad_sums)
         if self.fp8_scales is not None:  # this step's amaxes set the next step's float8 scales
             self.fp8_scales.update()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
@@ -344,6 +343,17 @@ class Trainer:
         if self._fp8_fsdp_scales:  # one all-reduce for every layer's weight scale, for the next fp8 all-gather
             precompute_float8_dynamic_scale_for_fsdp(self.model)
         return loss_sum, grad_norm
+
+    def _move_grads_out(self, first: bool) -> None:
+        """Under CUDA graphs a micro-batch's gradients are the backward graph's outputs, which the next replay
+        overwrites (pytorch/pytorch#169545): sum them into buffers of our own and drop them. The last
+        micro-batch's gradients stay where they are, with the sums added in, until the optimizer step."""
+        grads = [p.grad for p in self._params]
+        if self._grad_sums is None:
+            self._grad_sums = [torch.empty_like(g) for g in grads]
+        (torch._foreach_copy_ if first else torch._foreach_add_)(self._grad_sums, grads)
+        for p in self._params:
+            p.grad = None
 
     def _train_loop(self) -> None:
         cfg = self.cfg

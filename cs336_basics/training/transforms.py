@@ -13,14 +13,13 @@ COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-auto
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each compiled graph as a CUDA graph
 
 
-def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed: bool, accumulation: int) -> str:
-    """The torch.compile mode a run uses. "auto": CUDA graphs ("reduce-overhead") for float8 on one GPU with one
-    micro-batch per step, whose ~2,500 kernel launches a step make the host the bottleneck at small widths
-    (benchmarks/NOTES.md 25-26, 28); "default" otherwise: bf16 steps are GPU-bound and gain nothing, and CUDA
-    graphs cannot accumulate gradients (the next replay overwrites .grad) nor have they run under FSDP here."""
+def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed: bool) -> str:
+    """The torch.compile mode a run uses. "auto": CUDA graphs ("reduce-overhead") for float8 on one GPU, whose
+    ~2,500 kernel launches a step make the host the bottleneck at small widths (benchmarks/NOTES.md 25-26, 28-29);
+    "default" otherwise: bf16 steps are GPU-bound and gain nothing, and CUDA graphs have not run under FSDP here."""
     if mode != "auto":
         return mode
-    return "reduce-overhead" if fp8 and device.type == "cuda" and not distributed and accumulation == 1 else "default"
+    return "reduce-overhead" if fp8 and device.type == "cuda" and not distributed else "default"
 
 
 def apply_activation_checkpointing(model: Transformer) -> None:
