@@ -239,3 +239,16 @@ def test_gains_of_the_same_micro_batch_are_preferred(tmp_path, monkeypatch):
     assert "micro-batch 32 x 1024" in text and "training runs 1.17x" in text and not slower
     text, slower = fp8_gain_note(896, "delayed", batch_size=8)  # not measured: every batch at that width
     assert "micro-batch 16/32 x 1024" in text and "training runs 0.92x-1.17x" in text and not slower
+
+
+def test_gains_of_tuned_kernels_are_quoted_only_for_tuned_runs(tmp_path, monkeypatch):
+    from cs336_basics.perf.measured import fp8_gain_note
+
+    gains_file(tmp_path, monkeypatch, (896, "training", 1.14, "reduce-overhead"), (896, "bench", 1.18, "reduce-overhead"))
+    entries = json.loads((tmp_path / "fp8_gains.json").read_text())
+    entries[1]["tune_kernels"] = True
+    (tmp_path / "fp8_gains.json").write_text(json.dumps(entries))
+    text, _ = fp8_gain_note(896, "delayed", "reduce-overhead", 16)
+    assert text.endswith(": training runs 1.14x") and "tuned" not in text
+    text, _ = fp8_gain_note(896, "delayed", "reduce-overhead", 16, tune_kernels=True)
+    assert "with CUDA graphs and tuned kernels" in text and text.endswith(": bench 1.18x")

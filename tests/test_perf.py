@@ -287,6 +287,8 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     # --compile_mode auto (run.json says what ran): fp8 with CUDA graphs paired with bf16 without
     run("bf16-auto", False, 100.0, ran="default", compile_mode="auto", batch_size=32)
     run("fp8-auto", True, 115.0, ran="reduce-overhead", compile_mode="auto", batch_size=32)
+    run("fp8-tuned", True, 240.0, tune_kernels=True)  # tuned kernels: paired with the tuned bf16 run only
+    run("bf16-tuned", False, 200.0, tune_kernels=True)
     (call / "matrix").mkdir()
     rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=80.0, step_ms_mean=90.0),
             dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False, step_ms=70.0,
@@ -296,10 +298,16 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
             dict(name="fp8-rowwise-compile", error="out of memory")]
     (call / "matrix" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
+    (call / "experiment").mkdir()  # --inductor overrides: an experiment, not a setting of the trainer
+    (call / "experiment" / "matrix.json").write_text(json.dumps(dict(
+        model=model, batch_size=16, rows=rows, inductor={"triton.max_tiles": 3}, environment={})))
     gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
-    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"]) for g in gains] == [
-        ("training", "delayed", 0.9, 896, 16, "default"), ("training", "delayed", 1.15, 896, 32, "reduce-overhead"),
-        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead")]  # bench: mean step over mean step
+    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"])
+            for g in gains] == [
+        ("training", "delayed", 0.9, 896, 16, "default", False),
+        ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False),
+        ("training", "delayed", 1.2, 896, 16, "default", True),
+        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False)]  # bench: mean step over mean step
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")
 
 

@@ -292,7 +292,7 @@ def test_cuda_graph_generations_begin_at_every_step_and_evaluation_batch(tmp_pat
 
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode: marks.append(mode))  # no compile on CPU
+    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode, tune_kernels=False: marks.append(mode))  # no compile on CPU
     cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
     tokens = (np.arange(4096) % 97).astype(np.uint16)
     for mode, expected in (("reduce-overhead", 1), ("default", 0)):
@@ -313,7 +313,7 @@ def test_cuda_graph_generations_begin_at_every_step_and_evaluation_batch(tmp_pat
 def test_compile_mode_auto_is_recorded_as_what_ran(tmp_path, small_corpus, capsys, monkeypatch):
     import cs336_basics.training.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode: None)  # no compile on CPU
+    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode, tune_kernels=False: None)  # no compile on CPU
     assert train(base_args(tmp_path, small_corpus, steps=2) + ["--compile_model"]) == 0
     assert "compile           default (per block + loss)" in capsys.readouterr().out  # auto: no CUDA graphs on CPU
     run = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -341,3 +341,27 @@ def test_accumulation_under_cuda_graphs_sums_what_plain_accumulation_sums(tmp_pa
     assert norms_graphs == pytest.approx(norms, rel=1e-5)
     for a, b in zip(params, params_graphs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tune_kernels_compiles_with_the_modes_options_and_the_tuning(monkeypatch):
+    """torch.compile takes a mode or options: a tuned compile must keep what the mode sets (CUDA graphs)."""
+    from cs336_basics.training.transforms import TUNED_KERNELS, compile_model
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append(kwargs))
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    compile_model(Transformer(cfg), "reduce-overhead")
+    assert calls == [dict(fullgraph=True, mode="reduce-overhead")] * 3  # two blocks and the head + loss
+    calls.clear()
+    compile_model(Transformer(cfg), "reduce-overhead", tune_kernels=True)
+    assert calls == [dict(fullgraph=True, options={"triton.cudagraphs": True, **TUNED_KERNELS})] * 3
+    calls.clear()
+    compile_model(Transformer(cfg), "default", tune_kernels=True)
+    assert calls[0]["options"] == TUNED_KERNELS and TUNED_KERNELS["coordinate_descent_tuning"]
+
+
+def test_tune_kernels_needs_compile_and_a_gpu(tmp_path, small_corpus, capsys):
+    assert train(base_args(tmp_path, small_corpus, steps=2) + ["--tune_kernels"]) == 2
+    assert "--tune_kernels tunes the compiled kernels: add --compile_model" in capsys.readouterr().err
+    assert train(base_args(tmp_path, small_corpus, steps=2) + ["--tune_kernels", "--compile_model", "--overwrite"]) == 2
+    assert "--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: cpu)" in capsys.readouterr().err

@@ -45,7 +45,7 @@ from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
 
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
-SPEED_FLAGS = ("compile_model", "compile_mode", "gradient_checkpointing", "use_flash_attn", "fused_attention")
+SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
 
 
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile_mode", choices=COMPILE_MODES,
                    help="torch.compile mode (default: auto: reduce-overhead, i.e. CUDA graphs, for fp8 on one GPU; "
                         "default otherwise)")
+    s.add_argument("--tune_kernels", action=yes_no,
+                   help="with --compile_model on a GPU: inductor tunes each Triton kernel's block sizes (coordinate "
+                        "descent) and tiles the fp8 casts in 2-D; measured 4-5%% faster fp8 steps at the seed size "
+                        "for about a minute more compilation on a cold cache (benchmarks/NOTES.md 34)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
@@ -300,7 +304,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                          compile_mode(use_fp8), backend, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
                          ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head),
-                         fp8_compile_mode=compile_mode(True))
+                         fp8_compile_mode=compile_mode(True), tune_kernels=train_cfg.tune_kernels)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
     if ctx.is_main:

@@ -41,7 +41,8 @@ class BenchSpec:
     fused_attention: str = "auto"
     checkpointing: bool = False
     steps: int = 10
-    compile_mode: str = "auto"  # as TrainConfig.compile_mode: CUDA graphs for fp8 with one micro-batch
+    compile_mode: str = "auto"  # as TrainConfig.compile_mode: CUDA graphs for fp8 on one GPU
+    tune_kernels: bool = False  # as TrainConfig.tune_kernels
     fp8_filter: str = "all"
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
@@ -65,7 +66,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=max(1 << 22, 4 * spec.batch_size * T),
                                                dtype=np.int64).astype(np.uint32)
     train_cfg = TrainConfig(batch_size=spec.batch_size, max_steps=10**6, warmup_steps=0, compile_model=spec.compiled,
-                            compile_mode=spec.compile_mode, gradient_checkpointing=spec.checkpointing,
+                            compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, gradient_checkpointing=spec.checkpointing,
                             use_flash_attn=spec.flash, fused_attention=spec.fused_attention, gc_interval=spec.gc_interval)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
@@ -87,7 +88,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     tokens_per_second = spec.batch_size * T / step
     result: dict[str, Any] = dict(
         name=spec.name, precision=spec.precision, compiled=spec.compiled, compile_mode=trainer.compile_mode,
-        flash=spec.flash, checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
+        tune_kernels=spec.tune_kernels, flash=spec.flash, checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],
         step_ms_mean=round(step_mean * 1e3, 2), step_ms_each=[round(t * 1e3, 2) for t in step_seconds],

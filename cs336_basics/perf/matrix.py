@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", help=f"comma-separated, or 'all' ({len(all_modes())}); default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")
+    p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's: tuned Triton kernels in every compiled row")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...",
                    help="torch._inductor.config overrides for every compiled configuration, e.g. "
                         "coordinate_descent_tuning=True,triton.prefer_nd_tiling=True (recorded in the results)")
@@ -220,7 +221,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             lines.append(f"| {r['name']} | FAILED: {r['error']} |" + " |" * (len(header) - 2))
             continue
         ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
-        graphs = " (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else ""
+        graphs = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
+            " (tuned kernels)" if r.get("tune_kernels") and r.get("compiled") else "")
         cells = [r["name"] + graphs, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
@@ -300,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         parse_mode(m)
     inductor = parse_inductor(args.inductor)
+    if args.tune_kernels and not on_gpu:
+        raise UserError("--tune_kernels tunes Triton kernels, which run on CUDA GPUs only: no CUDA device here")
     if not on_gpu:
         print("no CUDA device: running on the CPU ('bf16' rows compute in fp32, fp8 is emulated); these are CPU "
               "timings, not GPU predictions")
@@ -317,11 +321,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{bound:,.0f} tokens/s")
 
     rows: list[dict[str, Any]] = []
-    about = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, inductor=inductor)
+    about = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, inductor=inductor,
+                 tune_kernels=args.tune_kernels)
     device = "cuda" if on_gpu else "cpu"
     for mode in tqdm(modes, desc="configurations", unit="config"):
         spec = BenchSpec(name=mode, model=asdict(cfg), batch_size=batch_size, steps=steps,
-                         compile_mode=args.compile_mode, device=device, inductor=inductor, **parse_mode(mode))
+                         compile_mode=args.compile_mode, tune_kernels=args.tune_kernels, device=device, inductor=inductor,
+                         **parse_mode(mode))
         result = run_child("cs336_basics.perf.bench_run", asdict(spec), args.timeout)
         result.setdefault("name", mode)
         result.setdefault("precision", spec.precision)

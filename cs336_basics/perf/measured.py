@@ -59,7 +59,7 @@ def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], bas
                 gpu: str, source: str) -> dict[str, Any]:
     """One bench row's gain over its bf16 + compile row, mean step to mean step."""
     return dict(_shape(model, batch_size), kind="bench", recipe=row["precision"].split("-", 1)[1],
-                compile_mode=compile_mode, ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
+                compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
 def _bench_run_rows(call: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -95,7 +95,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     def same_run(run: dict[str, Any]) -> tuple[Any, ...]:
         t = run["train_config"]
         return (json.dumps(run["model_config"], sort_keys=True), t["batch_size"], t["gradient_accumulation_steps"],
-                t["compile_model"], t["compile_mode"], t["gradient_checkpointing"])
+                t["compile_model"], t["compile_mode"], t.get("tune_kernels", False), t["gradient_checkpointing"])
 
     bf16 = {same_run(run): (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]}
     for run, tokens_per_second, name in runs:
@@ -103,6 +103,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
             train = run["train_config"]
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
                               compile_mode=run.get("compile_mode") or train["compile_mode"],  # what ran, where recorded
+                              tune_kernels=train.get("tune_kernels", False),
                               ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
@@ -116,7 +117,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         matrix = json.loads(matrix_json.read_text())
         rows = {r["name"]: r for r in matrix["rows"] if "step_ms" in r}
         base = rows.get("bf16-compile")
-        if base is None:
+        if base is None or matrix.get("inductor"):  # --inductor experiments are not a setting the trainer offers
             continue
         command = matrix["environment"].get("command", "").split()
         asked = command[command.index("--compile_mode") + 1] if "--compile_mode" in command else "default"
@@ -128,12 +129,13 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     return gains
 
 
-def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None
-                      ) -> list[dict[str, Any]]:
-    """The measured gains of `recipe` compiled with `compile_mode` at the measured width nearest to `dim` (within
-    a factor NEAR), those of micro-batch `batch_size` if that was measured there; or []."""
+def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None,
+                      tune_kernels: bool = False) -> list[dict[str, Any]]:
+    """The measured gains of `recipe` compiled with `compile_mode` (and kernels tuned or not) at the measured width
+    nearest to `dim` (within a factor NEAR), those of micro-batch `batch_size` if that was measured there; or []."""
     try:
-        gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode]
+        gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode
+                 and g.get("tune_kernels", False) == tune_kernels]
     except (OSError, ValueError):
         return []
     if not gains:
@@ -145,19 +147,19 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batc
     return [g for g in near if g["batch_size"] == batch_size] or near
 
 
-def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None
-                  ) -> tuple[str, bool] | None:
+def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None,
+                  tune_kernels: bool = False) -> tuple[str, bool] | None:
     """('fp8 delayed / bf16 tokens/s measured at dim 896, ...: training runs 0.90x-0.96x; bench 1.00x-1.13x', was
     fp8 slower in every training run there?) for the nearest width (and the same micro-batch, where measured)
     measured with that compile mode; None when nothing near was measured."""
-    gains = nearest_fp8_gains(dim, recipe, compile_mode, batch_size)
+    gains = nearest_fp8_gains(dim, recipe, compile_mode, batch_size, tune_kernels)
     if not gains:
         return None
     g = gains[0]
     ratios = {kind: sorted(x["ratio"] for x in gains if x["kind"] == kind) for kind in ("training", "bench")}
     parts = [f"{label} {r[0]:.2f}x" + (f"-{r[-1]:.2f}x" if f"{r[-1]:.2f}" != f"{r[0]:.2f}" else "")
              for label, r in (("training runs", ratios["training"]), ("bench", ratios["bench"])) if r]
-    graphs = " with CUDA graphs" if compile_mode in CUDA_GRAPH_MODES else ""
+    graphs = (" with CUDA graphs" if compile_mode in CUDA_GRAPH_MODES else "") + (" and tuned kernels" if tune_kernels else "")
     batches = "/".join(str(b) for b in sorted({x["batch_size"] for x in gains}))
     text = (f"fp8 {recipe}{graphs} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
             f"{batches} x {g['context_length']} ({g['gpu']}, {len(gains)} measurement{'s' if len(gains) > 1 else ''} in "

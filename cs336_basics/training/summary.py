@@ -30,6 +30,7 @@ class RunShape:
     world_size: int = 1
     fp8_head: bool = False  # the output head + loss in float8 too
     fp8_compile_mode: str = "default"  # the compile mode fp8 uses, or in a bf16 run would use with --use_fp8
+    tune_kernels: bool = False
 
     @property
     def tokens_per_step(self) -> int:
@@ -50,7 +51,7 @@ def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
     nothing near."""
     if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
         return None
-    return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size)
+    return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size, run.tune_kernels)
 
 
 def slower_in_training(gain: tuple[str, bool] | None, quote: bool, run: RunShape) -> str | None:
@@ -111,7 +112,8 @@ def compile_line(run: RunShape) -> str:
     if not run.compiled:
         return "off (eager)"
     graphs = ", replayed as CUDA graphs" if run.compile_mode in CUDA_GRAPH_MODES else ""
-    return f"{run.compile_mode} (per block + loss{graphs})"
+    tuned = ", kernels tuned (--tune_kernels: slower compilation)" if run.tune_kernels else ""
+    return f"{run.compile_mode} (per block + loss{graphs}{tuned})"
 
 
 def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: RunShape,

@@ -61,6 +61,7 @@ class TrainConfig:
     log_interval: int = 10
     compile_model: bool = False
     compile_mode: str = "auto"  # "auto": CUDA graphs for fp8 on one GPU (transforms.py)
+    tune_kernels: bool = False  # inductor's coordinate-descent tuning and 2-D tiling (transforms.TUNED_KERNELS)
     gradient_checkpointing: bool = True
     use_flash_attn: bool = False
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
@@ -84,6 +85,8 @@ class TrainConfig:
             raise UserError(f"--fused_attention must be one of {', '.join(FUSED_ORDERS)}, got {self.fused_attention!r}")
         if self.compile_model and self.compile_mode not in COMPILE_MODES:
             raise UserError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.tune_kernels and not self.compile_model:
+            raise UserError("--tune_kernels tunes the compiled kernels: add --compile_model")
         return self
 
 
@@ -139,10 +142,12 @@ class Trainer:
         # one's outputs are dead, and the blocks' graphs, chained within one forward pass, keep theirs.
         self._cuda_graphs = self.compile_mode in CUDA_GRAPH_MODES
         self._grad_sums: list[torch.Tensor] | None = None  # with CUDA graphs and accumulation: see _move_grads_out
+        if cfg.tune_kernels and device.type != "cuda":
+            raise UserError(f"--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: {device})")
         if cfg.compile_model:
-            compile_model(model, self.compile_mode)
+            compile_model(model, self.compile_mode, cfg.tune_kernels)
             if self.eval_model is not model:
-                compile_model(self.eval_model, self.compile_mode)
+                compile_model(self.eval_model, self.compile_mode, cfg.tune_kernels)
         if ctx.enabled:
             apply_fsdp(model, ctx, device)
         self._fp8_fsdp_scales = self.fp8 and ctx.enabled and uses_fp8_all_gather(model)
