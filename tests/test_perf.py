@@ -287,6 +287,9 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     # --compile_mode auto (run.json says what ran): fp8 with CUDA graphs paired with bf16 without
     run("bf16-auto", False, 100.0, ran="default", compile_mode="auto", batch_size=32)
     run("fp8-auto", True, 115.0, ran="reduce-overhead", compile_mode="auto", batch_size=32)
+    # fp8 asked for default, bf16 for auto (which ran default for bf16): paired by what ran
+    run("bf16-auto-64", False, 100.0, ran="default", compile_mode="auto", batch_size=64)
+    run("fp8-default-64", True, 110.0, ran="default", batch_size=64)
     run("fp8-tuned", True, 240.0, tune_kernels=True)  # tuned kernels: paired with the tuned bf16 run only
     run("bf16-tuned", False, 200.0, tune_kernels=True)
     (call / "matrix").mkdir()
@@ -306,6 +309,7 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
             for g in gains] == [
         ("training", "delayed", 0.9, 896, 16, "default", False),
         ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False),
+        ("training", "delayed", 1.1, 896, 64, "default", False),
         ("training", "delayed", 1.2, 896, 16, "default", True),
         ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False)]  # bench: mean step over mean step
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")

@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default otherwise)")
     s.add_argument("--tune_kernels", action=yes_no,
                    help="with --compile_model on a GPU: inductor tunes each Triton kernel's block sizes (coordinate "
-                        "descent) and tiles the fp8 casts in 2-D; measured 4-5%% faster fp8 steps at the seed size "
-                        "for about a minute more compilation on a cold cache (benchmarks/NOTES.md 34)")
+                        "descent) and tiles the fp8 casts in 2-D; measured 2.4-3.8%% faster fp8 steps at the seed size "
+                        "(bf16 0.5%%) for 35-90 s more compilation (benchmarks/NOTES.md 34, 36)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "

@@ -92,17 +92,23 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         if summary.get("tokens_per_second") and summary.get("world_size", 1) == 1:
             runs.append((json.loads(run_json.read_text()), summary["tokens_per_second"], run_json.parent.name))
 
-    def same_run(run: dict[str, Any]) -> tuple[Any, ...]:
+    def same_run(run: dict[str, Any], mode: str) -> tuple[Any, ...]:
         t = run["train_config"]
         return (json.dumps(run["model_config"], sort_keys=True), t["batch_size"], t["gradient_accumulation_steps"],
-                t["compile_model"], t["compile_mode"], t.get("tune_kernels", False), t["gradient_checkpointing"])
+                t["compile_model"], mode, t.get("tune_kernels", False), t["gradient_checkpointing"])
 
-    bf16 = {same_run(run): (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]}
+    def ran(run: dict[str, Any]) -> str:
+        return run.get("compile_mode") or run["train_config"]["compile_mode"]
+
+    # An fp8 run's bf16 pair was asked for the same compile mode (auto and auto) or else ran the one fp8 ran.
+    bf16 = {same_run(run, mode): (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]
+            for mode in (f"asked {run['train_config']['compile_mode']}", f"ran {ran(run)}")}
     for run, tokens_per_second, name in runs:
-        if run["fp8"] and (pair := bf16.get(same_run(run))):
+        if run["fp8"] and (pair := bf16.get(same_run(run, f"asked {run['train_config']['compile_mode']}"))
+                                   or bf16.get(same_run(run, f"ran {ran(run)}"))):
             train = run["train_config"]
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
-                              compile_mode=run.get("compile_mode") or train["compile_mode"],  # what ran, where recorded
+                              compile_mode=ran(run),  # what ran, where recorded
                               tune_kernels=train.get("tune_kernels", False),
                               ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))

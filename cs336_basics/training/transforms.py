@@ -13,7 +13,7 @@ COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-auto
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each compiled graph as a CUDA graph
 # --tune_kernels: inductor searches each Triton kernel's block sizes by coordinate descent, and tiles pointwise
 # kernels over both dimensions (the fp8 casts that write transposed copies). Measured on one H200 at the seed
-# size: fp8 steps 3.8% and 1.4% faster one at a time, at ~+65 s of compilation on a cold cache (NOTES 34).
+# size: fp8 steps 2.4-3.8% faster, bf16 0.5%, for 35-90 s more compilation (benchmarks/NOTES.md 34, 36).
 TUNED_KERNELS = {"coordinate_descent_tuning": True, "triton.prefer_nd_tiling": True}
 
 
