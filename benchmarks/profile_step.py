@@ -27,6 +27,8 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=16 if torch.cuda.is_available() else 4)
     p.add_argument("--precision", default="bf16", help="bf16 or fp8-<recipe>")
     p.add_argument("--eager", action="store_true")
+    p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
+    p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
     args = p.parse_args()
@@ -40,13 +42,14 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     ctx, device = init_distributed(torch.device("cuda" if cuda else "cpu"))
     spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
-                     precision=args.precision, compiled=not args.eager, device=device.type)
+                     precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
+                     tune_kernels=args.tune_kernels, device=device.type)
     cfg = PRESETS[args.preset]
     model, _ = build_model(cfg, device, spec.fp8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, TrainConfig(batch_size=args.batch_size, compile_model=spec.compiled, gradient_checkpointing=False,
-                                         use_flash_attn=True),
+                                         compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, use_flash_attn=True),
                       RandomWindows(tokens, args.batch_size, cfg.context_length, 0, ctx.rank, ctx.world_size),
                       tokens[: 4 * cfg.context_length], device, args.out, log=lambda s: None, ctx=ctx)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -68,7 +71,8 @@ def main() -> None:
     print(table)
     (args.out / "top_ops.txt").write_text(table)
     prof.export_chrome_trace(str(args.out / "trace.json"))
-    (args.out / "spec.json").write_text(json.dumps({**asdict(spec), "world_size": ctx.world_size}, indent=1))
+    (args.out / "spec.json").write_text(json.dumps({**asdict(spec), "compile_mode": trainer.compile_mode,
+                                                    "world_size": ctx.world_size}, indent=1))
     breakdown = kernel_breakdown(json.loads((args.out / "trace.json").read_text()), args.steps)
     (args.out / "breakdown.json").write_text(json.dumps(breakdown, indent=1))
     print(format_breakdown(breakdown))

@@ -146,8 +146,8 @@ class Trainer:
             raise UserError(f"--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: {device})")
         if cfg.compile_model:
             compile_model(model, self.compile_mode, cfg.tune_kernels)
-            if self.eval_model is not model:
-                compile_model(self.eval_model, self.compile_mode, cfg.tune_kernels)
+            if self.eval_model is not model:  # untuned: evaluation is too small a share of a run to pay for tuning
+                compile_model(self.eval_model, self.compile_mode)
         if ctx.enabled:
             apply_fsdp(model, ctx, device)
         self._fp8_fsdp_scales = self.fp8 and ctx.enabled and uses_fp8_all_gather(model)
