@@ -59,7 +59,8 @@ def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], bas
                 gpu: str, source: str) -> dict[str, Any]:
     """One bench row's gain over its bf16 + compile row, mean step to mean step."""
     return dict(_shape(model, batch_size), kind="bench", recipe=row["precision"].split("-", 1)[1],
-                compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
+                compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False),
+                ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
 def _bench_run_rows(call: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:

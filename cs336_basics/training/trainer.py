@@ -138,8 +138,8 @@ class Trainer:
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model)
         self.compile_mode = resolve_compile_mode(cfg.compile_mode, self.fp8, device, ctx.enabled) if cfg.compile_model else None
-        # With CUDA graphs every step (and every evaluation batch) begins a new graph generation: the previous
-        # one's outputs are dead, and the blocks' graphs, chained within one forward pass, keep theirs.
+        # With CUDA graphs every micro-batch (and every evaluation batch) begins a new graph generation: the
+        # previous one's outputs are dead, and the blocks' graphs, chained within one forward pass, keep theirs.
         self._cuda_graphs = self.compile_mode in CUDA_GRAPH_MODES
         self._grad_sums: list[torch.Tensor] | None = None  # with CUDA graphs and accumulation: see _move_grads_out
         if cfg.tune_kernels and device.type != "cuda":
