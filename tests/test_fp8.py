@@ -252,3 +252,8 @@ def test_gains_of_tuned_kernels_are_quoted_only_for_tuned_runs(tmp_path, monkeyp
     assert text.endswith(": training runs 1.14x") and "tuned" not in text
     text, _ = fp8_gain_note(896, "delayed", "reduce-overhead", 16, tune_kernels=True)
     assert "with CUDA graphs and tuned kernels" in text and text.endswith(": bench 1.18x")
+    # the configuration summary of a tuned run says so and quotes the tuned figure
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda device=None: "NVIDIA H200")
+    run = gpu_run(fp8_recipe="delayed", compile_mode="reduce-overhead", fp8_compile_mode="reduce-overhead", tune_kernels=True)
+    summary = format_summary(ModelConfig(), 398_492_544, 353_420_160, run, None)
+    assert "reduce-overhead (per block + loss, replayed as CUDA graphs, kernels tuned" in summary and "bench 1.18x" in summary
