@@ -26,7 +26,7 @@ from cs336_basics.perf.bench_run import BenchSpec
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.perf.measured import mean_ms
-from cs336_basics.training.transforms import CUDA_GRAPH_MODES
+from cs336_basics.training.transforms import CUDA_GRAPH_MODES, check_tune_kernels
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp", "fp8-delayed")
 DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile", "fp8-tensorwise-compile",
@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         parse_mode(m)
     inductor = parse_inductor(args.inductor)
-    if args.tune_kernels and not on_gpu:
-        raise UserError("--tune_kernels tunes Triton kernels, which run on CUDA GPUs only: no CUDA device here")
+    if args.tune_kernels:  # here, not in each configuration's process: one error line, not a table of failures
+        check_tune_kernels(torch.device("cuda" if on_gpu else "cpu"))
     if not on_gpu:
         print("no CUDA device: running on the CPU ('bf16' rows compute in fp32, fp8 is emulated); these are CPU "
               "timings, not GPU predictions")

@@ -93,20 +93,20 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         if summary.get("tokens_per_second") and summary.get("world_size", 1) == 1:
             runs.append((json.loads(run_json.read_text()), summary["tokens_per_second"], run_json.parent.name))
 
-    def same_run(run: dict[str, Any], mode: str) -> tuple[Any, ...]:
-        t = run["train_config"]
-        return (json.dumps(run["model_config"], sort_keys=True), t["batch_size"], t["gradient_accumulation_steps"],
-                t["compile_model"], mode, t.get("tune_kernels", False), t["gradient_checkpointing"])
-
     def ran(run: dict[str, Any]) -> str:
         return run.get("compile_mode") or run["train_config"]["compile_mode"]
 
-    # An fp8 run's bf16 pair was asked for the same compile mode (auto and auto) or else ran the one fp8 ran.
-    bf16 = {same_run(run, mode): (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]
-            for mode in (f"asked {run['train_config']['compile_mode']}", f"ran {ran(run)}")}
+    def pairing_keys(run: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """An fp8 run's bf16 pair was asked for the same compile mode (auto and auto), or else ran the mode fp8 ran."""
+        t = run["train_config"]
+        same = (json.dumps(run["model_config"], sort_keys=True), t["batch_size"], t["gradient_accumulation_steps"],
+                t["compile_model"], t.get("tune_kernels", False), t["gradient_checkpointing"])
+        return [(*same, f"asked {t['compile_mode']}"), (*same, f"ran {ran(run)}")]
+
+    bf16 = {key: (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]
+            for key in pairing_keys(run)}
     for run, tokens_per_second, name in runs:
-        if run["fp8"] and (pair := bf16.get(same_run(run, f"asked {run['train_config']['compile_mode']}"))
-                                   or bf16.get(same_run(run, f"ran {ran(run)}"))):
+        if run["fp8"] and (pair := next((bf16[k] for k in pairing_keys(run) if k in bf16), None)):
             train = run["train_config"]
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
                               compile_mode=ran(run),  # what ran, where recorded

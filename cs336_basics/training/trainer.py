@@ -33,8 +33,8 @@ from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
 from cs336_basics.training.throughput import Throughput
-from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, apply_activation_checkpointing, compile_model,
-                                              resolve_compile_mode)
+from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, apply_activation_checkpointing,
+                                              check_tune_kernels, compile_model, resolve_compile_mode)
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
@@ -142,8 +142,8 @@ class Trainer:
         # previous one's outputs are dead, and the blocks' graphs, chained within one forward pass, keep theirs.
         self._cuda_graphs = self.compile_mode in CUDA_GRAPH_MODES
         self._grad_sums: list[torch.Tensor] | None = None  # with CUDA graphs and accumulation: see _move_grads_out
-        if cfg.tune_kernels and device.type != "cuda":
-            raise UserError(f"--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: {device})")
+        if cfg.tune_kernels:
+            check_tune_kernels(device)
         if cfg.compile_model:
             compile_model(model, self.compile_mode, cfg.tune_kernels)
             if self.eval_model is not model:  # untuned: evaluation is too small a share of a run to pay for tuning

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import Transformer
 
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -30,6 +31,11 @@ def apply_activation_checkpointing(model: Transformer) -> None:
     """Recompute each block's activations in the backward pass instead of storing them."""
     for i, block in enumerate(model.layers):
         model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def check_tune_kernels(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise UserError(f"--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: {device})")
 
 
 def compile_model(model: Transformer, mode: str = "default", tune_kernels: bool = False) -> None:
