@@ -3,8 +3,8 @@
     python benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json        # seed shapes: 16 x 1024 tokens, 3584 wide
 
 Checks the kernel against the PyTorch reference on fresh random inputs (fp8 outputs in both layouts within one
-e5m2 step, amax within bf16 rounding, saturation, no NaN), then times, with CUDA events over --iters calls each:
-each Triton tile shape, torch.compile of the reference (what the training step runs today), and torch.compile
+e5m2 step, at most 0.1% of them differing, amax within bf16 rounding, saturation, no NaN or inf), then
+times, with CUDA events over --iters calls each: each Triton tile shape, torch.compile of the reference (what the training step runs today), and torch.compile
 of the bf16 SwiGLU backward alone (what a bf16 step runs: the floor the fp8 outputs add to). GB/s counts the
 bytes each must move: 3 bf16 inputs, and 4 fp8 outputs or 2 bf16 ones.
 """
@@ -38,21 +38,19 @@ def inputs(M: int, N: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def compare(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> dict[str, float]:
-    """Largest relative gap of the dequantised fp8 outputs where they differ, the share that differs, and the
-    amaxes' relative gap."""
+    """The fp8 outputs' largest gap in e5m2 steps (a step: a quarter of the value, or the smallest subnormal,
+    2^-16, near zero), the share of outputs that differ at all, and the amaxes' relative gap."""
     worst, differ, total = 0.0, 0, 0
     for a, b in zip(got[:4], want[:4]):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise AssertionError(f"output {tuple(a.shape)} {a.dtype}, expected {tuple(b.shape)} {b.dtype}")
         a, b = a.float(), b.float()
-        if not torch.isfinite(a).all():
-            raise AssertionError("non-finite fp8 output")
-        gap = (a - b).abs()
+        gap = (a - b).abs().nan_to_num(nan=float("inf"))  # a NaN or inf where the reference is finite fails
         differ += int((gap > 0).sum())
         total += a.numel()
-        worst = max(worst, float((gap / b.abs().clamp(min=2.0**-16)).max()))
+        worst = max(worst, float((gap / torch.clamp(0.25 * b.abs(), min=2.0**-16)).max()))
     amax_gap = float(((got[4] - want[4]).abs() / want[4]).max())
-    return dict(worst_relative_gap=worst, share_differing=differ / total, amax_relative_gap=amax_gap)
+    return dict(worst_gap_in_steps=worst, share_differing=differ / total, amax_relative_gap=amax_gap)
 
 
 def time_us(fn: Callable[[], object], iters: int) -> float:
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
         for bm, bn, warps in TILES:
             result = compare(swiglu_backward_fp8(dg, h1, h3, s1, s3, bm, bn, warps), want)
-            ok = result["worst_relative_gap"] <= 0.25 and result["share_differing"] <= 1e-3 and result["amax_relative_gap"] <= 1e-2
+            ok = result["worst_gap_in_steps"] <= 1 and result["share_differing"] <= 1e-3 and result["amax_relative_gap"] <= 1e-2
             checks[f"{name} {bm}x{bn}"] = dict(result, passed=ok)
             print(f"check {name:<10} tile {bm}x{bn}: {'PASS' if ok else 'FAIL'} {result}")
     dg, h1, h3 = inputs(M, N, 2)
