@@ -5,10 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_head import E5M2, E5M2_MAX
+from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2, E5M2_MAX
 from cs336_basics.precision.swiglu_fp8 import swiglu_backward, swiglu_backward_fp8, swiglu_backward_fp8_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,3 +54,77 @@ def test_kernel_bench_without_a_gpu_is_a_one_line_error():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_swiglu_fp8.py")], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and out.stderr.strip() == "error: kernel_swiglu_fp8.py times a Triton kernel: it needs a CUDA GPU"
+
+
+def _delayed_ffn(seed: int):
+    from cs336_basics.model.transformer import FeedForward, ModelConfig
+    from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
+
+    torch.manual_seed(seed)
+    ffn = FeedForward(ModelConfig(dim=32, intermediate_size=80))
+    for name in ("w1", "w3", "w2"):
+        layer = Float8DelayedLinear(getattr(ffn, name), emulate=True)
+        layer.x_scale.fill_(E4M3_MAX / 4.0)
+        layer.g_scale.fill_(E5M2_MAX / 1e-2)
+        setattr(ffn, name, layer)
+    return ffn
+
+
+def test_fused_swiglu_computes_what_the_three_layers_compute():
+    """The fused module (one autograd function, our backward) against the unfused Float8DelayedLinear layers
+    with the same scales: output, every gradient, the amaxes recorded for the history."""
+    import copy
+
+    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
+
+    ffn = _delayed_ffn(0)
+    fused_ffn = copy.deepcopy(ffn)
+    fused = Float8DelayedSwiGLU(fused_ffn.w1, fused_ffn.w3, fused_ffn.w2)
+    assert list(fused.state_dict()) == list(ffn.state_dict())  # the same keys, in the same order
+    x = torch.randn(2, 12, 32)
+    dy = torch.randn(2, 12, 32) * 1e-3
+    results = []
+    for module in (ffn, fused):
+        xi = x.clone().requires_grad_()
+        module(xi).backward(dy)
+        layers = (module.w1, module.w3, module.w2)
+        results.append(dict(y=module(x.clone()).detach(), dx=xi.grad, **{f"dw{i}": m.weight.grad for i, m in enumerate(layers)},
+                            sinks=torch.stack([m.g_amax_sink.grad for m in layers]),
+                            x_amax=torch.stack([m.x_amax for m in layers])))
+    plain, ours = results
+    assert float(plain["sinks"].min()) > 0 and float(plain["x_amax"].min()) > 0
+    for key in plain:
+        torch.testing.assert_close(ours[key], plain[key], rtol=1e-5, atol=1e-9, msg=lambda m: f"{key}: {m}")
+
+
+def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path):
+    import numpy as np
+
+    from cs336_basics.data.batches import RandomWindows
+    from cs336_basics.model.transformer import ModelConfig
+    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
+    from cs336_basics.training.setup import Fp8Options, build_model
+    from cs336_basics.training.trainer import TrainConfig, Trainer
+
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
+    losses = {}
+    for kernel in (False, True):
+        torch.manual_seed(0)
+        model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, swiglu_kernel=kernel),
+                               log=lambda s: None)
+        assert any(isinstance(m, Float8DelayedSwiGLU) for m in model.modules()) == kernel
+        trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=True, gradient_checkpointing=False),
+                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / str(kernel),
+                          log=lambda s: None)
+        losses[kernel] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_swiglu_kernel_needs_the_delayed_recipe():
+    from cs336_basics.errors import UserError
+    from cs336_basics.perf.matrix import parse_mode
+
+    assert parse_mode("fp8-delayed-compile-swiglu")["fp8_swiglu_kernel"]
+    with pytest.raises(UserError, match="needs fp8-delayed"):
+        parse_mode("bf16-compile-swiglu")

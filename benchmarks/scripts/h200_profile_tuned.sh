@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE EIGHTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone). Run it from branch
-# fp8-swiglu-kernel (step 0 needs the branch's kernel; the rest is main's). Issue 5's closing note needs the
+# PREPARED IN THE EIGHTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone). Issue 5's closing note needs the
 # time breakdown of today's default step; the last profile (call 19, delayed_confirm_x2/) predates CUDA graphs and
 # --tune_kernels. Kernels inside CUDA graph replays appear in the profiler's trace as launched kernels do.
 #  1. profiles, seed, micro-batch 16, 3 steps: fp8 delayed with CUDA graphs (the default), the same tuned, bf16
@@ -19,11 +18,6 @@ profile() {  # name, seconds, flags...
   rm -f $R/$name/trace.json; pack
 }
 gpu_log_start
-# 0. (branch fp8-swiglu-kernel, NOTES 38) our Triton kernel for SwiGLU's fp8 backward against inductor's code for
-#    the same computation: correctness on fresh random inputs, then microseconds per call at the seed shape.
-echo "python3 benchmarks/kernel_swiglu_fp8.py --out \$OUT/swiglu_fp8.json" > $R/swiglu_fp8.command
-timeout 100 python3 benchmarks/kernel_swiglu_fp8.py --out $R/swiglu_fp8.json > $R/swiglu_fp8.log 2>&1
-echo "swiglu_fp8 rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "check\| us " $R/swiglu_fp8.log | head -24; pack
 profile profile-fp8 90 --precision fp8-delayed
 profile profile-fp8-tuned 150 --precision fp8-delayed --tune_kernels
 profile profile-bf16-tuned 130 --precision bf16 --tune_kernels

@@ -56,12 +56,15 @@ def parse_mode(mode: str) -> dict[str, Any]:
             break
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
-    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head"}:
-        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head], "
-                        f"e.g. fp8-rowwise-compile-ac")
+    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "swiglu"}:
+        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
+                        f"[-swiglu], e.g. fp8-rowwise-compile-ac")
+    if "swiglu" in parts[1:] and precision != "fp8-delayed":
+        raise UserError(f"mode {mode!r}: -swiglu (our SwiGLU backward kernel) needs fp8-delayed's layers")
     fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
-                fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:])
+                fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
+                fp8_swiglu_kernel="swiglu" in parts[1:])
 
 
 def parse_inductor(text: str) -> dict[str, Any]:

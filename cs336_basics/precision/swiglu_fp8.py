@@ -19,9 +19,11 @@ import functools
 from typing import Any
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_delayed import amax
-from cs336_basics.precision.fp8_head import E5M2, E5M2_MAX, cast_to
+from cs336_basics.precision.fp8_delayed import Float8DelayedLinear, amax
+from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -99,3 +101,99 @@ def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, sc
     _kernel()[grid](dg, h1, h3, scales, d1, d1t, d3, d3t, amax, M, N, FP8_MAX=E5M2_MAX, BLOCK_M=block_m,
                     BLOCK_N=block_n, num_warps=num_warps)
     return d1, d1t, d3, d3t, amax
+
+
+# An opaque op for torch.compile and CUDA graphs: one node in the graph, the Triton kernel (or on CPU the
+# reference) inside, outputs allocated by the op.
+@torch.library.custom_op("cs336::swiglu_backward_fp8", mutates_args=())
+def _swiglu_backward_fp8_op(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scales: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return swiglu_backward_fp8(dg, h1, h3, scales[0], scales[1])
+
+
+@_swiglu_backward_fp8_op.register_fake
+def _(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scales: torch.Tensor):
+    M, N = dg.shape
+    return (dg.new_empty(M, N, dtype=E5M2), dg.new_empty(N, M, dtype=E5M2), dg.new_empty(M, N, dtype=E5M2),
+            dg.new_empty(N, M, dtype=E5M2), dg.new_empty(2, dtype=torch.float32))
+
+
+class _Float8SwiGLU(torch.autograd.Function):
+    """w2(silu(w1 x) * w3 x) with the three products in float8 and delayed scales, as three
+    Float8DelayedLinear layers compute it, except that SwiGLU's backward and its gradients' casts are the one
+    kernel above instead of what inductor makes of autograd's ops."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, x_scales: torch.Tensor,
+                g_scales: torch.Tensor, sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        x2 = x.reshape(-1, x.shape[-1])  # (M, D)
+        x8_1 = cast_to(x2, x_scales[0], E4M3, E4M3_MAX)
+        x8_3 = cast_to(x2, x_scales[1], E4M3, E4M3_MAX)
+        (w1_8, inv_w1), (w3_8, inv_w3), (w2_8, inv_w2) = to_fp8(w1), to_fp8(w3), to_fp8(w2)
+        inv_x = x_scales.reciprocal()
+        h1 = scaled_mm(x8_1, w1_8.t(), inv_x[0], inv_w1, out_dtype, emulate)  # (M, F)
+        h3 = scaled_mm(x8_3, w3_8.t(), inv_x[1], inv_w3, out_dtype, emulate)
+        g = (F.silu(h1.float()) * h3.float()).to(out_dtype)
+        g8 = cast_to(g, x_scales[2], E4M3, E4M3_MAX)
+        y = scaled_mm(g8, w2_8.t(), inv_x[2], inv_w2, out_dtype, emulate)  # (M, D)
+        ctx.save_for_backward(x8_1, x8_3, g8, h1, h3, w1_8, w3_8, w2_8, torch.stack([inv_w1, inv_w3, inv_w2]),
+                              x_scales, g_scales)
+        ctx.emulate, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, x.shape, x.dtype, w1.dtype
+        amaxes = torch.stack([amax(x2), amax(g)])
+        ctx.mark_non_differentiable(amaxes)
+        return y.reshape(*x.shape[:-1], y.shape[-1]), amaxes
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, _grad_amaxes: torch.Tensor):
+        x8_1, x8_3, g8, h1, h3, w1_8, w3_8, w2_8, inv_w, x_scales, g_scales = ctx.saved_tensors
+        mm = functools.partial(scaled_mm, emulate=ctx.emulate)
+        inv_x, inv_g = x_scales.reciprocal(), g_scales.reciprocal()
+        d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
+        d8 = cast_to(d2, g_scales[2], E5M2, E5M2_MAX)
+        dg = mm(d8, column_major(w2_8), inv_g[2], inv_w[2], h1.dtype)  # (M, F)
+        grad_w2 = mm(d8.t().contiguous(), column_major(g8), inv_g[2], inv_x[2], ctx.w_dtype)  # (D, F)
+        dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, g_scales[:2].contiguous())
+        grad_x = (mm(dh1, column_major(w1_8), inv_g[0], inv_w[0], ctx.x_dtype)
+                  + mm(dh3, column_major(w3_8), inv_g[1], inv_w[1], ctx.x_dtype))
+        grad_w1 = mm(dh1_t, column_major(x8_1), inv_g[0], inv_x[0], ctx.w_dtype)  # (F, M) @ (M, D)
+        grad_w3 = mm(dh3_t, column_major(x8_3), inv_g[1], inv_x[1], ctx.w_dtype)
+        return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, grad_amaxes[0], grad_amaxes[1],
+                amax(d2), None)
+
+
+class Float8DelayedSwiGLU(nn.Module):
+    """A FeedForward whose w1, w3, w2 are Float8DelayedLinear, run as one autograd function (above). It holds
+    the same three layers, so parameter names, state-dict keys, scale buffers and the DelayedScaling history
+    are those of the unfused model. While the scales calibrate it runs the layers one by one."""
+
+    def __init__(self, w1: Float8DelayedLinear, w3: Float8DelayedLinear, w2: Float8DelayedLinear) -> None:
+        super().__init__()
+        self.w1, self.w3, self.w2 = w1, w3, w2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = (self.w1, self.w3, self.w2)
+        if any(m.calibrating for m in layers):
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        y, amaxes = _Float8SwiGLU.apply(
+            x, self.w1.weight, self.w3.weight, self.w2.weight, torch.stack([m.x_scale for m in layers]),
+            torch.stack([m.g_scale for m in layers]), self.w1.g_amax_sink, self.w3.g_amax_sink, self.w2.g_amax_sink,
+            self.w1.emulate)
+        for m, seen in zip(layers, (amaxes[0], amaxes[0], amaxes[1])):
+            m.x_amax.copy_(torch.maximum(m.x_amax, seen))
+        return y
+
+
+def fuse_float8_swiglu(model: nn.Module) -> int:
+    """Swap every FeedForward whose three layers are Float8DelayedLinear for Float8DelayedSwiGLU, in place;
+    returns how many."""
+    from cs336_basics.model.transformer import FeedForward
+
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FeedForward) and all(isinstance(getattr(module, w), Float8DelayedLinear) for w in ("w1", "w3", "w2")):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, Float8DelayedSwiGLU(module.w1, module.w3, module.w2))
+            swapped += 1
+    return swapped

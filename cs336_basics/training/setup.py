@@ -18,6 +18,7 @@ class Fp8Options:
     emulate: bool = False
     fsdp_all_gather: bool = False  # several GPUs, tensorwise: FSDP2 all-gathers the weights in fp8
     head: bool = True  # the output head + loss in float8 (precision/fp8_head.py); False keeps it in bf16
+    swiglu_kernel: bool = False  # delayed recipe: each SwiGLU as one function with our backward kernel (swiglu_fp8.py)
 
 
 def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
@@ -49,4 +50,10 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
     report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
+    if fp8.swiglu_kernel:
+        if fp8.recipe != "delayed":
+            raise UserError("the SwiGLU fp8 kernel works with the delayed recipe's layers: use --fp8_recipe delayed")
+        from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
+
+        log(f"fp8: {fuse_float8_swiglu(model)} SwiGLU blocks run as one function with the Triton backward kernel")
     return model, report

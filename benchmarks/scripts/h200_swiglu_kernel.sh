@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# PREPARED IN THE EIGHTH SESSION ON BRANCH fp8-swiglu-kernel, NOT YET RUN (kind nvidia-h200, one GPU alone). NOTES 38.
+#  1. our Triton kernel for SwiGLU's fp8 backward against the PyTorch reference (fresh random inputs, in range and
+#     saturating, every tile shape), then microseconds per call against inductor's code for the same computation
+#     and against bf16's SwiGLU backward alone, at the seed shape (16 x 1024 tokens, 3584 wide);
+#  2. the seed bench, 30 timed steps: bf16, fp8 delayed (default: CUDA graphs), fp8 delayed with each SwiGLU as one
+#     function calling the kernel (-swiglu); the rows' losses must agree (same seed, same batches).
+set -u
+source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
+R=/tmp/results_swiglu; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
+T0=$(date +%s); PACK=swiglu_kernel.tar.gz
+pack() { tar czf $OUT/$PACK -C $R .; }
+echo "python3 benchmarks/kernel_swiglu_fp8.py --out \$OUT/swiglu_fp8.json" > $R/swiglu_fp8.command
+timeout 150 python3 benchmarks/kernel_swiglu_fp8.py --out $R/swiglu_fp8.json > $R/swiglu_fp8.log 2>&1
+echo "swiglu_fp8 rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "check\| us " $R/swiglu_fp8.log | head -24; pack
+MODES=bf16-compile,fp8-delayed-compile,fp8-delayed-compile-swiglu
+echo "python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --modes $MODES --out \$OUT/bench" > $R/bench.command
+timeout 420 python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --modes $MODES --out $R/bench 2>&1 \
+  | tr '\r' '\n' | grep -v "config/s\]\|^configurations:" > $R/bench.log
+echo "bench at $(( $(date +%s) - T0 )) s:"; grep -A4 "^| configuration" $R/bench.log | tail -3 | cut -d'|' -f2-5,9,13
+python3 -c "import json; [print(r['name'], r.get('loss'), r.get('error', '')) for r in json.load(open('$R/bench/matrix.json'))['rows']]"
+pack
+echo "total $(( $(date +%s) - T0 )) s"
