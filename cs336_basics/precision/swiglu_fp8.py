@@ -121,7 +121,9 @@ def _(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scales: torch.Tensor
 class _Float8SwiGLU(torch.autograd.Function):
     """w2(silu(w1 x) * w3 x) with the three products in float8 and delayed scales, as three
     Float8DelayedLinear layers compute it, except that SwiGLU's backward and its gradients' casts are the one
-    kernel above instead of what inductor makes of autograd's ops."""
+    kernel above instead of what inductor makes of autograd's ops, and that x is cast once for w1 and w3 (their
+    input scales come from the same amaxes, so they are equal; w1's is used) and transposed once for their
+    weight gradients."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, x_scales: torch.Tensor,
@@ -129,16 +131,15 @@ class _Float8SwiGLU(torch.autograd.Function):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, D)
-        x8_1 = cast_to(x2, x_scales[0], E4M3, E4M3_MAX)
-        x8_3 = cast_to(x2, x_scales[1], E4M3, E4M3_MAX)
+        x8 = cast_to(x2, x_scales[0], E4M3, E4M3_MAX)
         (w1_8, inv_w1), (w3_8, inv_w3), (w2_8, inv_w2) = to_fp8(w1), to_fp8(w3), to_fp8(w2)
         inv_x = x_scales.reciprocal()
-        h1 = scaled_mm(x8_1, w1_8.t(), inv_x[0], inv_w1, out_dtype, emulate)  # (M, F)
-        h3 = scaled_mm(x8_3, w3_8.t(), inv_x[1], inv_w3, out_dtype, emulate)
+        h1 = scaled_mm(x8, w1_8.t(), inv_x[0], inv_w1, out_dtype, emulate)  # (M, F)
+        h3 = scaled_mm(x8, w3_8.t(), inv_x[0], inv_w3, out_dtype, emulate)
         g = (F.silu(h1.float()) * h3.float()).to(out_dtype)
         g8 = cast_to(g, x_scales[2], E4M3, E4M3_MAX)
         y = scaled_mm(g8, w2_8.t(), inv_x[2], inv_w2, out_dtype, emulate)  # (M, D)
-        ctx.save_for_backward(x8_1, x8_3, g8, h1, h3, w1_8, w3_8, w2_8, torch.stack([inv_w1, inv_w3, inv_w2]),
+        ctx.save_for_backward(x8, g8, h1, h3, w1_8, w3_8, w2_8, torch.stack([inv_w1, inv_w3, inv_w2]),
                               x_scales, g_scales)
         ctx.emulate, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, x.shape, x.dtype, w1.dtype
         amaxes = torch.stack([amax(x2), amax(g)])
@@ -147,7 +148,7 @@ class _Float8SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, _grad_amaxes: torch.Tensor):
-        x8_1, x8_3, g8, h1, h3, w1_8, w3_8, w2_8, inv_w, x_scales, g_scales = ctx.saved_tensors
+        x8, g8, h1, h3, w1_8, w3_8, w2_8, inv_w, x_scales, g_scales = ctx.saved_tensors
         mm = functools.partial(scaled_mm, emulate=ctx.emulate)
         inv_x, inv_g = x_scales.reciprocal(), g_scales.reciprocal()
         d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
@@ -157,8 +158,9 @@ class _Float8SwiGLU(torch.autograd.Function):
         dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, g_scales[:2].contiguous())
         grad_x = (mm(dh1, column_major(w1_8), inv_g[0], inv_w[0], ctx.x_dtype)
                   + mm(dh3, column_major(w3_8), inv_g[1], inv_w[1], ctx.x_dtype))
-        grad_w1 = mm(dh1_t, column_major(x8_1), inv_g[0], inv_x[0], ctx.w_dtype)  # (F, M) @ (M, D)
-        grad_w3 = mm(dh3_t, column_major(x8_3), inv_g[1], inv_x[1], ctx.w_dtype)
+        x8_columns = column_major(x8)
+        grad_w1 = mm(dh1_t, x8_columns, inv_g[0], inv_x[0], ctx.w_dtype)  # (F, M) @ (M, D)
+        grad_w3 = mm(dh3_t, x8_columns, inv_g[1], inv_x[0], ctx.w_dtype)
         return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, grad_amaxes[0], grad_amaxes[1],
                 amax(d2), None)
 
