@@ -1,12 +1,13 @@
-"""SwiGLU's fp8 backward: our Triton kernel against inductor's code for the same computation, on one GPU.
+"""SwiGLU's fp8 forward and backward: our Triton kernels against inductor's code for the same computations, on
+one GPU.
 
     python benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json        # seed shapes: 16 x 1024 tokens, 3584 wide
 
-Checks the kernel against the PyTorch reference on fresh random inputs (fp8 outputs in both layouts within one
-e5m2 step, at most 0.1% of them differing, amax within bf16 rounding, saturation, no NaN or inf), then
-times, with CUDA events over --iters calls each: each Triton tile shape, torch.compile of the reference (what the training step runs today), and torch.compile
-of the bf16 SwiGLU backward alone (what a bf16 step runs: the floor the fp8 outputs add to). GB/s counts the
-bytes each must move: 3 bf16 inputs, and 4 fp8 outputs or 2 bf16 ones.
+Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
+tile shape (fp8 outputs in both layouts within one step of their format, at most 0.1% of them differing, amax
+within bf16 rounding, no NaN or inf), then times, with CUDA events over --iters calls each: each tile shape,
+torch.compile of the reference (what the training step runs today), and torch.compile of the bf16 computation
+alone (what a bf16 step runs: the floor the fp8 outputs add to). GB/s counts the bytes each must move.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cs336_basics.cli import run_main  # noqa: E402
 from cs336_basics.errors import UserError  # noqa: E402
-from cs336_basics.precision.fp8_head import E5M2_MAX  # noqa: E402
+from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
 from cs336_basics.precision.swiglu_fp8 import (swiglu_backward, swiglu_backward_fp8,  # noqa: E402
-                                               swiglu_backward_fp8_reference)
+                                               swiglu_backward_fp8_reference, swiglu_forward_fp8,
+                                               swiglu_forward_fp8_reference)
 
 TILES = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
 
@@ -37,19 +40,24 @@ def inputs(M: int, N: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return randn(1e-3), randn(2.0), randn(2.0)  # dg, h1, h3: a gradient's and activations' magnitudes
 
 
-def compare(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> dict[str, float]:
-    """The fp8 outputs' largest gap in e5m2 steps (a step: a quarter of the value, or the smallest subnormal,
-    2^-16, near zero), the share of outputs that differ at all, and the amaxes' relative gap."""
+STEP = {torch.float8_e5m2: (0.25, 2.0**-16), torch.float8_e4m3fn: (0.125, 2.0**-9)}  # relative step, smallest subnormal
+
+
+def compare(got: list[torch.Tensor], want: list[torch.Tensor], got_amax: torch.Tensor, want_amax: torch.Tensor
+            ) -> dict[str, float]:
+    """The fp8 outputs' largest gap in steps of their format (a step: the value times 2^-mantissa bits, or the
+    smallest subnormal near zero), the share of outputs that differ at all, and the amaxes' relative gap."""
     worst, differ, total = 0.0, 0, 0
-    for a, b in zip(got[:4], want[:4]):
+    for a, b in zip(got, want, strict=True):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise AssertionError(f"output {tuple(a.shape)} {a.dtype}, expected {tuple(b.shape)} {b.dtype}")
+        relative, smallest = STEP[b.dtype]
         a, b = a.float(), b.float()
         gap = (a - b).abs().nan_to_num(nan=float("inf"))  # a NaN or inf where the reference is finite fails
         differ += int((gap > 0).sum())
         total += a.numel()
-        worst = max(worst, float((gap / torch.clamp(0.25 * b.abs(), min=2.0**-16)).max()))
-    amax_gap = float(((got[4] - want[4]).abs() / want[4]).max())
+        worst = max(worst, float((gap / torch.clamp(relative * b.abs(), min=smallest)).max()))
+    amax_gap = float(((got_amax - want_amax).abs() / want_amax).max())
     return dict(worst_gap_in_steps=worst, share_differing=differ / total, amax_relative_gap=amax_gap)
 
 
@@ -65,6 +73,14 @@ def time_us(fn: Callable[[], object], iters: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in events) * 1e3
 
 
+def check(name: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...], checks: dict) -> None:
+    """got, want: (fp8 outputs ..., amax): the last entry is the amax."""
+    result = compare(list(got[:-1]), list(want[:-1]), got[-1], want[-1])
+    ok = result["worst_gap_in_steps"] <= 1 and result["share_differing"] <= 1e-3 and result["amax_relative_gap"] <= 1e-2
+    checks[name] = dict(result, passed=ok)
+    print(f"check {name:<32}: {'PASS' if ok else 'FAIL'} {result}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--M", type=int, default=16 * 1024, help="tokens (rows)")
@@ -75,31 +91,43 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         raise UserError("kernel_swiglu_fp8.py times a Triton kernel: it needs a CUDA GPU")
     M, N = args.M, args.N
-    checks = {}
-    for name, seed, headroom in (("in range", 0, 1.0), ("saturating", 1, 4.0)):
+    one = torch.tensor(1.0, device="cuda")
+    checks: dict[str, dict] = {}
+    for name, seed, headroom in (("in range", 0, 1.0), ("saturating", 1, 4.0)):  # x4: a quarter of the range saturates
         dg, h1, h3 = inputs(M, N, seed)
-        a = swiglu_backward_fp8_reference(dg, h1, h3, torch.tensor(1.0, device="cuda"), torch.tensor(1.0, device="cuda"))[4]
-        s1, s3 = (E5M2_MAX / a * headroom).unbind()  # a delayed scale; x4: a quarter of the range saturates
+        s = E4M3_MAX / swiglu_forward_fp8_reference(h1, h3, one)[2] * headroom  # a delayed scale
+        want = swiglu_forward_fp8_reference(h1, h3, s)
+        for bm, bn, warps in TILES:
+            check(f"forward {name} {bm}x{bn}", swiglu_forward_fp8(h1, h3, s, bm, bn, warps), want, checks)
+        s1, s3 = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4] * headroom).unbind()
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
         for bm, bn, warps in TILES:
-            result = compare(swiglu_backward_fp8(dg, h1, h3, s1, s3, bm, bn, warps), want)
-            ok = result["worst_gap_in_steps"] <= 1 and result["share_differing"] <= 1e-3 and result["amax_relative_gap"] <= 1e-2
-            checks[f"{name} {bm}x{bn}"] = dict(result, passed=ok)
-            print(f"check {name:<10} tile {bm}x{bn}: {'PASS' if ok else 'FAIL'} {result}")
+            check(f"backward {name} {bm}x{bn}", swiglu_backward_fp8(dg, h1, h3, s1, s3, bm, bn, warps), want, checks)
     dg, h1, h3 = inputs(M, N, 2)
+    s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
     s1 = s3 = torch.tensor(E5M2_MAX / 4e-3, device="cuda")
-    timings = {f"triton {bm}x{bn} w{warps}": time_us(lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, bm, bn, warps), args.iters)
-               for bm, bn, warps in TILES}
-    compiled_fp8 = torch.compile(swiglu_backward_fp8_reference)
-    timings["inductor: compiled reference"] = time_us(lambda: compiled_fp8(dg, h1, h3, s1, s3), args.iters)
-    compiled_bf16 = torch.compile(swiglu_backward)
-    timings["inductor: bf16 SwiGLU backward alone"] = time_us(lambda: compiled_bf16(dg, h1, h3), args.iters)
-    fp8_bytes, bf16_bytes = M * N * (3 * 2 + 4), M * N * (3 * 2 + 2 * 2)
+    timings: dict[str, tuple[float, int]] = {}  # name -> (us, bytes it must move)
+    fwd_fp8, fwd_bf16 = M * N * (2 * 2 + 2), M * N * (2 * 2 + 2)  # h1, h3 in; g8 and its transpose, or g, out
+    bwd_fp8, bwd_bf16 = M * N * (3 * 2 + 4), M * N * (3 * 2 + 2 * 2)  # dg, h1, h3 in; 4 fp8 or 2 bf16 out
+    for bm, bn, warps in TILES:
+        timings[f"forward triton {bm}x{bn} w{warps}"] = (
+            time_us(lambda: swiglu_forward_fp8(h1, h3, s, bm, bn, warps), args.iters), fwd_fp8)
+        timings[f"backward triton {bm}x{bn} w{warps}"] = (
+            time_us(lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, bm, bn, warps), args.iters), bwd_fp8)
+    compiled = {name: torch.compile(fn) for name, fn in (("fwd fp8", swiglu_forward_fp8_reference),
+                                                          ("fwd bf16", lambda a, b: F.silu(a) * b),
+                                                          ("bwd fp8", swiglu_backward_fp8_reference),
+                                                          ("bwd bf16", swiglu_backward))}
+    timings["forward inductor: compiled reference"] = (time_us(lambda: compiled["fwd fp8"](h1, h3, s), args.iters), fwd_fp8)
+    timings["forward inductor: bf16 silu(h1) * h3 alone"] = (time_us(lambda: compiled["fwd bf16"](h1, h3), args.iters), fwd_bf16)
+    timings["backward inductor: compiled reference"] = (
+        time_us(lambda: compiled["bwd fp8"](dg, h1, h3, s1, s3), args.iters), bwd_fp8)
+    timings["backward inductor: bf16 SwiGLU backward alone"] = (
+        time_us(lambda: compiled["bwd bf16"](dg, h1, h3), args.iters), bwd_bf16)
     rows = []
-    for name, us in timings.items():
-        gb = (bf16_bytes if "bf16" in name else fp8_bytes) / us / 1e3
-        rows.append(dict(name=name, us=round(us, 1), gb_per_s=round(gb)))
-        print(f"{name:<40} {us:8.1f} us  {gb:6.0f} GB/s")
+    for name, (us, nbytes) in timings.items():
+        rows.append(dict(name=name, us=round(us, 1), gb_per_s=round(nbytes / us / 1e3)))
+        print(f"{name:<48} {us:8.1f} us  {nbytes / us / 1e3:6.0f} GB/s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(M=M, N=N, iters=args.iters, gpu=torch.cuda.get_device_name(),

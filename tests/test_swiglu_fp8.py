@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2, E5M2_MAX
-from cs336_basics.precision.swiglu_fp8 import swiglu_backward, swiglu_backward_fp8, swiglu_backward_fp8_reference
+from cs336_basics.precision.swiglu_fp8 import (swiglu_backward, swiglu_backward_fp8, swiglu_backward_fp8_reference,
+                                               swiglu_forward_fp8, swiglu_forward_fp8_reference)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,10 +42,24 @@ def test_reference_casts_both_layouts_saturates_and_keeps_the_unscaled_amax():
     assert (dh3.float().abs() * s3 > E5M2_MAX).float().mean() > 0.01
 
 
+def test_forward_reference_is_silu_times_up_in_e4m3_both_layouts():
+    torch.manual_seed(2)
+    h1, h3 = ((torch.randn(24, 40) * 3).bfloat16() for _ in range(2))
+    g = (F.silu(h1.float()) * h3.float()).bfloat16()
+    scale = torch.tensor(2 * E4M3_MAX / float(g.float().abs().max()))  # half of the range saturates at the top
+    g8, g8t, amax = swiglu_forward_fp8_reference(h1, h3, scale)
+    assert g8.dtype == torch.float8_e4m3fn and g8t.shape == (40, 24) and torch.equal(g8t.float(), g8.float().t())
+    assert float(amax) == float(g.float().abs().max()) and float(g8.float().abs().max()) == E4M3_MAX
+    inside = g.float().abs() * scale < E4M3_MAX
+    torch.testing.assert_close((g8.float() / scale)[inside], g.float()[inside], rtol=0.07, atol=2.0**-9 / float(scale))
+
+
 def test_off_cuda_the_reference_runs():
     dg, h1, h3 = (torch.randn(4, 8).bfloat16() for _ in range(3))
     s = torch.tensor(1e4)
     for got, want in zip(swiglu_backward_fp8(dg, h1, h3, s, s), swiglu_backward_fp8_reference(dg, h1, h3, s, s)):
+        assert torch.equal(got.float(), want.float())
+    for got, want in zip(swiglu_forward_fp8(h1, h3, s), swiglu_forward_fp8_reference(h1, h3, s)):
         assert torch.equal(got.float(), want.float())
 
 

@@ -1,4 +1,4 @@
-"""SwiGLU's backward with its float8 outputs in one pass (issue 5, benchmarks/NOTES.md 33 and 38).
+"""SwiGLU's forward and backward with their float8 outputs in one pass each (issue 5, benchmarks/NOTES.md 33, 38).
 
 In an fp8 step the gradients of w1 x and w3 x leave SwiGLU's backward only to be cast to e5m2 twice each: once
 row-major (for the input gradient's matmul) and once transposed (for the weight gradient's, which cuBLAS wants
@@ -8,9 +8,13 @@ row-reduction kernel (the amax) whose transposed stores are strided: at the seed
 stored row-major and transposed (the transpose happens in registers and shared memory, so both stores are
 coalesced), and its amax joins the global one through an atomic max: no reduction pass shapes the kernel.
 
-`swiglu_backward_fp8_reference` is the same computation in PyTorch ops as inductor compiles the model's graph
-(fp32 throughout, the gradients rounded once to the bf16 they are in the graph, then scaled and cast; the amax
-as fp8_delayed takes it): the CPU path, and what the Triton kernel is checked against on the GPU.
+`swiglu_forward_fp8` does the same for the forward: g = silu(h1) * h3 in e4m3 for w2's matmul, and its
+transposed copy, which w2's weight gradient needs in the backward (saved instead of the row-major one, so the
+backward makes no copy of its own), and its amax.
+
+The `_reference` functions are the same computations in PyTorch ops as inductor compiles the model's graph
+(fp32 throughout, each result rounded once to the bf16 it is in the graph, then scaled and cast; the amax as
+fp8_delayed takes it): the CPU path, and what the Triton kernels are checked against on the GPU.
 """
 
 from __future__ import annotations
@@ -50,10 +54,36 @@ def swiglu_backward_fp8_reference(dg: torch.Tensor, h1: torch.Tensor, h3: torch.
     return outs[0], outs[1], outs[2], outs[3], torch.stack(amaxes)
 
 
+def swiglu_forward_fp8_reference(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g = silu(h1) * h3 in e4m3 (M, N), the same transposed (N, M), amax of g (0-dim fp32)), g scaled by
+    `scale` and saturated at e4m3's largest value."""
+    g = (F.silu(h1.float()) * h3.float()).to(h1.dtype)
+    g8 = cast_to(g, scale, E4M3, E4M3_MAX)
+    return g8, g8.t().contiguous(), amax(g)
+
+
 @functools.cache
-def _kernel() -> Any:
+def _kernels() -> tuple[Any, Any]:
+    """(forward kernel, backward kernel), compiled by Triton on first use (Triton comes with CUDA builds of torch)."""
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr,
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask = (rows[:, None] < M) & (cols[None, :] < N)
+        offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+        offsets_t = cols[None, :].to(tl.int64) * M + rows[:, None]  # the same elements in the (N, M) copy
+        a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        g = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
+        q = tl.clamp(g * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+        tl.store(g_ptr + offsets, q, mask=mask)
+        tl.store(gt_ptr + offsets_t, q, mask=mask)
+        tl.atomic_max(amax_ptr, tl.max(tl.abs(g)))  # non-negative floats order as their bits do
 
     @triton.jit
     def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_ptr, d3_ptr, d3t_ptr, amax_ptr,
@@ -81,7 +111,28 @@ def _kernel() -> Any:
         tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
         tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
 
-    return swiglu_backward_fp8_kernel
+    return swiglu_forward_fp8_kernel, swiglu_backward_fp8_kernel
+
+
+def _check_2d(*tensors: torch.Tensor) -> None:
+    shape = tensors[0].shape
+    if not (len(shape) == 2 and all(t.shape == shape and t.is_contiguous() for t in tensors)):
+        raise ValueError(f"SwiGLU fp8 kernels take contiguous (M, N) tensors of one shape, got {[tuple(t.shape) for t in tensors]}")
+
+
+def swiglu_forward_fp8(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor, block_m: int = 64, block_n: int = 64,
+                       num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As swiglu_forward_fp8_reference, one Triton kernel on CUDA tensors (the reference elsewhere)."""
+    if h1.device.type != "cuda":
+        return swiglu_forward_fp8_reference(h1, h3, scale)
+    _check_2d(h1, h3)
+    M, N = h1.shape
+    g8, g8t = torch.empty(M, N, dtype=E4M3, device=h1.device), torch.empty(N, M, dtype=E4M3, device=h1.device)
+    amax_g = torch.zeros(1, dtype=torch.float32, device=h1.device)
+    grid = (-(-M // block_m), -(-N // block_n))
+    _kernels()[0][grid](h1, h3, scale.float().reshape(1), g8, g8t, amax_g, M, N, FP8_MAX=E4M3_MAX, BLOCK_M=block_m,
+                        BLOCK_N=block_n, num_warps=num_warps)
+    return g8, g8t, amax_g.reshape(())
 
 
 def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scale1: torch.Tensor,
@@ -89,16 +140,14 @@ def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, sc
     """As swiglu_backward_fp8_reference, one Triton kernel on CUDA tensors (the reference elsewhere)."""
     if dg.device.type != "cuda":
         return swiglu_backward_fp8_reference(dg, h1, h3, scale1, scale3)
-    if not (dg.shape == h1.shape == h3.shape and dg.dim() == 2 and dg.is_contiguous() and h1.is_contiguous()
-            and h3.is_contiguous()):
-        raise ValueError(f"swiglu_backward_fp8 takes three contiguous (M, N) tensors, got {dg.shape}, {h1.shape}, {h3.shape}")
+    _check_2d(dg, h1, h3)
     M, N = dg.shape
     d1, d3 = torch.empty(M, N, dtype=E5M2, device=dg.device), torch.empty(M, N, dtype=E5M2, device=dg.device)
     d1t, d3t = torch.empty(N, M, dtype=E5M2, device=dg.device), torch.empty(N, M, dtype=E5M2, device=dg.device)
     amax = torch.zeros(2, dtype=torch.float32, device=dg.device)
     scales = torch.stack([scale1.float().reshape(()), scale3.float().reshape(())])
     grid = (-(-M // block_m), -(-N // block_n))
-    _kernel()[grid](dg, h1, h3, scales, d1, d1t, d3, d3t, amax, M, N, FP8_MAX=E5M2_MAX, BLOCK_M=block_m,
+    _kernels()[1][grid](dg, h1, h3, scales, d1, d1t, d3, d3t, amax, M, N, FP8_MAX=E5M2_MAX, BLOCK_M=block_m,
                     BLOCK_N=block_n, num_warps=num_warps)
     return d1, d1t, d3, d3t, amax
 
@@ -111,6 +160,18 @@ def _swiglu_backward_fp8_op(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor
     return swiglu_backward_fp8(dg, h1, h3, scales[0], scales[1])
 
 
+@torch.library.custom_op("cs336::swiglu_forward_fp8", mutates_args=())
+def _swiglu_forward_fp8_op(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return swiglu_forward_fp8(h1, h3, scale)
+
+
+@_swiglu_forward_fp8_op.register_fake
+def _(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor):
+    M, N = h1.shape
+    return h1.new_empty(M, N, dtype=E4M3), h1.new_empty(N, M, dtype=E4M3), h1.new_empty((), dtype=torch.float32)
+
+
 @_swiglu_backward_fp8_op.register_fake
 def _(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scales: torch.Tensor):
     M, N = dg.shape
@@ -120,8 +181,8 @@ def _(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scales: torch.Tensor
 
 class _Float8SwiGLU(torch.autograd.Function):
     """w2(silu(w1 x) * w3 x) with the three products in float8 and delayed scales, as three
-    Float8DelayedLinear layers compute it, except that SwiGLU's backward and its gradients' casts are the one
-    kernel above instead of what inductor makes of autograd's ops, and that x is cast once for w1 and w3 (their
+    Float8DelayedLinear layers compute it, except that SwiGLU's forward and backward with their casts are the
+    kernels above instead of what inductor makes of autograd's ops, and that x is cast once for w1 and w3 (their
     input scales come from the same amaxes, so they are equal; w1's is used) and transposed once for their
     weight gradients."""
 
@@ -136,25 +197,24 @@ class _Float8SwiGLU(torch.autograd.Function):
         inv_x = x_scales.reciprocal()
         h1 = scaled_mm(x8, w1_8.t(), inv_x[0], inv_w1, out_dtype, emulate)  # (M, F)
         h3 = scaled_mm(x8, w3_8.t(), inv_x[0], inv_w3, out_dtype, emulate)
-        g = (F.silu(h1.float()) * h3.float()).to(out_dtype)
-        g8 = cast_to(g, x_scales[2], E4M3, E4M3_MAX)
+        g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, x_scales[2])  # (M, F), (F, M)
         y = scaled_mm(g8, w2_8.t(), inv_x[2], inv_w2, out_dtype, emulate)  # (M, D)
-        ctx.save_for_backward(x8, g8, h1, h3, w1_8, w3_8, w2_8, torch.stack([inv_w1, inv_w3, inv_w2]),
+        ctx.save_for_backward(x8, g8_t, h1, h3, w1_8, w3_8, w2_8, torch.stack([inv_w1, inv_w3, inv_w2]),
                               x_scales, g_scales)
         ctx.emulate, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, x.shape, x.dtype, w1.dtype
-        amaxes = torch.stack([amax(x2), amax(g)])
+        amaxes = torch.stack([amax(x2), g_amax])
         ctx.mark_non_differentiable(amaxes)
         return y.reshape(*x.shape[:-1], y.shape[-1]), amaxes
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, _grad_amaxes: torch.Tensor):
-        x8, g8, h1, h3, w1_8, w3_8, w2_8, inv_w, x_scales, g_scales = ctx.saved_tensors
+        x8, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w, x_scales, g_scales = ctx.saved_tensors
         mm = functools.partial(scaled_mm, emulate=ctx.emulate)
         inv_x, inv_g = x_scales.reciprocal(), g_scales.reciprocal()
         d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
         d8 = cast_to(d2, g_scales[2], E5M2, E5M2_MAX)
         dg = mm(d8, column_major(w2_8), inv_g[2], inv_w[2], h1.dtype)  # (M, F)
-        grad_w2 = mm(d8.t().contiguous(), column_major(g8), inv_g[2], inv_x[2], ctx.w_dtype)  # (D, F)
+        grad_w2 = mm(d8.t().contiguous(), g8_t.t(), inv_g[2], inv_x[2], ctx.w_dtype)  # (D, M) @ (M, F) column-major
         dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, g_scales[:2].contiguous())
         grad_x = (mm(dh1, column_major(w1_8), inv_g[0], inv_w[0], ctx.x_dtype)
                   + mm(dh3, column_major(w3_8), inv_g[1], inv_w[1], ctx.x_dtype))
