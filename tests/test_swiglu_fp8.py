@@ -143,3 +143,19 @@ def test_swiglu_kernel_needs_the_delayed_recipe():
     assert parse_mode("fp8-delayed-compile-swiglu")["fp8_swiglu_kernel"]
     with pytest.raises(UserError, match="needs fp8-delayed"):
         parse_mode("bf16-compile-swiglu")
+
+
+def test_verify_check_of_the_fused_swiglu_catches_a_broken_kernel(monkeypatch):
+    import cs336_basics.precision.swiglu_fp8 as swiglu_fp8
+    from cs336_basics.precision.verify import check_swiglu_kernels
+
+    assert check_swiglu_kernels(torch.device("cpu")).passed
+    real = swiglu_fp8.swiglu_backward_fp8
+
+    def swapped(dg, h1, h3, scale1, scale3, *args):  # the two gradients exchanged
+        d1, d1t, d3, d3t, amax = real(dg, h1, h3, scale1, scale3, *args)
+        return d3, d3t, d1, d1t, amax
+
+    monkeypatch.setattr(swiglu_fp8, "swiglu_backward_fp8", swapped)
+    broken = check_swiglu_kernels(torch.device("cpu"))
+    assert broken.passed is False and "relative error" in broken.figure

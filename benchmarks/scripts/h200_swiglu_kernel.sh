@@ -3,7 +3,8 @@
 #  1. our Triton kernel for SwiGLU's fp8 backward against the PyTorch reference (fresh random inputs, in range and
 #     saturating, every tile shape), then microseconds per call against inductor's code for the same computation
 #     and against bf16's SwiGLU backward alone, at the seed shape (16 x 1024 tokens, 3584 wide);
-#  2. the seed bench, 30 timed steps: bf16, fp8 delayed (default: CUDA graphs), fp8 delayed with each SwiGLU as one
+#  2. verify_fp8_compilation.py's check of the fused module through the kernels against the three layers;
+#     the seed bench, 30 timed steps: bf16, fp8 delayed (default: CUDA graphs), fp8 delayed with each SwiGLU as one
 #     function calling the kernel (-swiglu); the rows' losses must agree (same seed, same batches);
 #  3. the same rows at 1B if the call's time allows.
 set -u
@@ -13,7 +14,11 @@ T0=$(date +%s); PACK=swiglu_kernel.tar.gz
 pack() { tar czf $OUT/$PACK -C $R .; }
 echo "python3 benchmarks/kernel_swiglu_fp8.py --out \$OUT/swiglu_fp8.json" > $R/swiglu_fp8.command
 timeout 150 python3 benchmarks/kernel_swiglu_fp8.py --out $R/swiglu_fp8.json > $R/swiglu_fp8.log 2>&1
-echo "swiglu_fp8 rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "check\| us " $R/swiglu_fp8.log | head -24; pack
+echo "swiglu_fp8 rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "check\| us " $R/swiglu_fp8.log | head -60; pack
+# the fused module through the kernels against the three float8 layers it replaces (verify_fp8_compilation.py's check)
+CHECK="import torch; from cs336_basics.precision.verify import check_swiglu_kernels as c; print(c(torch.device('cuda')).line())"
+echo "python3 -c \"$CHECK\"" > $R/verify_swiglu.command
+timeout 60 python3 -c "$CHECK" > $R/verify_swiglu.log 2>&1; tail -1 $R/verify_swiglu.log
 MODES=bf16-compile,fp8-delayed-compile,fp8-delayed-compile-swiglu
 echo "python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --modes $MODES --out \$OUT/bench" > $R/bench.command
 timeout 300 python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --modes $MODES --out $R/bench 2>&1 \

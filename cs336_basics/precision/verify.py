@@ -6,6 +6,7 @@ and BF16+compile; elsewhere it runs the same numerics through TorchAO's emulatio
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import secrets
@@ -157,6 +158,44 @@ def check_delayed_layer(device: torch.device) -> Check:
                                 f"{n} tokens, {k} -> {m} (seed {seed})")
 
 
+def check_swiglu_kernels(device: torch.device) -> Check:
+    """The fused float8 SwiGLU (swiglu_fp8.py: our Triton kernels on CUDA) against the three delayed float8
+    layers it replaces, with the same scales, on fresh random inputs: output and every gradient within a
+    relative bound (the two paths round the SwiGLU products differently before the fp8 casts), no NaN."""
+    from cs336_basics.model.transformer import FeedForward
+    from cs336_basics.precision.fp8_delayed import DelayedScaling, convert_to_delayed_float8
+    from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
+
+    n, d, f = (8192, 896, 3584) if device.type == "cuda" else (256, 64, 160)
+    seed = secrets.randbits(31)
+    g = torch.Generator(device).manual_seed(seed)
+    x = torch.randn(n, d, device=device, generator=g).bfloat16()
+    grad_y = (torch.randn(n, d, device=device, generator=g) * 1e-3).bfloat16()
+    model = torch.nn.Sequential(FeedForward(ModelConfig(dim=d, intermediate_size=f))).to(device)
+    convert_to_delayed_float8(model, {"0.w1", "0.w3", "0.w2"}, emulate=not supports_fp8(device))
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    params = list(model.parameters())
+    with autocast:
+        DelayedScaling(model).calibrate(lambda: model(x).backward(grad_y), params)
+    fused = copy.deepcopy(model)
+    fuse_float8_swiglu(fused)
+    results = []
+    for module in (model, fused):
+        xe = x.clone().requires_grad_()
+        with autocast:
+            y = module(xe)
+        y.backward(grad_y)
+        results.append((y.detach(), xe.grad, *(p.grad for p in module.parameters())))
+    labels, bound = ("output", "input gradient", "w1 gradient", "w3 gradient", "w2 gradient"), 5e-2
+    errors = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(results[1], results[0])]
+    finite = all(torch.isfinite(t).all() for t in results[1])
+    kernels = "Triton kernels" if device.type == "cuda" else "the PyTorch references (the kernels need CUDA)"
+    return Check("fused fp8 SwiGLU vs the three layers", finite and max(errors) < bound,
+                 f"{kernels}, {n} tokens, {d} -> {f} -> {d} (seed {seed}), relative error "
+                 + ", ".join(f"{l} {e:.1e}" for l, e in zip(labels, errors)) + f" (bound {bound:.0e})"
+                 + ("" if finite else "; NaN or inf"))
+
+
 def short_compiled_training(model: Transformer, tokens: np.ndarray, cfg: ModelConfig, device: torch.device,
                             tmp_dir, steps: int = 40) -> list[float]:
     """`steps` compiled training steps of the Trainer (warm-up over the first 6), their losses."""
@@ -236,6 +275,7 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
 
     record(check_fp8_head(device))
     record(check_delayed_layer(device))
+    record(check_swiglu_kernels(device))
 
     # Compile after conversion, then a short training run that must lower the loss.
     try:
