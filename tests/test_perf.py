@@ -338,3 +338,12 @@ def test_fp8_gains_from_bench_runs_alone(tmp_path):
     assert [(g["kind"], g["recipe"], g["compile_mode"], g["ratio"], g["dim"], g["batch_size"]) for g in gains] == [
         ("bench", "delayed", "reduce-overhead", 1.5, 2048, 8)]
     assert gains[0]["source"].endswith("fp8 vs bf16 (bench_run)")
+
+
+def test_failed_child_keeps_its_traceback() -> None:
+    """A configuration that dies gets a one-line error for the table and the end of its traceback in the row."""
+    from cs336_basics.perf.matrix import run_child
+
+    result = run_child("cs336_basics.no_such_module", {}, timeout=60)
+    assert "No module named" in result["error"] and result["returncode"] != 0
+    assert any("cs336_basics.no_such_module" in line for line in result["stderr_tail"])

@@ -155,7 +155,8 @@ def run_child(module: str, payload: dict[str, Any], timeout: int) -> dict[str, A
     message = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "no output")
     if "out of memory" in proc.stderr:
         message = "out of memory: " + message
-    return {"error": message.strip()[:300], "returncode": proc.returncode}
+    # the message is one line for the table; the end of the traceback goes into matrix.json for whoever debugs it
+    return {"error": message.strip()[:300], "returncode": proc.returncode, "stderr_tail": lines[-60:]}
 
 
 def run_reference(script: Path, cfg: ModelConfig, batch_size: int, modes: list[str], steps: int, out: Path,

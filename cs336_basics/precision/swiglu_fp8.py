@@ -184,23 +184,29 @@ class _Float8SwiGLU(torch.autograd.Function):
     Float8DelayedLinear layers compute it, except that SwiGLU's forward and backward with their casts are the
     kernels above instead of what inductor makes of autograd's ops, and that x is cast once for w1 and w3 (their
     input scales come from the same amaxes, so they are equal; w1's is used) and transposed once for their
-    weight gradients."""
+    weight gradients.
+
+    Every scale is a tensor of its own, never a slice of a stacked one: cuBLAS wants the scales of
+    torch._scaled_mm 16-byte aligned, and element 1 or 2 of a float32 vector is not (pytorch/pytorch#159957;
+    call 32 failed so)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, x_scales: torch.Tensor,
-                g_scales: torch.Tensor, sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool
+    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, x_scale: torch.Tensor,
+                g_scale: torch.Tensor, d1_scale: torch.Tensor, d3_scale: torch.Tensor, dy_scale: torch.Tensor,
+                sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_scale: w1's (and w3's) input scale; g_scale: w2's input scale; d1, d3, dy: the scales of the
+        gradients of w1's, w3's and w2's outputs."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, D)
-        x8 = cast_to(x2, x_scales[0], E4M3, E4M3_MAX)
+        x8 = cast_to(x2, x_scale, E4M3, E4M3_MAX)
         (w1_8, inv_w1), (w3_8, inv_w3), (w2_8, inv_w2) = to_fp8(w1), to_fp8(w3), to_fp8(w2)
-        inv_x = x_scales.reciprocal()
-        h1 = scaled_mm(x8, w1_8.t(), inv_x[0], inv_w1, out_dtype, emulate)  # (M, F)
-        h3 = scaled_mm(x8, w3_8.t(), inv_x[0], inv_w3, out_dtype, emulate)
-        g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, x_scales[2])  # (M, F), (F, M)
-        y = scaled_mm(g8, w2_8.t(), inv_x[2], inv_w2, out_dtype, emulate)  # (M, D)
-        ctx.save_for_backward(x8, g8_t, h1, h3, w1_8, w3_8, w2_8, torch.stack([inv_w1, inv_w3, inv_w2]),
-                              x_scales, g_scales)
+        h1 = scaled_mm(x8, w1_8.t(), x_scale.reciprocal(), inv_w1, out_dtype, emulate)  # (M, F)
+        h3 = scaled_mm(x8, w3_8.t(), x_scale.reciprocal(), inv_w3, out_dtype, emulate)
+        g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, g_scale)  # (M, F), (F, M)
+        y = scaled_mm(g8, w2_8.t(), g_scale.reciprocal(), inv_w2, out_dtype, emulate)  # (M, D)
+        ctx.save_for_backward(x8, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w1, inv_w3, inv_w2, x_scale, g_scale,
+                              d1_scale, d3_scale, dy_scale)
         ctx.emulate, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, x.shape, x.dtype, w1.dtype
         amaxes = torch.stack([amax(x2), g_amax])
         ctx.mark_non_differentiable(amaxes)
@@ -208,21 +214,21 @@ class _Float8SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, _grad_amaxes: torch.Tensor):
-        x8, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w, x_scales, g_scales = ctx.saved_tensors
+        (x8, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w1, inv_w3, inv_w2, x_scale, g_scale, d1_scale, d3_scale,
+         dy_scale) = ctx.saved_tensors
         mm = functools.partial(scaled_mm, emulate=ctx.emulate)
-        inv_x, inv_g = x_scales.reciprocal(), g_scales.reciprocal()
         d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
-        d8 = cast_to(d2, g_scales[2], E5M2, E5M2_MAX)
-        dg = mm(d8, column_major(w2_8), inv_g[2], inv_w[2], h1.dtype)  # (M, F)
-        grad_w2 = mm(d8.t().contiguous(), g8_t.t(), inv_g[2], inv_x[2], ctx.w_dtype)  # (D, M) @ (M, F) column-major
-        dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, g_scales[:2].contiguous())
-        grad_x = (mm(dh1, column_major(w1_8), inv_g[0], inv_w[0], ctx.x_dtype)
-                  + mm(dh3, column_major(w3_8), inv_g[1], inv_w[1], ctx.x_dtype))
+        d8 = cast_to(d2, dy_scale, E5M2, E5M2_MAX)
+        dg = mm(d8, column_major(w2_8), dy_scale.reciprocal(), inv_w2, h1.dtype)  # (M, F)
+        grad_w2 = mm(d8.t().contiguous(), g8_t.t(), dy_scale.reciprocal(), g_scale.reciprocal(), ctx.w_dtype)  # (D, M) @ (M, F)
+        dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, torch.stack([d1_scale, d3_scale]))
+        grad_x = (mm(dh1, column_major(w1_8), d1_scale.reciprocal(), inv_w1, ctx.x_dtype)
+                  + mm(dh3, column_major(w3_8), d3_scale.reciprocal(), inv_w3, ctx.x_dtype))
         x8_columns = column_major(x8)
-        grad_w1 = mm(dh1_t, x8_columns, inv_g[0], inv_x[0], ctx.w_dtype)  # (F, M) @ (M, D)
-        grad_w3 = mm(dh3_t, x8_columns, inv_g[1], inv_x[0], ctx.w_dtype)
-        return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, grad_amaxes[0], grad_amaxes[1],
-                amax(d2), None)
+        grad_w1 = mm(dh1_t, x8_columns, d1_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)  # (F, M) @ (M, D)
+        grad_w3 = mm(dh3_t, x8_columns, d3_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)
+        return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, None, None, None,
+                grad_amaxes[0], grad_amaxes[1], amax(d2), None)
 
 
 class Float8DelayedSwiGLU(nn.Module):
@@ -235,14 +241,13 @@ class Float8DelayedSwiGLU(nn.Module):
         self.w1, self.w3, self.w2 = w1, w3, w2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layers = (self.w1, self.w3, self.w2)
-        if any(m.calibrating for m in layers):
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        y, amaxes = _Float8SwiGLU.apply(
-            x, self.w1.weight, self.w3.weight, self.w2.weight, torch.stack([m.x_scale for m in layers]),
-            torch.stack([m.g_scale for m in layers]), self.w1.g_amax_sink, self.w3.g_amax_sink, self.w2.g_amax_sink,
-            self.w1.emulate)
-        for m, seen in zip(layers, (amaxes[0], amaxes[0], amaxes[1])):
+        w1, w3, w2 = self.w1, self.w3, self.w2
+        if w1.calibrating or w3.calibrating or w2.calibrating:
+            return w2(F.silu(w1(x)) * w3(x))
+        y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, w1.x_scale, w2.x_scale, w1.g_scale,
+                                        w3.g_scale, w2.g_scale, w1.g_amax_sink, w3.g_amax_sink, w2.g_amax_sink,
+                                        w1.emulate)
+        for m, seen in ((w1, amaxes[0]), (w3, amaxes[0]), (w2, amaxes[1])):
             m.x_amax.copy_(torch.maximum(m.x_amax, seen))
         return y
 
