@@ -4,10 +4,11 @@ one GPU.
     python benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json        # seed shapes: 16 x 1024 tokens, 3584 wide
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
-tile shape (fp8 outputs in both layouts within one step of their format, at most 0.1% of them differing, amax
-within bf16 rounding, no NaN or inf), then times, with CUDA events over --iters calls each: each tile shape,
-torch.compile of the reference (what the training step runs today), and torch.compile of the bf16 computation
-alone (what a bf16 step runs: the floor the fp8 outputs add to). GB/s counts the bytes each must move.
+tile shape and way of transposing and for the autotuner's choice (fp8 outputs in both layouts within one step
+of their format, at most 0.1% of them differing, amax within bf16 rounding, no NaN or inf), then times, with
+CUDA events over --iters calls each: each of those, torch.compile of the reference (what the training step runs
+without the kernels), and torch.compile of the bf16 computation alone (what a bf16 step runs: the floor the fp8
+outputs add to). GB/s counts the bytes each must move.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cs336_basics.cli import run_main  # noqa: E402
 from cs336_basics.errors import UserError  # noqa: E402
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
-from cs336_basics.precision.swiglu_fp8 import (swiglu_backward, swiglu_backward_fp8,  # noqa: E402
+from cs336_basics.precision.swiglu_fp8 import (CONFIGS, swiglu_backward, swiglu_backward_fp8,  # noqa: E402
                                                swiglu_backward_fp8_reference, swiglu_forward_fp8,
                                                swiglu_forward_fp8_reference)
 
-TILES = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
+CHOICES = (*CONFIGS, None)  # every config, then the autotuner's choice (what the model runs)
+
+
+def label(config: tuple[int, int, int, bool] | None) -> str:
+    return "autotuned" if config is None else f"{config[0]}x{config[1]} w{config[2]}{' trans' if config[3] else ''}"
 
 
 def inputs(M: int, N: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,7 +83,7 @@ def check(name: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ..
     result = compare(list(got[:-1]), list(want[:-1]), got[-1], want[-1])
     ok = result["worst_gap_in_steps"] <= 1 and result["share_differing"] <= 1e-3 and result["amax_relative_gap"] <= 1e-2
     checks[name] = dict(result, passed=ok)
-    print(f"check {name:<32}: {'PASS' if ok else 'FAIL'} {result}")
+    print(f"check {name:<40}: {'PASS' if ok else 'FAIL'} {result}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,23 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         dg, h1, h3 = inputs(M, N, seed)
         s = E4M3_MAX / swiglu_forward_fp8_reference(h1, h3, one)[2] * headroom  # a delayed scale
         want = swiglu_forward_fp8_reference(h1, h3, s)
-        for bm, bn, warps in TILES:
-            check(f"forward {name} {bm}x{bn}", swiglu_forward_fp8(h1, h3, s, bm, bn, warps), want, checks)
+        for config in CHOICES:
+            check(f"forward {name} {label(config)}", swiglu_forward_fp8(h1, h3, s, config), want, checks)
         s1, s3 = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4] * headroom).unbind()
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
-        for bm, bn, warps in TILES:
-            check(f"backward {name} {bm}x{bn}", swiglu_backward_fp8(dg, h1, h3, s1, s3, bm, bn, warps), want, checks)
+        for config in CHOICES:
+            check(f"backward {name} {label(config)}", swiglu_backward_fp8(dg, h1, h3, s1, s3, config), want, checks)
     dg, h1, h3 = inputs(M, N, 2)
     s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
     s1 = s3 = torch.tensor(E5M2_MAX / 4e-3, device="cuda")
     timings: dict[str, tuple[float, int]] = {}  # name -> (us, bytes it must move)
     fwd_fp8, fwd_bf16 = M * N * (2 * 2 + 2), M * N * (2 * 2 + 2)  # h1, h3 in; g8 and its transpose, or g, out
     bwd_fp8, bwd_bf16 = M * N * (3 * 2 + 4), M * N * (3 * 2 + 2 * 2)  # dg, h1, h3 in; 4 fp8 or 2 bf16 out
-    for bm, bn, warps in TILES:
-        timings[f"forward triton {bm}x{bn} w{warps}"] = (
-            time_us(lambda: swiglu_forward_fp8(h1, h3, s, bm, bn, warps), args.iters), fwd_fp8)
-        timings[f"backward triton {bm}x{bn} w{warps}"] = (
-            time_us(lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, bm, bn, warps), args.iters), bwd_fp8)
+    for config in CHOICES:
+        timings[f"forward triton {label(config)}"] = (
+            time_us(lambda: swiglu_forward_fp8(h1, h3, s, config), args.iters), fwd_fp8)
+        timings[f"backward triton {label(config)}"] = (
+            time_us(lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), args.iters), bwd_fp8)
     compiled = {name: torch.compile(fn) for name, fn in (("fwd fp8", swiglu_forward_fp8_reference),
                                                           ("fwd bf16", lambda a, b: F.silu(a) * b),
                                                           ("bwd fp8", swiglu_backward_fp8_reference),

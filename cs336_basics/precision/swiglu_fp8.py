@@ -63,55 +63,24 @@ def swiglu_forward_fp8_reference(h1: torch.Tensor, h3: torch.Tensor, scale: torc
     return g8, g8.t().contiguous(), amax(g)
 
 
+# (BLOCK_M, BLOCK_N, warps) tiles and the two ways of writing the transposed copy: as the tile's elements at
+# transposed addresses (Triton's layout pass moves them through shared memory so the stores coalesce), or
+# tl.trans of the tile stored as an (N, M) block. Triton's autotuner times them all on the first call of each
+# shape and keeps the fastest (the stores are idempotent and the amax a max, so the repeated runs are harmless).
+TILES = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
+Config = tuple[int, int, int, bool]  # BLOCK_M, BLOCK_N, warps, explicit transpose
+CONFIGS: tuple[Config, ...] = tuple((bm, bn, w, t) for t in (False, True) for bm, bn, w in TILES)
+
+
 @functools.cache
-def _kernels() -> tuple[Any, Any]:
-    """(forward kernel, backward kernel), compiled by Triton on first use (Triton comes with CUDA builds of torch)."""
-    import triton
-    import triton.language as tl
+def _kernels() -> dict[str, Any]:
+    """{"forward", "backward"}: the Triton kernels, and the same under "forward tuned", "backward tuned" with
+    the autotuner over CONFIGS; compiled by Triton on first use."""
+    from cs336_basics.precision import swiglu_fp8_triton as k
 
-    @triton.jit
-    def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr,
-                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = (rows[:, None] < M) & (cols[None, :] < N)
-        offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
-        offsets_t = cols[None, :].to(tl.int64) * M + rows[:, None]  # the same elements in the (N, M) copy
-        a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        g = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
-        q = tl.clamp(g * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
-        tl.store(g_ptr + offsets, q, mask=mask)
-        tl.store(gt_ptr + offsets_t, q, mask=mask)
-        tl.atomic_max(amax_ptr, tl.max(tl.abs(g)))  # non-negative floats order as their bits do
-
-    @triton.jit
-    def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_ptr, d3_ptr, d3t_ptr, amax_ptr,
-                                   M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = (rows[:, None] < M) & (cols[None, :] < N)
-        offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
-        offsets_t = cols[None, :].to(tl.int64) * M + rows[:, None]  # the same elements in the (N, M) copies
-        d = tl.load(dg_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(a)
-        # rounded to bf16 as the graph's gradients are, then scaled and cast
-        dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)
-        dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
-        s1 = tl.load(scale_ptr)
-        s3 = tl.load(scale_ptr + 1)
-        q1 = tl.clamp(dh1 * s1, -FP8_MAX, FP8_MAX).to(tl.float8e5)
-        q3 = tl.clamp(dh3 * s3, -FP8_MAX, FP8_MAX).to(tl.float8e5)
-        tl.store(d1_ptr + offsets, q1, mask=mask)
-        tl.store(d3_ptr + offsets, q3, mask=mask)
-        tl.store(d1t_ptr + offsets_t, q1, mask=mask)
-        tl.store(d3t_ptr + offsets_t, q3, mask=mask)
-        tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
-        tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
-
-    return swiglu_forward_fp8_kernel, swiglu_backward_fp8_kernel
+    return {"forward": k.swiglu_forward_fp8_kernel, "backward": k.swiglu_backward_fp8_kernel,
+            "forward tuned": k.autotuned(k.swiglu_forward_fp8_kernel, CONFIGS),
+            "backward tuned": k.autotuned(k.swiglu_backward_fp8_kernel, CONFIGS)}
 
 
 def _check_2d(*tensors: torch.Tensor) -> None:
@@ -120,24 +89,35 @@ def _check_2d(*tensors: torch.Tensor) -> None:
         raise ValueError(f"SwiGLU fp8 kernels take contiguous (M, N) tensors of one shape, got {[tuple(t.shape) for t in tensors]}")
 
 
-def swiglu_forward_fp8(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor, block_m: int = 64, block_n: int = 64,
-                       num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """As swiglu_forward_fp8_reference, one Triton kernel on CUDA tensors (the reference elsewhere)."""
+def _launch(name: str, config: Config | None, M: int, N: int, *args: Any, **constants: Any) -> None:
+    """Run kernel `name` over an (M, N) grid of tiles: with `config`, or the autotuner's choice if None."""
+    if config is None:
+        grid = lambda meta: (-(-M // meta["BLOCK_M"]), -(-N // meta["BLOCK_N"]))  # noqa: E731
+        _kernels()[f"{name} tuned"][grid](*args, M, N, **constants)
+    else:
+        bm, bn, warps, explicit = config
+        _kernels()[name][(-(-M // bm), -(-N // bn))](*args, M, N, **constants, BLOCK_M=bm, BLOCK_N=bn,
+                                                      EXPLICIT_T=explicit, num_warps=warps)
+
+
+def swiglu_forward_fp8(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor, config: Config | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As swiglu_forward_fp8_reference, one Triton kernel on CUDA tensors (the reference elsewhere); `config`
+    picks the tile (else the autotuner does)."""
     if h1.device.type != "cuda":
         return swiglu_forward_fp8_reference(h1, h3, scale)
     _check_2d(h1, h3)
     M, N = h1.shape
     g8, g8t = torch.empty(M, N, dtype=E4M3, device=h1.device), torch.empty(N, M, dtype=E4M3, device=h1.device)
     amax_g = torch.zeros(1, dtype=torch.float32, device=h1.device)
-    grid = (-(-M // block_m), -(-N // block_n))
-    _kernels()[0][grid](h1, h3, scale.float().reshape(1), g8, g8t, amax_g, M, N, FP8_MAX=E4M3_MAX, BLOCK_M=block_m,
-                        BLOCK_N=block_n, num_warps=num_warps)
+    _launch("forward", config, M, N, h1, h3, scale.float().reshape(1), g8, g8t, amax_g, FP8_MAX=E4M3_MAX)
     return g8, g8t, amax_g.reshape(())
 
 
 def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scale1: torch.Tensor,
-                        scale3: torch.Tensor, block_m: int = 64, block_n: int = 64, num_warps: int = 4) -> Outputs:
-    """As swiglu_backward_fp8_reference, one Triton kernel on CUDA tensors (the reference elsewhere)."""
+                        scale3: torch.Tensor, config: Config | None = None) -> Outputs:
+    """As swiglu_backward_fp8_reference, one Triton kernel on CUDA tensors (the reference elsewhere); `config`
+    picks the tile (else the autotuner does)."""
     if dg.device.type != "cuda":
         return swiglu_backward_fp8_reference(dg, h1, h3, scale1, scale3)
     _check_2d(dg, h1, h3)
@@ -146,9 +126,7 @@ def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, sc
     d1t, d3t = torch.empty(N, M, dtype=E5M2, device=dg.device), torch.empty(N, M, dtype=E5M2, device=dg.device)
     amax = torch.zeros(2, dtype=torch.float32, device=dg.device)
     scales = torch.stack([scale1.float().reshape(()), scale3.float().reshape(())])
-    grid = (-(-M // block_m), -(-N // block_n))
-    _kernels()[1][grid](dg, h1, h3, scales, d1, d1t, d3, d3t, amax, M, N, FP8_MAX=E5M2_MAX, BLOCK_M=block_m,
-                    BLOCK_N=block_n, num_warps=num_warps)
+    _launch("backward", config, M, N, dg, h1, h3, scales, d1, d1t, d3, d3t, amax, FP8_MAX=E5M2_MAX)
     return d1, d1t, d3, d3t, amax
 
 
