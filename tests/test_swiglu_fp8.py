@@ -124,11 +124,13 @@ def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path):
     cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
     tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
     losses = {}
-    for kernel in (False, True):
+    for fused in (False, None):  # None: the default, fused with the delayed recipe
         torch.manual_seed(0)
-        model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, swiglu_kernel=kernel),
-                               log=lambda s: None)
-        assert any(isinstance(m, Float8DelayedSwiGLU) for m in model.modules()) == kernel
+        model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fused_swiglu=fused),
+                                    log=lambda s: None)
+        kernel = fused is None
+        assert sum(isinstance(m, Float8DelayedSwiGLU) for m in model.modules()) == report.fused_swiglu == 2 * kernel
+        assert ("2 SwiGLU blocks: one function each" in report.summary()) == kernel
         trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=True, gradient_checkpointing=False),
                           RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / str(kernel),
                           log=lambda s: None)
@@ -136,13 +138,22 @@ def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path):
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
-def test_swiglu_kernel_needs_the_delayed_recipe():
+def test_fused_swiglu_needs_the_delayed_recipe():
     from cs336_basics.errors import UserError
+    from cs336_basics.model.transformer import ModelConfig
     from cs336_basics.perf.matrix import parse_mode
+    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
+    from cs336_basics.training.setup import Fp8Options, build_model
 
-    assert parse_mode("fp8-delayed-compile-swiglu")["fp8_swiglu_kernel"]
-    with pytest.raises(UserError, match="needs fp8-delayed"):
-        parse_mode("bf16-compile-swiglu")
+    assert parse_mode("fp8-delayed-compile-unfused")["fp8_fused_swiglu"] is False
+    assert parse_mode("fp8-delayed-compile")["fp8_fused_swiglu"] is None
+    with pytest.raises(UserError, match="fp8-delayed only"):
+        parse_mode("fp8-tensorwise-compile-unfused")
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
+    model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True), log=lambda s: None)
+    assert report.fused_swiglu == 0 and not any(isinstance(m, Float8DelayedSwiGLU) for m in model.modules())
+    with pytest.raises(UserError, match="fuses the delayed recipe's layers"):
+        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, fused_swiglu=True))
 
 
 def test_verify_check_of_the_fused_swiglu_catches_a_broken_kernel(monkeypatch):

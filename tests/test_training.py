@@ -49,6 +49,8 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus,
     the uninterrupted run had (a recalibration would give other scales, other losses)."""
     assert train(base_args(tmp_path, small_corpus, "full") + precision) == 0
     expected = losses(tmp_path / "full")
+    # the delayed recipe's default: each SwiGLU block fused (swiglu_fp8.py); its checkpoint resumes like the rest
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["fp8_fused_swiglu"] == (True if precision else None)
 
     real_next = RandomWindows.next_batch
     calls = {"n": 0}
@@ -124,6 +126,8 @@ def one_line_error(capsys, rc: int, pattern: str) -> None:
     (["--use_fp8", "--fp8_emulate", "--fp8_filter", "auto"], "--fp8_filter auto times each layer"),
     (["--fp8_emulate"], "--fp8_emulate only applies with --use_fp8"),
     (["--no-fp8_head"], "--no-fp8_head only apply with --use_fp8"),
+    (["--no-fp8_fused_swiglu"], "--no-fp8_fused_swiglu only apply with --use_fp8"),
+    (["--use_fp8", "--fp8_emulate", "--fp8_recipe", "rowwise", "--fp8_fused_swiglu"], "fuses the delayed recipe's layers"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
 ])
 def test_bad_flags(tmp_path, small_corpus, capsys, extra, pattern):

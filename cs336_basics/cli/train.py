@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fp8_emulate", action="store_true", help="emulated float8 (any device, slow: for testing)")
     s.add_argument("--fp8_head", action=yes_no,
                    help="with --use_fp8: the output head and its loss in float8 too (default on; --no-fp8_head keeps bf16)")
+    s.add_argument("--fp8_fused_swiglu", action=yes_no,
+                   help="with the delayed recipe: each SwiGLU block as one function, SwiGLU and its fp8 casts as Triton "
+                        "kernels (default on; --no-fp8_fused_swiglu runs its three float8 layers one by one)")
     s.add_argument("--compile_model", action=yes_no, help="torch.compile each block and the loss")
     s.add_argument("--compile_mode", choices=COMPILE_MODES,
                    help="torch.compile mode (default: auto: reduce-overhead, i.e. CUDA graphs, for fp8 on one GPU; "
@@ -262,27 +265,36 @@ def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
     return result
 
 
-def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distributed: bool) -> tuple[bool, str, bool]:
-    """(use fp8, recipe, float8 head): the flags, else the resumed checkpoint's, else bf16 / the default recipe /
-    head on. The default recipe is delayed scaling (measured fastest, benchmarks/NOTES.md 21) where it runs:
-    one process and every eligible layer; TorchAO's tensorwise under torchrun and with --fp8_filter auto."""
-    use_fp8 = args.use_fp8 if args.use_fp8 is not None else bool(saved and saved.get("fp8"))
+def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distributed: bool
+                ) -> tuple[bool, str, bool, bool]:
+    """(use fp8, recipe, float8 head, fused SwiGLU): the flags, else the resumed checkpoint's, else bf16 / the
+    default recipe / head on / fused with the delayed recipe. The default recipe is delayed scaling (measured
+    fastest, benchmarks/NOTES.md 21) where it runs: one process and every eligible layer; TorchAO's tensorwise
+    under torchrun and with --fp8_filter auto. In a bf16 run the last three say what --use_fp8 would do."""
+    saved = saved or {}
+    use_fp8 = args.use_fp8 if args.use_fp8 is not None else bool(saved.get("fp8"))
     default = "tensorwise" if distributed or args.fp8_filter == "auto" else "delayed"
-    recipe = args.fp8_recipe or (saved or {}).get("fp8_recipe") or default
-    head = args.fp8_head if args.fp8_head is not None else (saved or {}).get("fp8_head") is not False
+    recipe = args.fp8_recipe or saved.get("fp8_recipe") or default
+    head = args.fp8_head if args.fp8_head is not None else saved.get("fp8_head") is not False
+    fused = recipe == "delayed" and (args.fp8_fused_swiglu if args.fp8_fused_swiglu is not None
+                                     else saved.get("fp8_fused_swiglu") is not False)
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
-    if args.fp8_head is not None and not use_fp8:
-        raise UserError("--fp8_head / --no-fp8_head only apply with --use_fp8")
+    for flag in ("fp8_head", "fp8_fused_swiglu"):
+        if getattr(args, flag) is not None and not use_fp8:
+            raise UserError(f"--{flag} / --no-{flag} only apply with --use_fp8")
+    if args.fp8_fused_swiglu and recipe != "delayed":
+        raise UserError(f"--fp8_fused_swiglu fuses the delayed recipe's layers, not {recipe}'s: drop it or use "
+                        "--fp8_recipe delayed")
     if use_fp8 and recipe == "delayed" and distributed:
         raise UserError("--fp8_recipe delayed runs on one GPU for now; under torchrun use --fp8_recipe tensorwise")
-    return use_fp8, recipe, head
+    return use_fp8, recipe, head, fused
 
 
 def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.device) -> int:
     out_dir = broadcast_from_rank0(prepare_out_dir(args) if ctx.is_main else None, ctx)
     resumed = load_checkpoint(out_dir) if args.resume else None
-    use_fp8, recipe, fp8_head = resolve_fp8(args, resumed, ctx.enabled)
+    use_fp8, recipe, fp8_head, fused_swiglu = resolve_fp8(args, resumed, ctx.enabled)
     if use_fp8:
         check_fp8_device(device, args.fp8_emulate)
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
@@ -293,7 +305,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     tokenizer, train_tokens, val_tokens, data_info = on_rank0_first(
         ctx, lambda: prepare_data(args, model_cfg, out_dir, resumed))
     fp8 = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate, fsdp_all_gather=ctx.enabled and device.type == "cuda",
-                     head=fp8_head) if use_fp8 else None
+                     head=fp8_head, fused_swiglu=fused_swiglu) if use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
 
@@ -304,7 +316,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                          compile_mode(use_fp8), backend, train_cfg.gradient_checkpointing,
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
                          ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head),
-                         fp8_compile_mode=compile_mode(True), tune_kernels=train_cfg.tune_kernels)
+                         fp8_compile_mode=compile_mode(True), tune_kernels=train_cfg.tune_kernels,
+                         fp8_fused_swiglu=bool(fp8_report.fused_swiglu) if fp8_report else fused_swiglu)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
     if ctx.is_main:
@@ -313,6 +326,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
 
     run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info,
                 "fp8_recipe": recipe if use_fp8 else None, "fp8_head": fp8_report.fp8_head if fp8_report else None,
+                "fp8_fused_swiglu": bool(fp8_report.fused_swiglu) if fp8_report else None,
                 "compile_mode": run_shape.compile_mode if train_cfg.compile_model else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)

@@ -51,17 +51,20 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
 
 
 def _compiled_fp8(row: dict[str, Any]) -> bool:
-    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing (nor the
-    experimental SwiGLU kernel, which the trainer does not offer)."""
-    return (row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
-            and not row.get("fp8_swiglu_kernel"))
+    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing."""
+    return row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
+
+
+def _fused(row: dict[str, Any]) -> bool:
+    """Whether a bench row ran the fused SwiGLU (call 33's rows named the field fp8_swiglu_kernel; older: never)."""
+    return bool(row.get("fp8_fused_swiglu", row.get("fp8_swiglu_kernel", False)))
 
 
 def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], base: dict[str, Any], compile_mode: str,
                 gpu: str, source: str) -> dict[str, Any]:
     """One bench row's gain over its bf16 + compile row, mean step to mean step."""
     return dict(_shape(model, batch_size), kind="bench", recipe=row["precision"].split("-", 1)[1],
-                compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False),
+                compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), fused_swiglu=_fused(row),
                 ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
@@ -113,6 +116,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
                               compile_mode=ran(run),  # what ran, where recorded
                               tune_kernels=train.get("tune_kernels", False),
+                              fused_swiglu=bool(run.get("fp8_fused_swiglu")),
                               ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
@@ -139,12 +143,13 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
 
 
 def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None,
-                      tune_kernels: bool = False) -> list[dict[str, Any]]:
-    """The measured gains of `recipe` compiled with `compile_mode` (and kernels tuned or not) at the measured width
-    nearest to `dim` (within a factor NEAR), those of micro-batch `batch_size` if that was measured there; or []."""
+                      tune_kernels: bool = False, fused_swiglu: bool = False) -> list[dict[str, Any]]:
+    """The measured gains of `recipe` compiled with `compile_mode` (kernels tuned or not, SwiGLU fused or not) at
+    the measured width nearest to `dim` (within a factor NEAR), those of micro-batch `batch_size` if that was
+    measured there; or []."""
     try:
         gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode
-                 and g.get("tune_kernels", False) == tune_kernels]
+                 and g.get("tune_kernels", False) == tune_kernels and g.get("fused_swiglu", False) == fused_swiglu]
     except (OSError, ValueError):
         return []
     if not gains:
@@ -157,18 +162,19 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batc
 
 
 def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None,
-                  tune_kernels: bool = False) -> tuple[str, bool] | None:
+                  tune_kernels: bool = False, fused_swiglu: bool = False) -> tuple[str, bool] | None:
     """('fp8 delayed / bf16 tokens/s measured at dim 896, ...: training runs 0.90x-0.96x; bench 1.00x-1.13x', was
     fp8 slower in every training run there?) for the nearest width (and the same micro-batch, where measured)
     measured with that compile mode; None when nothing near was measured."""
-    gains = nearest_fp8_gains(dim, recipe, compile_mode, batch_size, tune_kernels)
+    gains = nearest_fp8_gains(dim, recipe, compile_mode, batch_size, tune_kernels, fused_swiglu)
     if not gains:
         return None
     g = gains[0]
     ratios = {kind: sorted(x["ratio"] for x in gains if x["kind"] == kind) for kind in ("training", "bench")}
     parts = [f"{label} {r[0]:.2f}x" + (f"-{r[-1]:.2f}x" if f"{r[-1]:.2f}" != f"{r[0]:.2f}" else "")
              for label, r in (("training runs", ratios["training"]), ("bench", ratios["bench"])) if r]
-    graphs = (" with CUDA graphs" if compile_mode in CUDA_GRAPH_MODES else "") + (" and tuned kernels" if tune_kernels else "")
+    graphs = ((" with CUDA graphs" if compile_mode in CUDA_GRAPH_MODES else "") + (" and tuned kernels" if tune_kernels else "")
+              + (" and the fused SwiGLU" if fused_swiglu else ""))
     batches = "/".join(str(b) for b in sorted({x["batch_size"] for x in gains}))
     text = (f"fp8 {recipe}{graphs} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
             f"{batches} x {g['context_length']} ({g['gpu']}, {len(gains)} measurement{'s' if len(gains) > 1 else ''} in "

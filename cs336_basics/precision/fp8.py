@@ -38,6 +38,7 @@ class ConversionReport:
     skipped: dict[str, str] = field(default_factory=dict)  # fqn -> reason
     fp8_head: bool = False  # the output head + loss run in float8 (fp8_head.py), not TorchAO
     layer: str = "Float8Linear"  # what the converted layers became: TorchAO's, or our Float8DelayedLinear
+    fused_swiglu: int = 0  # SwiGLU blocks whose three layers run as one function (swiglu_fp8.py)
 
     @property
     def total(self) -> int:
@@ -47,6 +48,9 @@ class ConversionReport:
         lines = [f"FP8: converted {len(self.converted)} of {self.total} linear layers to {self.layer}"]
         if self.fp8_head:
             lines.append(f"  {HEAD_FQN} and its cross-entropy: float8 (e4m3 forward, e5m2 logit gradient, static scale)")
+        if self.fused_swiglu:
+            lines.append(f"  {self.fused_swiglu} SwiGLU blocks: one function each, SwiGLU and its fp8 casts in one pass "
+                         "(Triton kernels on a GPU; --no-fp8_fused_swiglu: three layers)")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)

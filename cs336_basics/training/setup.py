@@ -18,7 +18,9 @@ class Fp8Options:
     emulate: bool = False
     fsdp_all_gather: bool = False  # several GPUs, tensorwise: FSDP2 all-gathers the weights in fp8
     head: bool = True  # the output head + loss in float8 (precision/fp8_head.py); False keeps it in bf16
-    swiglu_kernel: bool = False  # delayed recipe: each SwiGLU as one function with our backward kernel (swiglu_fp8.py)
+    # each SwiGLU block as one function with its SwiGLU and fp8 casts as Triton kernels (swiglu_fp8.py); it fuses
+    # the delayed recipe's layers. None: on with the delayed recipe, off otherwise
+    fused_swiglu: bool | None = None
 
 
 def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
@@ -26,8 +28,9 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     """1. build the plain model with fp32 weights (the optimizer's master copy; compute runs in bf16 under
           autocast, which TorchAO float8 also expects, so the weights are never cast to bf16 by hand);
     2. move it to the device;
-    3. with fp8: swap the eligible nn.Linear layers for TorchAO Float8Linear, and the output head + loss
-       for our float8 one (fp8.head);
+    3. with fp8: swap the eligible nn.Linear layers for TorchAO Float8Linear (or our delayed-scaling layer),
+       the output head + loss for our float8 one (fp8.head), and, with the delayed recipe, each SwiGLU block's
+       three layers for one function running SwiGLU and its casts as Triton kernels (fp8.fused_swiglu);
     4. then hand it to the Trainer, which detects the Float8 modules, applies activation checkpointing
        and compiles, in that order."""
     model = Transformer(cfg)
@@ -35,6 +38,8 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8 is None:
         return model, None
     check_fp8_device(device, fp8.emulate)
+    if fp8.fused_swiglu and fp8.recipe != "delayed":
+        raise UserError("--fp8_fused_swiglu fuses the delayed recipe's layers: add --fp8_recipe delayed, or drop the flag")
     speedups = None
     if fp8.filter == "auto":
         if fp8.recipe == "delayed":
@@ -50,10 +55,8 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
     report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
-    if fp8.swiglu_kernel:
-        if fp8.recipe != "delayed":
-            raise UserError("the SwiGLU fp8 kernel works with the delayed recipe's layers: use --fp8_recipe delayed")
+    if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
         from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
 
-        log(f"fp8: {fuse_float8_swiglu(model)} SwiGLU blocks run as one function with the Triton backward kernel")
+        report.fused_swiglu = fuse_float8_swiglu(model)
     return model, report
