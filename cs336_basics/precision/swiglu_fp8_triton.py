@@ -7,18 +7,17 @@ import triton.language as tl
 
 
 @triton.jit
-def store_both(ptr, ptr_t, q, rows, cols, M, N, mask, EXPLICIT_T: tl.constexpr):
-    """q (BLOCK_M, BLOCK_N) at rows x cols of the (M, N) array at ptr and of the (N, M) array at ptr_t."""
+def store_both(ptr, ptr_t, q, rows, cols, M, N, mask):
+    """q (BLOCK_M, BLOCK_N) at rows x cols of the (M, N) array at ptr and of the (N, M) array at ptr_t. Triton's
+    layout pass moves the tile through shared memory for the second store, so both coalesce (storing
+    tl.trans(q) as an (N, M) block instead measured the same, call 33)."""
     tl.store(ptr + rows[:, None].to(tl.int64) * N + cols[None, :], q, mask=mask)
-    if EXPLICIT_T:
-        tl.store(ptr_t + cols[:, None].to(tl.int64) * M + rows[None, :], tl.trans(q), mask=tl.trans(mask))
-    else:
-        tl.store(ptr_t + cols[None, :].to(tl.int64) * M + rows[:, None], q, mask=mask)
+    tl.store(ptr_t + cols[None, :].to(tl.int64) * M + rows[:, None], q, mask=mask)
 
 
 @triton.jit
 def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXPLICIT_T: tl.constexpr):
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -27,14 +26,13 @@ def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr
     b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     g = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
     q = tl.clamp(g * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
-    store_both(g_ptr, gt_ptr, q, rows, cols, M, N, mask, EXPLICIT_T)
+    store_both(g_ptr, gt_ptr, q, rows, cols, M, N, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(g)))  # non-negative floats order as their bits do
 
 
 @triton.jit
 def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_ptr, d3_ptr, d3t_ptr, amax_ptr,
-                               M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               EXPLICIT_T: tl.constexpr):
+                               M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -48,13 +46,13 @@ def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_pt
     dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
     q1 = tl.clamp(dh1 * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e5)
     q3 = tl.clamp(dh3 * tl.load(scale_ptr + 1), -FP8_MAX, FP8_MAX).to(tl.float8e5)
-    store_both(d1_ptr, d1t_ptr, q1, rows, cols, M, N, mask, EXPLICIT_T)
-    store_both(d3_ptr, d3t_ptr, q3, rows, cols, M, N, mask, EXPLICIT_T)
+    store_both(d1_ptr, d1t_ptr, q1, rows, cols, M, N, mask)
+    store_both(d3_ptr, d3t_ptr, q3, rows, cols, M, N, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
     tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
 
 
-def autotuned(kernel: triton.JITFunction, configs: tuple[tuple[int, int, int, bool], ...]) -> triton.runtime.Autotuner:
-    """`kernel` under Triton's autotuner over (BLOCK_M, BLOCK_N, warps, explicit transpose) configs, keyed by shape."""
-    return triton.autotune([triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, EXPLICIT_T=t), num_warps=w)
-                            for bm, bn, w, t in configs], key=["M", "N"])(kernel)
+def autotuned(kernel: triton.JITFunction, configs: tuple[tuple[int, int, int], ...]) -> triton.runtime.Autotuner:
+    """`kernel` under Triton's autotuner over (BLOCK_M, BLOCK_N, warps) configs, keyed by shape."""
+    return triton.autotune([triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn), num_warps=w) for bm, bn, w in configs],
+                           key=["M", "N"])(kernel)
