@@ -115,7 +115,8 @@ def test_fused_swiglu_computes_what_the_three_layers_compute():
         torch.testing.assert_close(ours[key], plain[key], rtol=1e-5, atol=1e-9, msg=lambda m: f"{key}: {m}")
 
 
-def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["kept", "recomputed"])
+def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path, checkpointing):
     import numpy as np
 
     from cs336_basics.data.batches import RandomWindows
@@ -134,7 +135,7 @@ def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path):
         kernel = fused is None
         assert sum(isinstance(m, Float8DelayedSwiGLU) for m in model.modules()) == report.fused_swiglu == 2 * kernel
         assert ("2 SwiGLU blocks: one function each" in report.summary()) == kernel
-        trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=True, gradient_checkpointing=False),
+        trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=True, gradient_checkpointing=checkpointing),
                           RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / str(kernel),
                           log=lambda s: None)
         losses[kernel] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
