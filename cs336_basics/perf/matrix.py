@@ -29,7 +29,8 @@ from cs336_basics.perf.measured import mean_ms
 from cs336_basics.training.transforms import CUDA_GRAPH_MODES, check_tune_kernels
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp", "fp8-delayed")
-DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile", "fp8-tensorwise-compile",
+DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile", "fp8-delayed-compile-unfused",
+                     "fp8-tensorwise-compile",
                      "fp8-tensorwise-compile-bf16head", "fp8-tensorwise-compile-flash", "fp8-rowwise-compile",
                      "fp8-rowwise_with_gw_hp-compile", "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
 DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
@@ -38,7 +39,7 @@ DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
 REFERENCE_MODES = {"bf16-eager": "bf16-eager", "bf16-compile": "bf16-compile", "fp8-tensorwise-compile": "fp8-compile",
                    "fp8-tensorwise-compile-bf16head": "fp8-compile", "fp8-rowwise-compile": "fp8rw-compile",
                    "fp8-tensorwise-eager": "fp8-eager", "fp8-delayed-compile": "fp8-compile",
-                   "fp8-delayed-compile-bf16head": "fp8-compile"}
+                   "fp8-delayed-compile-bf16head": "fp8-compile", "fp8-delayed-compile-unfused": "fp8-compile"}
 BASELINE = "bf16-compile"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "anchor_bench.py"
 
