@@ -257,3 +257,18 @@ def test_gains_of_tuned_kernels_are_quoted_only_for_tuned_runs(tmp_path, monkeyp
     run = gpu_run(fp8_recipe="delayed", compile_mode="reduce-overhead", fp8_compile_mode="reduce-overhead", tune_kernels=True)
     summary = format_summary(ModelConfig(), 398_492_544, 353_420_160, run, None)
     assert "reduce-overhead (per block + loss, replayed as CUDA graphs, kernels tuned" in summary and "bench 1.18x" in summary
+
+
+def test_a_run_is_quoted_the_gains_of_its_own_swiglu_setting(tmp_path, monkeypatch):
+    """Measurements with and without the fused SwiGLU are kept apart: each run hears of its own setting's."""
+    from cs336_basics.perf.measured import fp8_gain_note
+
+    path = tmp_path / "fp8_gains.json"
+    entry = dict(dim=896, n_layers=24, batch_size=16, context_length=1024, kind="training", recipe="delayed",
+                 compile_mode="reduce-overhead", gpu="NVIDIA H200", source="x")
+    path.write_text(json.dumps([{**entry, "ratio": 1.16}, {**entry, "ratio": 1.21, "fused_swiglu": True}]))
+    monkeypatch.setattr("cs336_basics.perf.measured.GAINS_FILE", path)
+    fused = fp8_gain_note(896, "delayed", "reduce-overhead", 16, fused_swiglu=True)
+    unfused = fp8_gain_note(896, "delayed", "reduce-overhead", 16)
+    assert "training runs 1.21x" in fused[0] and "and the fused SwiGLU" in fused[0]
+    assert "training runs 1.16x" in unfused[0] and "fused" not in unfused[0]
