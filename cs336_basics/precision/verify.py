@@ -97,6 +97,12 @@ def kernels_vs_reference(name: str, device: torch.device, run: Callable[[bool], 
         except (RuntimeError, NotImplementedError) as e:  # a CPU build without a float8 matmul kernel
             return Check(name, None, f"skipped: torch._scaled_mm on {device.type}: {e}")
     reference, real = results
+    return compare_results(name, real, reference, labels, bounds, what)
+
+
+def compare_results(name: str, real: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor, ...],
+                    labels: tuple[str, ...], bounds: tuple[float, ...], what: str) -> Check:
+    """Each of `real`'s results within its relative-error bound of `reference`'s, and no NaN or inf."""
     errors = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(real, reference)]
     finite = all(torch.isfinite(t).all() for t in real)
     passed = finite and all(e < b for e, b in zip(errors, bounds))
@@ -186,14 +192,10 @@ def check_swiglu_kernels(device: torch.device) -> Check:
             y = module(xe)
         y.backward(grad_y)
         results.append((y.detach(), xe.grad, *(p.grad for p in module.parameters())))
-    labels, bound = ("output", "input gradient", "w1 gradient", "w3 gradient", "w2 gradient"), 5e-2
-    errors = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(results[1], results[0])]
-    finite = all(torch.isfinite(t).all() for t in results[1])
+    labels = ("output", "input gradient", "w1 gradient", "w3 gradient", "w2 gradient")
     kernels = "Triton kernels" if device.type == "cuda" else "the PyTorch references (the kernels need CUDA)"
-    return Check("fused fp8 SwiGLU vs the three layers", finite and max(errors) < bound,
-                 f"{kernels}, {n} tokens, {d} -> {f} -> {d} (seed {seed}), relative error "
-                 + ", ".join(f"{l} {e:.1e}" for l, e in zip(labels, errors)) + f" (bound {bound:.0e})"
-                 + ("" if finite else "; NaN or inf"))
+    return compare_results("fused fp8 SwiGLU vs the three layers", results[1], results[0], labels, (5e-2,) * len(labels),
+                           f"{kernels}, {n} tokens, {d} -> {f} -> {d} (seed {seed})")
 
 
 def short_compiled_training(model: Transformer, tokens: np.ndarray, cfg: ModelConfig, device: torch.device,
