@@ -38,7 +38,7 @@ from cs336_basics.training.attention import FUSED_ORDERS, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
                                                shutdown)
-from cs336_basics.training.setup import Fp8Options, build_model
+from cs336_basics.training.setup import Fp8Options, build_model, check_fused_swiglu
 from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
 from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
@@ -283,9 +283,7 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
     for flag in ("fp8_head", "fp8_fused_swiglu"):
         if getattr(args, flag) is not None and not use_fp8:
             raise UserError(f"--{flag} / --no-{flag} only apply with --use_fp8")
-    if args.fp8_fused_swiglu and recipe != "delayed":
-        raise UserError(f"--fp8_fused_swiglu fuses the delayed recipe's layers, not {recipe}'s: drop it or use "
-                        "--fp8_recipe delayed")
+    check_fused_swiglu(args.fp8_fused_swiglu, recipe)  # here too: before the data is prepared
     if use_fp8 and recipe == "delayed" and distributed:
         raise UserError("--fp8_recipe delayed runs on one GPU for now; under torchrun use --fp8_recipe tensorwise")
     return use_fp8, recipe, head, fused

@@ -23,6 +23,13 @@ class Fp8Options:
     fused_swiglu: bool | None = None
 
 
+def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
+    """The fused SwiGLU is made of the delayed recipe's layers: asking for it with another recipe is an error."""
+    if fused_swiglu and recipe != "delayed":
+        raise UserError(f"--fp8_fused_swiglu fuses the delayed recipe's layers, not {recipe}'s: drop it or use "
+                        "--fp8_recipe delayed")
+
+
 def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
                 micro_batch_tokens: int = 0, log=print) -> tuple[Transformer, ConversionReport | None]:
     """1. build the plain model with fp32 weights (the optimizer's master copy; compute runs in bf16 under
@@ -38,8 +45,7 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8 is None:
         return model, None
     check_fp8_device(device, fp8.emulate)
-    if fp8.fused_swiglu and fp8.recipe != "delayed":
-        raise UserError("--fp8_fused_swiglu fuses the delayed recipe's layers: add --fp8_recipe delayed, or drop the flag")
+    check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
     speedups = None
     if fp8.filter == "auto":
         if fp8.recipe == "delayed":
