@@ -10,13 +10,6 @@ source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_profile; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
 T0=$(date +%s); PACK=profile_tuned.tar.gz
 source benchmarks/scripts/lib_single.sh
-profile() {  # name, seconds, flags...
-  local name=$1 secs=$2; shift 2
-  echo "python3 benchmarks/profile_step.py --preset seed $* --out \$OUT/$name" > $R/$name.command
-  timeout $secs python3 benchmarks/profile_step.py --preset seed "$@" --out $R/$name > $R/$name.log 2>&1
-  echo "$name rc=$? at $(( $(date +%s) - T0 )) s: $(grep -a 'per step:' $R/$name.log)"
-  rm -f $R/$name/trace.json; pack
-}
 gpu_log_start
 profile profile-fp8 90 --precision fp8-delayed
 profile profile-fp8-tuned 150 --precision fp8-delayed --tune_kernels
