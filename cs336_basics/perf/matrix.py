@@ -226,10 +226,10 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             lines.append(f"| {r['name']} | FAILED: {r['error']} |" + " |" * (len(header) - 2))
             continue
         ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
-        graphs = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
+        notes = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
             " (tuned kernels)" if r.get("tune_kernels") and r.get("compiled") else "") + (
             " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "")
-        cells = [r["name"] + graphs, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
+        cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
                  f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a",
