@@ -66,6 +66,19 @@ def test_off_cuda_the_reference_runs():
         assert torch.equal(got.float(), want.float())
 
 
+def test_kernels_refuse_what_was_not_checked_on_the_gpu():
+    """The kernels' launch check: contiguous 2-D tensors of one shape, bf16 only (float32 inputs broke the same
+    store in our cast kernel, NOTES 42)."""
+    from cs336_basics.precision.swiglu_fp8 import _check_2d
+
+    a = torch.zeros(4, 8, dtype=torch.bfloat16)
+    _check_2d(a, a.clone())
+    with pytest.raises(ValueError, match="bf16 tensors"):
+        _check_2d(a, a.float())
+    with pytest.raises(ValueError, match="one shape"):
+        _check_2d(a, a.t())
+
+
 def test_kernel_bench_without_a_gpu_is_a_one_line_error():
     if torch.cuda.is_available():
         return

@@ -91,6 +91,10 @@ def _check_2d(*tensors: torch.Tensor) -> None:
     shape = tensors[0].shape
     if not (len(shape) == 2 and all(t.shape == shape and t.is_contiguous() for t in tensors)):
         raise ValueError(f"SwiGLU fp8 kernels take contiguous (M, N) tensors of one shape, got {[tuple(t.shape) for t in tensors]}")
+    # Only bf16 inputs (the matmuls' outputs under autocast) were checked on the GPU. The same way of storing a
+    # tile both ways gave a wrong transposed copy for float32 inputs in our cast kernel (calls 36-42, NOTES 42).
+    if any(t.dtype != torch.bfloat16 for t in tensors):
+        raise ValueError(f"SwiGLU fp8 kernels take bf16 tensors (run under autocast), got {[t.dtype for t in tensors]}")
 
 
 def _launch(name: str, config: Config | None, M: int, N: int, *args: Any, **constants: Any) -> None:
