@@ -225,3 +225,22 @@ def test_kernels_index_mask_and_transpose_in_tritons_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
     proc = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+def test_kernels_compile_for_hopper():
+    """Both kernels compiled for sm90 (to a cubin, with Triton's own ptxas; no GPU needed): Triton's interpreter
+    accepts code the compiler refuses (call 41, on branch fp8-cast-kernel, lost a device call to one)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from cs336_basics.precision import swiglu_fp8_triton as k
+
+    for kernel, out_type, fp8_max in ((k.swiglu_forward_fp8_kernel, "*fp8e4nv", 448.0),
+                                      (k.swiglu_backward_fp8_kernel, "*fp8e5", 57344.0)):
+        constants = {"FP8_MAX": fp8_max, "BLOCK_M": 64, "BLOCK_N": 64}
+        signature = {name: ("constexpr" if name in constants else "i32" if name in ("M", "N") else
+                            "*fp32" if name in ("scale_ptr", "amax_ptr") else
+                            "*bf16" if name in ("dg_ptr", "h1_ptr", "h3_ptr") else out_type) for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel.fn.__name__
