@@ -144,9 +144,9 @@ def check_kernels(M: int, N: int, device: torch.device, seed: int = 0) -> list[s
     """Both kernels as training runs them (the autotuner's tiles) at the training shape (M tokens, SwiGLU width
     N), on seeded random inputs of an activation's and a gradient's magnitudes, against the references: each
     transposed copy equal to its row-major copy transposed, byte for byte; every value within one float8 step
-    of the reference; the amaxes within 1e-3. Returns what failed (nothing: right). The device's Triton has
-    miscompiled a transposed copy that our bf16 checks at other shapes did not see (NOTES 42), so a run checks
-    its own shape before it trains. On a CPU both sides are the references."""
+    of the reference; the amaxes within 1% (one bf16 rounding of the largest value may differ). Returns what
+    failed (nothing: right). The device's Triton has miscompiled a transposed copy at one shape and not at
+    others (NOTES 42), so a run checks its own shape before it trains. On a CPU both sides are the references."""
     g = torch.Generator(device=device).manual_seed(seed)
     dg, h1, h3 = ((torch.randn(M, N, device=device, generator=g) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
     one = torch.ones((), device=device)
@@ -166,7 +166,7 @@ def check_kernels(M: int, N: int, device: torch.device, seed: int = 0) -> list[s
             gap = (rows.float() - want_rows.float()).abs().nan_to_num(nan=float("inf"))
             if not bool((gap <= torch.clamp(step * want_rows.float().abs(), min=smallest)).all()):
                 problems.append(f"{name} output {i // 2}: values more than one float8 step from the reference")
-        if not torch.allclose(got_amax.float(), want[-1].float(), rtol=1e-3, atol=0):
+        if not torch.allclose(got_amax.float(), want[-1].float(), rtol=1e-2, atol=0):
             problems.append(f"{name}: amax {got_amax.tolist()} where the reference has {want[-1].tolist()}")
     return problems
 
