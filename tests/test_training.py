@@ -129,6 +129,8 @@ def one_line_error(capsys, rc: int, pattern: str) -> None:
     (["--no-fp8_fused_swiglu"], "--no-fp8_fused_swiglu only apply with --use_fp8"),
     (["--use_fp8", "--fp8_emulate", "--fp8_recipe", "rowwise", "--fp8_fused_swiglu"], "fuses the delayed recipe's layers"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+    (["--residual_dtype", "fp16"], "--residual_dtype must be one of fp32, bf16"),
+    (["--residual_dtype", "bf16"], "--residual_dtype bf16 needs bf16 autocast"),
 ])
 def test_bad_flags(tmp_path, small_corpus, capsys, extra, pattern):
     one_line_error(capsys, train(base_args(tmp_path, small_corpus) + extra), pattern)
@@ -369,3 +371,28 @@ def test_tune_kernels_needs_compile_and_a_gpu(tmp_path, small_corpus, capsys):
     assert "--tune_kernels tunes the compiled kernels: add --compile_model" in capsys.readouterr().err
     assert train(base_args(tmp_path, small_corpus, steps=2) + ["--tune_kernels", "--compile_model", "--overwrite"]) == 2
     assert "--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: cpu)" in capsys.readouterr().err
+
+
+def test_bf16_residual_stream_keeps_the_blocks_inputs_in_bf16_under_autocast():
+    """cast_residual_stream: the embedding's output, so every block's input and sum, in bf16 under autocast
+    (float32 otherwise: the float32 embedding plus bf16 block outputs); the loss stays close to float32's."""
+    from cs336_basics.training.transforms import cast_residual_stream
+
+    cfg = ModelConfig(vocab_size=64, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        if bf16:
+            cast_residual_stream(model)
+        seen = []
+        for block in model.layers:
+            block.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = model(idx, idx)
+        loss.backward()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        assert seen == [(dtype, dtype)] * cfg.n_layers
+        results[bf16] = float(loss)
+    assert results[True] == pytest.approx(results[False], rel=2e-2)

@@ -1,6 +1,7 @@
-"""Transformations of a built model that the Trainer applies, in this order: activation checkpointing per
-block, then torch.compile per block and of the output head + loss (so a 24-layer model compiles one block
-graph, reused 24 times, in seconds). Both act in place and keep the state-dict keys of the plain model."""
+"""Transformations of a built model that the Trainer applies, in this order: the residual stream's dtype,
+activation checkpointing per block, then torch.compile per block and of the output head + loss (so a 24-layer
+model compiles one block graph, reused 24 times, in seconds). All act in place and keep the state-dict keys of
+the plain model."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each comp
 # kernels over both dimensions (the fp8 casts that write transposed copies). Measured on one H200 at the seed
 # size: fp8 steps 2.4-3.8% faster, bf16 0.5%, for 35-90 s more compilation (benchmarks/NOTES.md 34, 36).
 TUNED_KERNELS = {"coordinate_descent_tuning": True, "triton.prefer_nd_tiling": True}
+RESIDUAL_DTYPES = ("fp32", "bf16")
 
 
 def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed: bool) -> str:
@@ -25,6 +27,20 @@ def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed
     if mode != "auto":
         return mode
     return "reduce-overhead" if fp8 and device.type == "cuda" and not distributed else "default"
+
+
+def cast_residual_stream(model: Transformer) -> None:
+    """The residual stream in bf16 instead of float32. Under autocast the embedding (float32 weights) returns
+    float32 and every block adds its bf16 output to it in float32, so RMSNorm, its backward and the residual adds
+    read and write 4 bytes an element each way; cast once at the embedding, the stream and its gradient stay bf16
+    (Megatron-LM's default; torchtitan's with bf16 parameters). RMSNorm still computes in float32 (autocast's
+    policy for it). Needs autocast (check_residual_dtype): without it bf16 activations would meet float32 weights."""
+    model.embed.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
+
+
+def check_residual_dtype(dtype: str, device: torch.device) -> None:
+    if dtype == "bf16" and device.type != "cuda":
+        raise UserError(f"--residual_dtype bf16 needs bf16 autocast, which training uses on CUDA GPUs only (device: {device})")
 
 
 def apply_activation_checkpointing(model: Transformer) -> None:
