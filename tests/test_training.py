@@ -394,5 +394,5 @@ def test_bf16_residual_stream_keeps_the_blocks_inputs_in_bf16_under_autocast():
         loss.backward()
         dtype = torch.bfloat16 if bf16 else torch.float32
         assert seen == [(dtype, dtype)] * cfg.n_layers
-        results[bf16] = float(loss)
+        results[bf16] = float(loss.detach())
     assert results[True] == pytest.approx(results[False], rel=2e-2)
