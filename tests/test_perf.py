@@ -304,26 +304,34 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     run("fp8-default-64", True, 110.0, ran="default", batch_size=64)
     run("fp8-tuned", True, 240.0, tune_kernels=True)  # tuned kernels: paired with the tuned bf16 run only
     run("bf16-tuned", False, 200.0, tune_kernels=True)
+    run("fp8-bf16res", True, 250.0, residual_dtype="bf16")  # bf16 residual stream: paired with bf16's of the same
+    run("bf16-bf16res", False, 125.0, residual_dtype="bf16")
     (call / "matrix").mkdir()
     rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=80.0, step_ms_mean=90.0),
             dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False, step_ms=70.0,
                  step_ms_mean=75.0, compile_mode="reduce-overhead"),
             dict(name="fp8-tensorwise-compile-ac", precision="fp8-tensorwise", compiled=True, checkpointing=True,
                  step_ms=60.0),
-            dict(name="fp8-rowwise-compile", error="out of memory")]
+            dict(name="fp8-rowwise-compile", error="out of memory"),
+            dict(name="bf16-compile-bf16res", precision="bf16", compiled=True, checkpointing=False, step_ms=70.0,
+                 step_ms_mean=80.0, residual_dtype="bf16"),
+            dict(name="fp8-delayed-compile-bf16res", precision="fp8-delayed", compiled=True, checkpointing=False,
+                 step_ms=60.0, step_ms_mean=64.0, compile_mode="reduce-overhead", residual_dtype="bf16")]
     (call / "matrix" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
     (call / "experiment").mkdir()  # --inductor overrides: an experiment, not a setting of the trainer
     (call / "experiment" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, inductor={"triton.max_tiles": 3}, environment={})))
     gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
-    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"])
-            for g in gains] == [
-        ("training", "delayed", 0.9, 896, 16, "default", False),
-        ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False),
-        ("training", "delayed", 1.1, 896, 64, "default", False),
-        ("training", "delayed", 1.2, 896, 16, "default", True),
-        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False)]  # bench: mean step over mean step
+    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"],
+             g["residual_dtype"]) for g in gains] == [
+        ("training", "delayed", 0.9, 896, 16, "default", False, "fp32"),
+        ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False, "fp32"),
+        ("training", "delayed", 2.0, 896, 16, "default", False, "bf16"),
+        ("training", "delayed", 1.1, 896, 64, "default", False, "fp32"),
+        ("training", "delayed", 1.2, 896, 16, "default", True, "fp32"),
+        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False, "fp32"),  # bench: mean step over mean step
+        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16")]  # against bf16-compile-bf16res
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")
 
 
