@@ -45,7 +45,8 @@ from cs336_basics.training.transforms import COMPILE_MODES, check_residual_dtype
 
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
-SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention")
+SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention",
+               "residual_dtype")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
 
 
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --compile_model on a GPU: inductor tunes each Triton kernel's block sizes (coordinate "
                         "descent) and tiles the fp8 casts in 2-D; measured 2.4-3.8%% faster fp8 steps at the seed size "
                         "(bf16 0.5%%) for 35-90 s more compilation (benchmarks/NOTES.md 34, 36)")
+    s.add_argument("--residual_dtype", metavar="fp32|bf16",
+                   help="the residual stream's dtype while training (default fp32); bf16 on a GPU: 2-4%% faster steps "
+                        "in both precisions, validation within 0.1%% at the small size (benchmarks/NOTES.md 49); "
+                        "evaluation keeps float32")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
