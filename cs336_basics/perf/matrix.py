@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size"):
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
-    p.add_argument("--modes", help=f"comma-separated, or 'all' ({len(all_modes())}); default: {','.join(DEFAULT_GPU_MODES)}")
+    p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
+                                   f"[-unfused][-bf16res] (attention kernel; activation checkpointing; the output head "
+                                   f"in bf16; fp8-delayed's SwiGLU as three layers; the bf16 residual stream), or 'all' "
+                                   f"({len(all_modes())}, without the last three suffixes); precisions: "
+                                   f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's: tuned Triton kernels in every compiled row")
