@@ -119,12 +119,17 @@ def kernel_breakdown(trace: dict, steps: int) -> dict:
     for e in kernels:
         per_cat[category(e["name"])] = per_cat.get(category(e["name"]), 0.0) + e["dur"]
         per_name.setdefault(e["name"], []).append(e["dur"])
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in kernels)
-    busy, end = 0.0, spans[0][0]
-    for a, b in spans:  # union of kernel intervals (one stream in practice; overlaps counted once)
+    ordered = sorted(kernels, key=lambda e: e["ts"])
+    busy, end, last = 0.0, ordered[0]["ts"], ordered[0]
+    gaps: list[tuple[float, dict, dict]] = []  # (idle us, the kernel that ended last, the next one)
+    for e in ordered:  # union of kernel intervals (one stream in practice; overlaps counted once)
+        a, b = e["ts"], e["ts"] + e["dur"]
+        if a > end:
+            gaps.append((a - end, last, e))
         busy += max(0.0, b - max(a, end))
-        end = max(end, b)
-    wall = end - spans[0][0]
+        if b >= end:
+            end, last = b, e
+    wall = end - ordered[0]["ts"]
     ms = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
     top = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))[:30]
     return {
@@ -133,7 +138,15 @@ def kernel_breakdown(trace: dict, steps: int) -> dict:
         "by_category_ms_per_step": {k: ms(v) for k, v in sorted(per_cat.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"name": n[:160], "category": category(n), "ms_per_step": ms(sum(d)), "calls_per_step": len(d) / steps}
                         for n, d in top],
+        # Where the GPU waits: idle by gap length (many short gaps: launch latency; a few long ones: the host
+        # stalling, e.g. between CUDA graph replays or at the optimizer), and the longest gaps' neighbours.
+        "idle_ms_per_step_by_gap": {label: ms(sum(g for g, _, _ in gaps if lo <= g < hi)) for label, lo, hi in GAP_SIZES},
+        "longest_gaps": [{"us": round(g, 1), "after": before["name"][:100], "before": after["name"][:100]}
+                         for g, before, after in sorted(gaps, key=lambda x: -x[0])[:12]],
     }
+
+
+GAP_SIZES = (("under 10 us", 0.0, 10.0), ("10-100 us", 10.0, 100.0), ("100 us or more", 100.0, float("inf")))
 
 
 def format_breakdown(b: dict) -> str:
@@ -144,6 +157,8 @@ def format_breakdown(b: dict) -> str:
     lines += [f"  {k:<18} {v:9.3f} ms" for k, v in b["by_category_ms_per_step"].items()]
     lines += [f"  {k['ms_per_step']:8.3f} ms  x{k['calls_per_step']:<6g} {k['category']:<17} {k['name'][:90]}"
               for k in b["top_kernels"]]
+    lines.append("idle per step by gap: " + ", ".join(f"{k} {v} ms" for k, v in b["idle_ms_per_step_by_gap"].items()))
+    lines += [f"  gap {g['us']:9.1f} us  after {g['after'][:60]}  before {g['before'][:60]}" for g in b["longest_gaps"][:6]]
     return "\n".join(lines)
 
 

@@ -172,7 +172,7 @@ def test_attention_kernel_names_name_the_backend_that_ran():
 
 def test_kernel_breakdown_of_a_trace():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from profile_step import kernel_breakdown
+    from profile_step import format_breakdown, kernel_breakdown
 
     trace = {"traceEvents": [
         {"cat": "kernel", "name": "nvjet_sm90_tst_128x256", "ts": 0, "dur": 10},
@@ -183,6 +183,10 @@ def test_kernel_breakdown_of_a_trace():
     b = kernel_breakdown(trace, steps=1)
     assert b["by_category_ms_per_step"] == {"matmul": 0.01, "attention": 0.004, "triton pointwise": 0.003}
     assert b["wall_ms_per_step"] == 0.018 and b["gpu_busy_ms_per_step"] == 0.016  # 14-15 overlaps: counted once
+    assert b["idle_ms_per_step_by_gap"] == {"under 10 us": 0.002, "10-100 us": 0.0, "100 us or more": 0.0}
+    assert b["longest_gaps"] == [{"us": 2, "after": "nvjet_sm90_tst_128x256",
+                                  "before": "triton_poi_fused__scaled_mm__to_copy_clamp_0"}]  # 14-15 overlap: no gap
+    assert "idle per step by gap: under 10 us 0.002 ms" in format_breakdown(b)
     assert kernel_breakdown({"traceEvents": []}, 1)["note"].startswith("no GPU kernels")
 
 
