@@ -29,10 +29,13 @@ def main() -> None:
     p.add_argument("--eager", action="store_true")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
+    p.add_argument("--residual_dtype", default="fp32", help="as train_h100.py's (fp32 or bf16)")
+    p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
     args = p.parse_args()
     from cs336_basics.data.batches import RandomWindows
+    from cs336_basics.perf.matrix import parse_inductor
     from cs336_basics.training.attention import attention_context
     from cs336_basics.training.distributed import init_distributed, shutdown
     from cs336_basics.training.setup import build_model
@@ -43,17 +46,19 @@ def main() -> None:
     ctx, device = init_distributed(torch.device("cuda" if cuda else "cpu"))
     spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
                      precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
-                     tune_kernels=args.tune_kernels, device=device.type)
+                     tune_kernels=args.tune_kernels, residual_dtype=args.residual_dtype, device=device.type,
+                     inductor=parse_inductor(args.inductor))
     cfg = PRESETS[args.preset]
     model, _ = build_model(cfg, device, spec.fp8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, TrainConfig(batch_size=args.batch_size, compile_model=spec.compiled, gradient_checkpointing=False,
-                                         compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, use_flash_attn=True),
+                                         compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, use_flash_attn=True,
+                                         residual_dtype=spec.residual_dtype),
                       RandomWindows(tokens, args.batch_size, cfg.context_length, 0, ctx.rank, ctx.world_size),
                       tokens[: 4 * cfg.context_length], device, args.out, log=lambda s: None, ctx=ctx)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with attention_context(True, "auto"):
+    with attention_context(True, "auto"), torch._inductor.config.patch(spec.inductor):
         for _ in range(3):  # compile and warm up outside the trace
             trainer.train_step(3e-4)
         if cuda:
