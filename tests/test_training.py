@@ -397,3 +397,20 @@ def test_bf16_residual_stream_keeps_the_blocks_inputs_in_bf16_under_autocast():
         assert seen == [(dtype, dtype)] * cfg.n_layers
         results[bf16] = float(loss.detach())
     assert results[True] == pytest.approx(results[False], rel=2e-2)
+
+
+def test_residual_dtype_is_what_the_run_trains_with():
+    """One device: as asked (bf16 needs CUDA autocast). Under FSDP on CUDA the parameters compute in bf16 and each
+    block's input is cast to bf16, so the stream is bf16: recorded as such, and fp32 given as a flag is refused."""
+    from cs336_basics.training.transforms import resolve_residual_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_residual_dtype("fp32", cpu, distributed=False, asked=False) == "fp32"
+    assert resolve_residual_dtype("bf16", cuda, distributed=False, asked=True) == "bf16"
+    assert resolve_residual_dtype("fp32", cuda, distributed=False, asked=True) == "fp32"
+    assert resolve_residual_dtype("fp32", cuda, distributed=True, asked=False) == "bf16"  # the default, under FSDP
+    assert resolve_residual_dtype("fp32", cpu, distributed=True, asked=True) == "fp32"  # gloo on CPU: float32 throughout
+    with pytest.raises(UserError, match="drop --residual_dtype fp32"):
+        resolve_residual_dtype("fp32", cuda, distributed=True, asked=True)
+    with pytest.raises(UserError, match="CUDA GPUs only"):
+        resolve_residual_dtype("bf16", cpu, distributed=False, asked=True)

@@ -41,7 +41,7 @@ from cs336_basics.training.distributed import (DistributedContext, barrier, broa
 from cs336_basics.training.setup import Fp8Options, build_model, check_fused_swiglu
 from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
-from cs336_basics.training.transforms import COMPILE_MODES, check_residual_dtype, resolve_compile_mode
+from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode, resolve_residual_dtype
 
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
@@ -302,7 +302,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
         check_fp8_device(device, args.fp8_emulate)
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
     train_cfg = resolve_train_config(args, resumed["train_config"] if resumed else None, model_cfg.context_length)
-    check_residual_dtype(train_cfg.residual_dtype, device)  # before the data is prepared
+    train_cfg = replace(train_cfg, residual_dtype=resolve_residual_dtype(  # before the data is prepared
+        train_cfg.residual_dtype, device, ctx.enabled, asked=args.residual_dtype is not None))
     torch.manual_seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
 

@@ -43,6 +43,20 @@ def check_residual_dtype(dtype: str, device: torch.device) -> None:
         raise UserError(f"--residual_dtype bf16 needs bf16 autocast, which training uses on CUDA GPUs only (device: {device})")
 
 
+def resolve_residual_dtype(dtype: str, device: torch.device, distributed: bool, asked: bool) -> str:
+    """The residual stream's dtype a run trains with. On one device: `dtype` (bf16 needs CUDA). Under FSDP on
+    CUDA the parameters compute in bf16 and every block's input is cast to bf16 (apply_fsdp's
+    MixedPrecisionPolicy), so the stream is bf16 whatever the config says; fp32 asked for there (`asked`: given
+    as a flag) is refused rather than ignored."""
+    if distributed and device.type == "cuda":
+        if dtype == "fp32" and asked:
+            raise UserError("under torchrun FSDP computes with bf16 parameters and casts every block's input to bf16, "
+                            "so the residual stream is bf16: drop --residual_dtype fp32")
+        return "bf16"
+    check_residual_dtype(dtype, device)
+    return dtype
+
+
 def apply_activation_checkpointing(model: Transformer) -> None:
     """Recompute each block's activations in the backward pass instead of storing them."""
     for i, block in enumerate(model.layers):
