@@ -95,7 +95,8 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     tokens_per_second = spec.batch_size * T / step
     result: dict[str, Any] = dict(
         name=spec.name, precision=spec.precision, compiled=spec.compiled, compile_mode=trainer.compile_mode,
-        tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu), residual_dtype=spec.residual_dtype, flash=spec.flash,
+        tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu),
+        fused_swiglu_kernels_checked=report.kernels_checked if report else "", residual_dtype=spec.residual_dtype, flash=spec.flash,
         checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],

@@ -39,6 +39,7 @@ class ConversionReport:
     fp8_head: bool = False  # the output head + loss run in float8 (fp8_head.py), not TorchAO
     layer: str = "Float8Linear"  # what the converted layers became: TorchAO's, or our Float8DelayedLinear
     fused_swiglu: int = 0  # SwiGLU blocks whose three layers run as one function (swiglu_fp8.py)
+    kernels_checked: str = ""  # where the fused SwiGLU's kernels were checked before training ("16384 tokens x 3584")
 
     @property
     def total(self) -> int:

@@ -67,13 +67,13 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
 
         report.fused_swiglu = fuse_float8_swiglu(model)
         if report.fused_swiglu and micro_batch_tokens:
-            check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
+            report.kernels_checked = check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
     return model, report
 
 
-def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> None:
+def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> str:
     """The fused SwiGLU's kernels checked at this run's shape before it trains (swiglu_fp8.check_kernels):
-    a wrong kernel is refused with the way around it, never trained with."""
+    a wrong kernel is refused with the way around it, never trained with. Returns the shape checked."""
     from cs336_basics.precision.swiglu_fp8 import check_kernels
 
     problems = check_kernels(M, N, device)
@@ -81,3 +81,4 @@ def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) 
         raise UserError(f"the fused SwiGLU's Triton kernels computed wrong results on this machine at {M} x {N} "
                         f"({'; '.join(problems)}): train with --no-fp8_fused_swiglu, and report it")
     log(f"fused SwiGLU kernels checked at {M} tokens x {N}: both layouts and amaxes as their references")
+    return f"{M} tokens x {N}"
