@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--eager", action="store_true")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
-    p.add_argument("--residual_dtype", default="fp32", help="as train_h100.py's (fp32 or bf16)")
+    p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
@@ -77,6 +77,7 @@ def main() -> None:
     (args.out / "top_ops.txt").write_text(table)
     prof.export_chrome_trace(str(args.out / "trace.json"))
     (args.out / "spec.json").write_text(json.dumps({**asdict(spec), "compile_mode": trainer.compile_mode,
+                                                    "residual_dtype": trainer.cfg.residual_dtype,
                                                     "world_size": ctx.world_size}, indent=1))
     breakdown = kernel_breakdown(json.loads((args.out / "trace.json").read_text()), args.steps)
     (args.out / "breakdown.json").write_text(json.dumps(breakdown, indent=1))

@@ -71,9 +71,12 @@ def test_peak_lookup():
 def test_mode_parsing():
     assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
         precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True,
-        fp8_head=True, fp8_fused_swiglu=None, residual_dtype="fp32")
+        fp8_head=True, fp8_fused_swiglu=None, residual_dtype="auto")  # the trainer's default stream
     assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8_head"] is False  # the head kept in bf16
     assert parse_mode("bf16-compile-bf16res")["residual_dtype"] == parse_mode("fp8-delayed-compile-bf16res")["residual_dtype"] == "bf16"
+    assert parse_mode("fp8-delayed-compile-fp32res")["residual_dtype"] == "fp32"
+    with pytest.raises(UserError, match="keep one"):
+        parse_mode("bf16-compile-bf16res-fp32res")
     assert parse_mode("bf16-eager-math")["flash"] is False
     assert parse_mode("bf16-compile")["fused_attention"] == "auto"  # PyTorch's own kernel order
     assert parse_mode("bf16-compile-flash")["fused_attention"] == "flash"
@@ -323,6 +326,17 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
                  step_ms=60.0, step_ms_mean=64.0, compile_mode="reduce-overhead", residual_dtype="bf16")]
     (call / "matrix" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
+    (call / "matrix-auto").mkdir()  # rows named without a suffix ran the trainer's default, bf16 on a GPU
+    auto_rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=90.0,
+                      step_ms_mean=100.0, residual_dtype="bf16"),
+                 dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False,
+                      step_ms=75.0, step_ms_mean=80.0, compile_mode="reduce-overhead", residual_dtype="bf16"),
+                 dict(name="bf16-compile-fp32res", precision="bf16", compiled=True, checkpointing=False, step_ms=95.0,
+                      step_ms_mean=110.0, residual_dtype="fp32"),
+                 dict(name="fp8-delayed-compile-fp32res", precision="fp8-delayed", compiled=True, checkpointing=False,
+                      step_ms=95.0, step_ms_mean=100.0, compile_mode="reduce-overhead", residual_dtype="fp32")]
+    (call / "matrix-auto" / "matrix.json").write_text(json.dumps(dict(
+        model=model, batch_size=16, rows=auto_rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
     (call / "experiment").mkdir()  # --inductor overrides: an experiment, not a setting of the trainer
     (call / "experiment" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, inductor={"triton.max_tiles": 3}, environment={})))
@@ -335,7 +349,9 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
         ("training", "delayed", 1.1, 896, 64, "default", False, "fp32"),
         ("training", "delayed", 1.2, 896, 16, "default", True, "fp32"),
         ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False, "fp32"),  # bench: mean step over mean step
-        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16")]  # against bf16-compile-bf16res
+        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # against bf16-compile-bf16res
+        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # matrix-auto: paired by stream
+        ("bench", "delayed", 1.1, 896, 16, "reduce-overhead", False, "fp32")]
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")
 
 

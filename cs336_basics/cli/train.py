@@ -94,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --compile_model on a GPU: inductor tunes each Triton kernel's block sizes (coordinate "
                         "descent) and tiles the fp8 casts in 2-D; measured 2.4-3.8%% faster fp8 steps at the seed size "
                         "(bf16 0.5%%) for 35-90 s more compilation (benchmarks/NOTES.md 34, 36)")
-    s.add_argument("--residual_dtype", metavar="fp32|bf16",
-                   help="the residual stream's dtype while training (default fp32); bf16 on a GPU: 2-4%% faster steps "
-                        "in both precisions, validation within 0.1%% at the small size (benchmarks/NOTES.md 49); "
-                        "evaluation keeps float32")
+    s.add_argument("--residual_dtype", metavar="auto|fp32|bf16",
+                   help="the residual stream's dtype while training (default auto: bf16 on a GPU, float32 on CPU); "
+                        "bf16 measured 2-4%% faster steps in both precisions than fp32, validation within 0.5%% at the "
+                        "small and seed sizes (benchmarks/NOTES.md 49, 54); evaluation keeps float32")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
@@ -148,7 +148,8 @@ def resolve_model_config(args: argparse.Namespace, saved: dict[str, Any] | None)
 
 
 def resolve_train_config(args: argparse.Namespace, saved: dict[str, Any] | None, context_length: int) -> TrainConfig:
-    base = TrainConfig(**saved) if saved else TrainConfig()
+    # A checkpoint from before --residual_dtype trained with the float32 stream: it resumes with it.
+    base = TrainConfig(**{"residual_dtype": "fp32", **saved}) if saved else TrainConfig()
     values = {n: getattr(args, n) for n in TRAIN_FLAGS if getattr(args, n) is not None}
     # Speed settings too: a resumed run keeps its checkpoint's unless a flag says otherwise.
     values.update({n: getattr(args, n) for n in SPEED_FLAGS if getattr(args, n) is not None})

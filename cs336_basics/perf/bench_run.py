@@ -48,7 +48,7 @@ class BenchSpec:
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     fp8_fused_swiglu: bool | None = None  # as Fp8Options.fused_swiglu (mode suffix -unfused: False)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
-    residual_dtype: str = "fp32"  # as TrainConfig.residual_dtype (mode suffix -bf16res: "bf16")
+    residual_dtype: str = "auto"  # as TrainConfig.residual_dtype (mode suffixes -bf16res, -fp32res)
     device: str = "cuda"
     inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}
 
@@ -96,8 +96,8 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     result: dict[str, Any] = dict(
         name=spec.name, precision=spec.precision, compiled=spec.compiled, compile_mode=trainer.compile_mode,
         tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu),
-        fused_swiglu_kernels_checked=report.kernels_checked if report else "", residual_dtype=spec.residual_dtype, flash=spec.flash,
-        checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
+        fused_swiglu_kernels_checked=report.kernels_checked if report else "",
+        residual_dtype=trainer.cfg.residual_dtype, flash=spec.flash, checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],
         step_ms_mean=round(step_mean * 1e3, 2), step_ms_each=[round(t * 1e3, 2) for t in step_seconds],

@@ -135,7 +135,8 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     for matrix_json in sorted(call.glob("*/matrix.json")):
         matrix = json.loads(matrix_json.read_text())
         rows = {r["name"]: r for r in matrix["rows"] if "step_ms" in r}
-        bases = {"fp32": rows.get("bf16-compile"), "bf16": rows.get("bf16-compile-bf16res")}  # fp8 rows' pairs
+        bases = {_residual(r): r for name in ("bf16-compile", "bf16-compile-fp32res", "bf16-compile-bf16res")
+                 if (r := rows.get(name))}  # the fp8 rows' pairs, by residual stream
         if matrix.get("inductor"):  # --inductor experiments are not a setting the trainer offers
             continue
         command = matrix["environment"].get("command", "").split()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +34,8 @@ from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
 from cs336_basics.training.throughput import Throughput
 from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, RESIDUAL_DTYPES,
-                                              apply_activation_checkpointing, cast_residual_stream, check_residual_dtype,
-                                              check_tune_kernels, compile_model, resolve_compile_mode)
+                                              apply_activation_checkpointing, cast_residual_stream, check_tune_kernels,
+                                              compile_model, resolve_compile_mode, resolve_residual_dtype)
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
@@ -67,7 +67,7 @@ class TrainConfig:
     use_flash_attn: bool = False
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
     gc_interval: int = 50  # Python's automatic GC off while training, a young collection every N steps; 0: automatic
-    residual_dtype: str = "fp32"  # "bf16": the residual stream in bf16 while training (transforms.cast_residual_stream)
+    residual_dtype: str = "auto"  # "bf16" (auto on CUDA): the stream in bf16 while training (transforms.cast_residual_stream)
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -122,7 +122,9 @@ class Trainer:
         log: Callable[[str], None] = print,
         ctx: DistributedContext = DistributedContext(),
     ) -> None:
-        self.cfg, self.device, self.out_dir, self.ctx = cfg.validate(), device, out_dir, ctx
+        cfg = cfg.validate()  # "auto" settings resolved for this device, so checkpoints record what ran
+        cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False))
+        self.cfg, self.device, self.out_dir, self.ctx = cfg, device, out_dir, ctx
         self.log = log if ctx.is_main else (lambda message: None)
         self.train_data, self.val_tokens = train_data, val_tokens
         self.run_info = run_info or {}
@@ -142,7 +144,6 @@ class Trainer:
         # Transformations, in order, after any float8 conversion: the residual stream's dtype, activation
         # checkpointing, then compile, then FSDP2 sharding when several processes run.
         if bf16_residual:
-            check_residual_dtype(cfg.residual_dtype, device)
             cast_residual_stream(model)
             self.log("residual stream in bf16 (FSDP's bf16 parameters), in evaluation too" if ctx.enabled else
                      "residual stream in bf16 while training (--residual_dtype bf16); evaluation in float32")
