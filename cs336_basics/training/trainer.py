@@ -146,7 +146,7 @@ class Trainer:
         if bf16_residual:
             cast_residual_stream(model)
             self.log("residual stream in bf16 (FSDP's bf16 parameters), in evaluation too" if ctx.enabled else
-                     "residual stream in bf16 while training (--residual_dtype bf16); evaluation in float32")
+                     "residual stream in bf16 while training (--residual_dtype); evaluation in float32")
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model)
         self.compile_mode = resolve_compile_mode(cfg.compile_mode, self.fp8, device, ctx.enabled) if cfg.compile_model else None
