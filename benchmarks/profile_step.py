@@ -137,13 +137,16 @@ def kernel_breakdown(trace: dict, steps: int) -> dict:
             end, last = b, e
     wall = end - ordered[0]["ts"]
     ms = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
-    top = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))[:30]
+    by_time = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))
     return {
         "steps": steps, "wall_ms_per_step": ms(wall), "gpu_busy_ms_per_step": ms(busy), "idle_ms_per_step": ms(wall - busy),
         "kernels_per_step": round(len(kernels) / steps),
         "by_category_ms_per_step": {k: ms(v) for k, v in sorted(per_cat.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"name": n[:160], "category": category(n), "ms_per_step": ms(sum(d)), "calls_per_step": len(d) / steps}
-                        for n, d in top],
+                        for n, d in by_time[:30]],
+        # Every kernel, so the long tail can be studied from the results without the trace (too large to keep).
+        "all_kernels": [{"name": n[:300], "category": category(n), "ms_per_step": ms(sum(d)), "calls_per_step": len(d) / steps,
+                         "us_per_call": round(sum(d) / len(d), 2)} for n, d in by_time],
         # Where the GPU waits: idle by gap length (many short gaps: launch latency; a few long ones: the host
         # stalling, e.g. between CUDA graph replays or at the optimizer), and the longest gaps' neighbours.
         "idle_ms_per_step_by_gap": {label: ms(sum(g for g, _, _ in gaps if lo <= g < hi)) for label, lo, hi in GAP_SIZES},

@@ -190,6 +190,8 @@ def test_kernel_breakdown_of_a_trace():
     assert b["longest_gaps"] == [{"us": 2, "after": "nvjet_sm90_tst_128x256",
                                   "before": "triton_poi_fused__scaled_mm__to_copy_clamp_0"}]  # 14-15 overlap: no gap
     assert "idle per step by gap: under 10 us 0.002 ms" in format_breakdown(b)
+    assert [(k["name"][:6], k["calls_per_step"], k["us_per_call"]) for k in b["all_kernels"]] == [
+        ("nvjet_", 1, 10), ("cudnn_", 1, 4), ("triton", 1, 3)]  # every kernel, busiest first
     assert kernel_breakdown({"traceEvents": []}, 1)["note"].startswith("no GPU kernels")
 
 
