@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--residual_dtype", metavar="auto|fp32|bf16",
                    help="the residual stream's dtype while training (default auto: bf16 on a GPU, float32 on CPU); "
                         "bf16 measured 2-4%% faster steps in both precisions than fp32, validation within 0.5%% at the "
-                        "small and seed sizes (benchmarks/NOTES.md 49, 54); evaluation keeps float32")
+                        "small and seed sizes (benchmarks/NOTES.md 49, 55); evaluation keeps float32")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "

@@ -18,7 +18,7 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each comp
 # size: fp8 steps 2.4-3.8% faster, bf16 0.5%, for 35-90 s more compilation (benchmarks/NOTES.md 34, 36).
 TUNED_KERNELS = {"coordinate_descent_tuning": True, "triton.prefer_nd_tiling": True}
 # The residual stream's dtype while training. "auto": bf16 wherever training runs under bf16 autocast (CUDA),
-# float32 elsewhere. Measured on one H200 (benchmarks/NOTES.md 49, 54): bf16 steps 2-4% faster in both precisions
+# float32 elsewhere. Measured on one H200 (benchmarks/NOTES.md 49, 55): bf16 steps 2-4% faster in both precisions
 # at the seed and 1B sizes; validation within 0.5% of the float32 stream's after 120-200 steps.
 RESIDUAL_DTYPES = ("auto", "fp32", "bf16")
 
