@@ -315,33 +315,32 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     run("bf16-tuned", False, 200.0, tune_kernels=True)
     run("fp8-bf16res", True, 250.0, residual_dtype="bf16")  # bf16 residual stream: paired with bf16's of the same
     run("bf16-bf16res", False, 125.0, residual_dtype="bf16")
-    (call / "matrix").mkdir()
-    rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=80.0, step_ms_mean=90.0),
-            dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False, step_ms=70.0,
-                 step_ms_mean=75.0, compile_mode="reduce-overhead"),
+    def compiled(name: str, precision: str, step_ms: float, mean: float, **extra) -> dict:
+        return dict(name=name, precision=precision, compiled=True, checkpointing=False, step_ms=step_ms,
+                    step_ms_mean=mean, **extra)
+
+    def write_matrix(directory: str, rows: list[dict], **extra) -> None:
+        (call / directory).mkdir()
+        (call / directory / "matrix.json").write_text(json.dumps(dict(
+            model=model, batch_size=16, rows=rows,
+            **{"environment": dict(gpu="NVIDIA H200", command="optimize_performance.py"), **extra})))
+
+    graphs = dict(compile_mode="reduce-overhead")
+    rows = [compiled("bf16-compile", "bf16", 80.0, 90.0),
+            compiled("fp8-delayed-compile", "fp8-delayed", 70.0, 75.0, **graphs),
             dict(name="fp8-tensorwise-compile-ac", precision="fp8-tensorwise", compiled=True, checkpointing=True,
                  step_ms=60.0),
             dict(name="fp8-rowwise-compile", error="out of memory"),
-            dict(name="bf16-compile-bf16res", precision="bf16", compiled=True, checkpointing=False, step_ms=70.0,
-                 step_ms_mean=80.0, residual_dtype="bf16"),
-            dict(name="fp8-delayed-compile-bf16res", precision="fp8-delayed", compiled=True, checkpointing=False,
-                 step_ms=60.0, step_ms_mean=64.0, compile_mode="reduce-overhead", residual_dtype="bf16")]
-    (call / "matrix" / "matrix.json").write_text(json.dumps(dict(
-        model=model, batch_size=16, rows=rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
-    (call / "matrix-auto").mkdir()  # rows named without a suffix ran the trainer's default, bf16 on a GPU
-    auto_rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=90.0,
-                      step_ms_mean=100.0, residual_dtype="bf16"),
-                 dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False,
-                      step_ms=75.0, step_ms_mean=80.0, compile_mode="reduce-overhead", residual_dtype="bf16"),
-                 dict(name="bf16-compile-fp32res", precision="bf16", compiled=True, checkpointing=False, step_ms=95.0,
-                      step_ms_mean=110.0, residual_dtype="fp32"),
-                 dict(name="fp8-delayed-compile-fp32res", precision="fp8-delayed", compiled=True, checkpointing=False,
-                      step_ms=95.0, step_ms_mean=100.0, compile_mode="reduce-overhead", residual_dtype="fp32")]
-    (call / "matrix-auto" / "matrix.json").write_text(json.dumps(dict(
-        model=model, batch_size=16, rows=auto_rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
-    (call / "experiment").mkdir()  # --inductor overrides: an experiment, not a setting of the trainer
-    (call / "experiment" / "matrix.json").write_text(json.dumps(dict(
-        model=model, batch_size=16, rows=rows, inductor={"triton.max_tiles": 3}, environment={})))
+            compiled("bf16-compile-bf16res", "bf16", 70.0, 80.0, residual_dtype="bf16"),
+            compiled("fp8-delayed-compile-bf16res", "fp8-delayed", 60.0, 64.0, **graphs, residual_dtype="bf16")]
+    write_matrix("matrix", rows)
+    write_matrix("matrix-auto", [  # rows named without a suffix ran the trainer's default, bf16 on a GPU
+        compiled("bf16-compile", "bf16", 90.0, 100.0, residual_dtype="bf16"),
+        compiled("fp8-delayed-compile", "fp8-delayed", 75.0, 80.0, **graphs, residual_dtype="bf16"),
+        compiled("bf16-compile-fp32res", "bf16", 95.0, 110.0, residual_dtype="fp32"),
+        compiled("fp8-delayed-compile-fp32res", "fp8-delayed", 95.0, 100.0, **graphs, residual_dtype="fp32")])
+    # --inductor overrides: an experiment, not a setting of the trainer
+    write_matrix("experiment", rows, inductor={"triton.max_tiles": 3}, environment={})
     gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
     assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"],
              g["residual_dtype"]) for g in gains] == [

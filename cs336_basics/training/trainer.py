@@ -122,7 +122,8 @@ class Trainer:
         log: Callable[[str], None] = print,
         ctx: DistributedContext = DistributedContext(),
     ) -> None:
-        cfg = cfg.validate()  # "auto" settings resolved for this device, so checkpoints record what ran
+        cfg = cfg.validate()
+        # "auto" resolved for this device (as the CLI already did for its runs), so checkpoints record what ran
         cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False))
         self.cfg, self.device, self.out_dir, self.ctx = cfg, device, out_dir, ctx
         self.log = log if ctx.is_main else (lambda message: None)
