@@ -93,8 +93,10 @@ LIBRARY = (
 
 def category(name: str) -> str:
     low = name.lower()
-    if low.startswith("swiglu_") and "fp8" in low:  # ours: cs336_basics/precision/swiglu_fp8_triton.py
+    if low.startswith("swiglu_") and "fp8" in low:  # ours: cs336_basics/precision/fp8_triton.py
         return "fused SwiGLU + fp8 casts (ours)"
+    if low.startswith("cast_fp8_kernel"):
+        return "fp8 casts (ours)"
     for cat, prefix in TRITON:
         if low.startswith(prefix):
             return cat

@@ -1,6 +1,6 @@
-"""The Triton kernels of swiglu_fp8.py (imported there on first use on a GPU: Triton comes with CUDA builds
-of torch, not with the CPU wheel the tests run on). Their PyTorch references, the wrappers that launch them and
-the reasons are in swiglu_fp8.py."""
+"""Our Triton kernels (imported by fp8_cast.kernels() on first use on a GPU: Triton comes with CUDA builds of
+torch, not with the CPU wheel the tests run on). Their PyTorch references, the wrappers that launch them and the
+reasons are in swiglu_fp8.py (SwiGLU's forward and backward with their casts) and fp8_cast.py (a cast)."""
 
 import triton
 import triton.language as tl
@@ -50,6 +50,22 @@ def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_pt
     store_both(d3_ptr, d3t_ptr, q3, rows, cols, M, N, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
     tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
+
+
+@triton.jit
+def cast_fp8_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr, E5M2: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    y = tl.clamp(x * tl.load(scale_ptr), -FP8_MAX, FP8_MAX)
+    if E5M2:
+        q = y.to(tl.float8e5)
+    else:
+        q = y.to(tl.float8e4nv)
+    store_both(q_ptr, qt_ptr, q, rows, cols, M, N, mask)
+    tl.atomic_max(amax_ptr, tl.max(tl.abs(x)))  # non-negative floats order as their bits do
 
 
 def autotuned(kernel: triton.JITFunction, configs: tuple[tuple[int, int, int], ...]) -> triton.runtime.Autotuner:
