@@ -7,36 +7,38 @@ import triton.language as tl
 
 
 @triton.jit
-def store_both(ptr, ptr_t, q, rows, cols, M, N, mask):
-    """q (BLOCK_M, BLOCK_N) at rows x cols of the (M, N) array at ptr and of the (N, M) array at ptr_t. Triton's
-    layout pass moves the tile through shared memory for the second store, so both coalesce (storing
-    tl.trans(q) as an (N, M) block instead measured the same, call 33)."""
-    tl.store(ptr + rows[:, None].to(tl.int64) * N + cols[None, :], q, mask=mask)
+def this_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's tile of an (M, N) array: its rows, columns, in-bounds mask and row-major offsets."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, cols, (rows[:, None] < M) & (cols[None, :] < N), rows[:, None].to(tl.int64) * N + cols[None, :]
+
+
+@triton.jit
+def store_both(ptr, ptr_t, q, rows, cols, offsets, M, mask):
+    """q (BLOCK_M, BLOCK_N), the tile at rows x cols (row-major offsets) of the (M, N) array at ptr, and at
+    cols x rows of the (N, M) array at ptr_t. Triton's layout pass moves the tile through shared memory for the
+    second store, so both coalesce (storing tl.trans(q) as an (N, M) block instead measured the same, call 33)."""
+    tl.store(ptr + offsets, q, mask=mask)
     tl.store(ptr_t + cols[None, :].to(tl.int64) * M + rows[:, None], q, mask=mask)
 
 
 @triton.jit
 def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+    rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
     a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     g = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
     q = tl.clamp(g * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
-    store_both(g_ptr, gt_ptr, q, rows, cols, M, N, mask)
+    store_both(g_ptr, gt_ptr, q, rows, cols, offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(g)))  # non-negative floats order as their bits do
 
 
 @triton.jit
 def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_ptr, d3_ptr, d3t_ptr, amax_ptr,
                                M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+    rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
     d = tl.load(dg_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -46,8 +48,8 @@ def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_pt
     dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
     q1 = tl.clamp(dh1 * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e5)
     q3 = tl.clamp(dh3 * tl.load(scale_ptr + 1), -FP8_MAX, FP8_MAX).to(tl.float8e5)
-    store_both(d1_ptr, d1t_ptr, q1, rows, cols, M, N, mask)
-    store_both(d3_ptr, d3t_ptr, q3, rows, cols, M, N, mask)
+    store_both(d1_ptr, d1t_ptr, q1, rows, cols, offsets, M, mask)
+    store_both(d3_ptr, d3t_ptr, q3, rows, cols, offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
     tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
 
@@ -55,16 +57,14 @@ def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_pt
 @triton.jit
 def cast_fp8_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr, E5M2: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     y = tl.clamp(x * tl.load(scale_ptr), -FP8_MAX, FP8_MAX)
     if E5M2:
         q = y.to(tl.float8e5)
     else:
         q = y.to(tl.float8e4nv)
-    store_both(q_ptr, qt_ptr, q, rows, cols, M, N, mask)
+    store_both(q_ptr, qt_ptr, q, rows, cols, offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(x)))  # non-negative floats order as their bits do
 
 
