@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--eager", action="store_true")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
-    p.add_argument("--cast_kernel", action="store_true", help="fp8-delayed: casts through our kernel (bench suffix -castkernel)")
+    p.add_argument("--kernel_casts", default="none", choices=("none", "grads", "all"),
+                   help="fp8-delayed: which casts go through our kernel (bench suffixes -castgrads, -castall)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
     args = p.parse_args()
@@ -44,7 +45,7 @@ def main() -> None:
     ctx, device = init_distributed(torch.device("cuda" if cuda else "cpu"))
     spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
                      precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
-                     tune_kernels=args.tune_kernels, fp8_cast_kernel=args.cast_kernel, device=device.type)
+                     tune_kernels=args.tune_kernels, fp8_kernel_casts=args.kernel_casts, device=device.type)
     cfg = PRESETS[args.preset]
     model, _ = build_model(cfg, device, spec.fp8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)

@@ -28,14 +28,14 @@ def test_reference_casts_both_layouts_saturates_and_keeps_the_unscaled_amax(e5m2
     assert float(amax) == top and float(q.float().abs().max()) == fp8_max and torch.isfinite(q.float()).all()
 
 
-def _layers(cast_kernel: bool, seed: int = 0):
+def _layers(kernel_casts: str, seed: int = 0):
     from cs336_basics.model.transformer import FeedForward, ModelConfig
     from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
     from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
 
     torch.manual_seed(seed)
     ffn = FeedForward(ModelConfig(dim=32, intermediate_size=80))
-    w1, w3, w2 = (Float8DelayedLinear(getattr(ffn, n), emulate=True, cast_kernel=cast_kernel) for n in ("w1", "w3", "w2"))
+    w1, w3, w2 = (Float8DelayedLinear(getattr(ffn, n), emulate=True, kernel_casts=kernel_casts) for n in ("w1", "w3", "w2"))
     for m, x_scale, g_scale in ((w1, 200.0, 3e6), (w3, 200.0, 4e6), (w2, 300.0, 5e6)):
         m.x_scale.fill_(x_scale)
         m.g_scale.fill_(g_scale)
@@ -47,8 +47,8 @@ def test_cast_through_the_op_gives_the_same_numbers(which):
     """On CPU the op runs the reference: the layer and the fused SwiGLU must give bit for bit what they give
     with inductor's path (outputs, every gradient, the amaxes), so only the kernel can differ on a GPU."""
     results = []
-    for cast_kernel in (False, True):
-        layer, fused = _layers(cast_kernel)
+    for kernel_casts in ("none", "grads", "all"):
+        layer, fused = _layers(kernel_casts)
         module = layer if which == "layer" else fused
         x = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(1)).requires_grad_()
         dy = torch.randn(2, 12, module(x).shape[-1], generator=torch.Generator().manual_seed(2)) * 1e-3
@@ -58,11 +58,12 @@ def test_cast_through_the_op_gives_the_same_numbers(which):
         fp8_layers = [m for m in module.modules() if hasattr(m, "g_amax_sink")]
         results.append([module(x).detach(), x.grad, *params, *(m.g_amax_sink.grad for m in fp8_layers),
                         *(m.x_amax for m in fp8_layers)])
-    for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
 
 
-def test_cast_kernel_option_trains_compiled_as_without(tmp_path):
+def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
     import numpy as np
 
     from cs336_basics.data.batches import RandomWindows
@@ -73,24 +74,27 @@ def test_cast_kernel_option_trains_compiled_as_without(tmp_path):
     from cs336_basics.training.setup import Fp8Options, build_model
     from cs336_basics.training.trainer import TrainConfig, Trainer
 
-    assert parse_mode("fp8-delayed-compile-castkernel")["fp8_cast_kernel"]
+    assert [parse_mode(f"fp8-delayed-compile{s}")["fp8_kernel_casts"] for s in ("", "-castgrads", "-castall")] == [
+        "none", "grads", "all"]
     with pytest.raises(UserError, match="fp8-delayed only"):
-        parse_mode("fp8-tensorwise-compile-castkernel")
+        parse_mode("fp8-tensorwise-compile-castall")
+    with pytest.raises(ValueError, match="kernel_casts must be one of"):
+        Float8DelayedLinear(torch.nn.Linear(16, 16, bias=False), emulate=True, kernel_casts="some")
     cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
     with pytest.raises(UserError, match="delayed recipe's layers"):
-        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, cast_kernel=True))
+        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, kernel_casts="all"))
     tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
     losses = {}
-    for cast_kernel in (False, True):
+    for kernel_casts in ("none", "grads", "all"):
         torch.manual_seed(0)
-        model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, cast_kernel=cast_kernel),
+        model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts=kernel_casts),
                                log=lambda s: None)
-        assert all(m.cast_kernel == cast_kernel for m in model.modules() if isinstance(m, Float8DelayedLinear))
+        assert all(m.kernel_casts == kernel_casts for m in model.modules() if isinstance(m, Float8DelayedLinear))
         trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=True, gradient_checkpointing=False),
-                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / str(cast_kernel),
+                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / kernel_casts,
                           log=lambda s: None)
-        losses[cast_kernel] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+        losses[kernel_casts] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
+    assert losses["grads"] == pytest.approx(losses["none"], rel=1e-4) and losses["all"] == pytest.approx(losses["none"], rel=1e-4)
 
 
 INTERPRETED = """

@@ -58,16 +58,17 @@ def parse_mode(mode: str) -> dict[str, Any]:
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
-                                                                       "castkernel"}:
+                                                                       "castgrads", "castall"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castkernel], e.g. fp8-rowwise-compile-ac")
-    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castkernel", "our fp8 cast kernel")):
+                        f"[-unfused][-castgrads|-castall], e.g. fp8-rowwise-compile-ac")
+    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castgrads", "our cast kernel for gradients"),
+                         ("castall", "our cast kernel for every cast")):
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
     fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
                 fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
-                fp8_fused_swiglu=False if "unfused" in parts[1:] else None, fp8_cast_kernel="castkernel" in parts[1:])
+                fp8_fused_swiglu=False if "unfused" in parts[1:] else None, fp8_kernel_casts=next((c for c in ("grads", "all") if f"cast{c}" in parts[1:]), "none"))
 
 
 def parse_inductor(text: str) -> dict[str, Any]:
@@ -230,7 +231,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
         ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
         notes = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
             " (tuned kernels)" if r.get("tune_kernels") and r.get("compiled") else "") + (
-            " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (" (cast kernel)" if r.get("fp8_cast_kernel") else "")
+            " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
+            f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",

@@ -52,9 +52,9 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
 
 def _compiled_fp8(row: dict[str, Any]) -> bool:
     """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing (nor the
-    experimental cast kernel, which the trainer does not offer)."""
+    experimental kernel casts, which the trainer does not offer)."""
     return (row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
-            and not row.get("fp8_cast_kernel"))
+            and row.get("fp8_kernel_casts", "none") == "none")
 
 
 def _fused(row: dict[str, Any]) -> bool:

@@ -9,8 +9,8 @@ transposed stores are strided: at the seed size the RMSNorm kernels carrying cas
 against bf16's ~4.9 ms of norms (call 35). `cast_both_layouts` does the cast as an opaque op instead: one pass
 in 2-D tiles, each tile loaded once and stored both ways with coalesced stores, the amax by one atomic max a
 tile. The producer then writes its bf16 result plainly, and the op reads it once more: more bytes, fewer
-wasted cycles, if the tiles reach the bandwidth the SwiGLU kernels did. Behind Fp8Options.cast_kernel (bench
-suffix -castkernel) until measured.
+wasted cycles, if the tiles reach the bandwidth the SwiGLU kernels did. Behind Fp8Options.kernel_casts (bench
+suffixes -castgrads, -castall) until measured.
 
 The `_reference` function is the same computation in PyTorch ops: the CPU path, and what the kernel is
 checked against on the GPU (benchmarks/kernel_swiglu_fp8.py).
@@ -31,6 +31,9 @@ from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast
 Config = tuple[int, int, int]
 CONFIGS: tuple[Config, ...] = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
 KERNELS = ("swiglu_forward", "swiglu_backward", "cast")
+# Which of a delayed layer's casts go through cast_both_layouts: none (inductor's code, fused into the
+# producers), the output gradients' only (in the backward, where inductor's fused kernels are slowest), or all.
+KERNEL_CASTS = ("none", "grads", "all")
 
 
 def amax(x: torch.Tensor) -> torch.Tensor:

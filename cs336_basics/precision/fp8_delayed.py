@@ -25,28 +25,29 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from cs336_basics.precision.fp8_cast import amax, cast_both_layouts
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS, amax, cast_both_layouts
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
 
 
 class _DelayedFloat8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, g_scale: torch.Tensor,
-                g_sink: torch.Tensor, emulate: bool, calibrating: bool, cast_kernel: bool
+                g_sink: torch.Tensor, emulate: bool, calibrating: bool, kernel_x: bool, kernel_g: bool
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """kernel_x, kernel_g: x, and in backward the output gradient, cast by our kernel (fp8_cast.py)."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
             x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
-        if cast_kernel:  # our kernel writes both layouts; the weight gradient's (transposed) one is saved
+        if kernel_x:  # our kernel writes both layouts; the weight gradient's (transposed) one is saved
             x8, x8_t, x_amax = cast_both_layouts(x2, x_scale, e5m2=False)
         else:
             x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
         w8, inv_w = to_fp8(weight)  # (N, K), dynamic scale
         y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate)  # (M, N)
-        x8_columns = x8_t.t() if cast_kernel else x8  # made column-major in backward if not yet
+        x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
         ctx.save_for_backward(x8_columns, w8, x_scale, inv_w, g_scale)
-        ctx.emulate, ctx.calibrating, ctx.cast_kernel = emulate, calibrating, cast_kernel
+        ctx.emulate, ctx.calibrating, ctx.kernel_g = emulate, calibrating, kernel_g
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         ctx.mark_non_differentiable(x_amax)
         return y.reshape(*x.shape[:-1], y.shape[-1]), x_amax
@@ -57,7 +58,7 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         if ctx.calibrating:
             g_scale = E5M2_MAX / amax(g2).clamp(min=1e-12)
-        if ctx.cast_kernel:
+        if ctx.kernel_g:
             g8, g8_t, g_amax = cast_both_layouts(g2, g_scale, e5m2=True)
         else:
             g8, g_amax = cast_to(g2, g_scale, E5M2, E5M2_MAX), amax(g2)
@@ -66,19 +67,21 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         grad_x = scaled_mm(g8, column_major(w8), inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
         grad_w = scaled_mm(g8_t, column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
                            ctx.emulate)  # (N, M) @ (M, K)
-        return grad_x.reshape(ctx.x_shape), grad_w, None, None, g_amax, None, None, None
+        return grad_x.reshape(ctx.x_shape), grad_w, None, None, g_amax, None, None, None, None
 
 
 class Float8DelayedLinear(nn.Module):
     """An nn.Linear (no bias) whose products run in float8 with delayed input and gradient scales. It holds
     the original `weight` Parameter, so parameter names and state-dict keys are those of the plain layer."""
 
-    def __init__(self, linear: nn.Linear, emulate: bool, cast_kernel: bool = False) -> None:
+    def __init__(self, linear: nn.Linear, emulate: bool, kernel_casts: str = "none") -> None:
         super().__init__()
         if linear.bias is not None:
             raise ValueError("Float8DelayedLinear takes layers without bias")
         self.in_features, self.out_features, self.emulate = linear.in_features, linear.out_features, emulate
-        self.cast_kernel = cast_kernel  # casts through our kernel (fp8_cast.py), not inductor's fused code
+        if kernel_casts not in KERNEL_CASTS:
+            raise ValueError(f"kernel_casts must be one of {KERNEL_CASTS}, got {kernel_casts!r}")
+        self.kernel_casts = kernel_casts  # which casts go through our kernel (fp8_cast.py), not inductor's code
         self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
         self.weight = linear.weight
         device = linear.weight.device
@@ -90,13 +93,18 @@ class Float8DelayedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.x_scale, self.g_scale, self.g_amax_sink, self.emulate,
-                                                  self.calibrating, self.cast_kernel)
+                                                  self.calibrating, *self.kernel_cast_flags)
         self.x_amax.copy_(torch.maximum(self.x_amax, x_amax))
         return y
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, delayed scaling, emulate={self.emulate}"
-                + (", cast kernel" if self.cast_kernel else ""))
+                + (f", kernel casts: {self.kernel_casts}" if self.kernel_casts != "none" else ""))
+
+    @property
+    def kernel_cast_flags(self) -> tuple[bool, bool]:
+        """(cast x through our kernel, cast the output gradient through it)."""
+        return self.kernel_casts == "all", self.kernel_casts in ("grads", "all")
 
 
 class DelayedScaling:

@@ -141,14 +141,14 @@ class _Float8SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, x_scale: torch.Tensor,
                 g_scale: torch.Tensor, d1_scale: torch.Tensor, d3_scale: torch.Tensor, dy_scale: torch.Tensor,
-                sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool, cast_kernel: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool, kernel_x: bool,
+                kernel_g: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x_scale: w1's (and w3's) input scale; g_scale: w2's input scale; d1, d3, dy: the scales of the
-        gradients of w1's, w3's and w2's outputs; cast_kernel: x and w2's output gradient cast by our kernel
-        (fp8_cast.py) instead of inductor's code."""
+        gradients of w1's, w3's and w2's outputs; kernel_x, kernel_g: x, and w2's output gradient, cast by our
+        kernel (fp8_cast.py) instead of inductor's code."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, D)
-        if cast_kernel:  # our kernel writes both layouts; the weight gradients' (transposed) one is saved
+        if kernel_x:  # our kernel writes both layouts; the weight gradients' (transposed) one is saved
             x8, x8_t, x_amax = cast_both_layouts(x2, x_scale, e5m2=False)
         else:
             x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
@@ -157,10 +157,10 @@ class _Float8SwiGLU(torch.autograd.Function):
         h3 = scaled_mm(x8, w3_8.t(), x_scale.reciprocal(), inv_w3, out_dtype, emulate)
         g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, g_scale)  # (M, F), (F, M)
         y = scaled_mm(g8, w2_8.t(), g_scale.reciprocal(), inv_w2, out_dtype, emulate)  # (M, D)
-        x8_columns = x8_t.t() if cast_kernel else x8  # made column-major in backward if not yet
+        x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
         ctx.save_for_backward(x8_columns, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w1, inv_w3, inv_w2, x_scale, g_scale,
                               d1_scale, d3_scale, dy_scale)
-        ctx.emulate, ctx.cast_kernel, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, cast_kernel, x.shape, x.dtype, w1.dtype
+        ctx.emulate, ctx.kernel_g, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, kernel_g, x.shape, x.dtype, w1.dtype
         amaxes = torch.stack([x_amax, g_amax])
         ctx.mark_non_differentiable(amaxes)
         return y.reshape(*x.shape[:-1], y.shape[-1]), amaxes
@@ -171,7 +171,7 @@ class _Float8SwiGLU(torch.autograd.Function):
          dy_scale) = ctx.saved_tensors
         mm = functools.partial(scaled_mm, emulate=ctx.emulate)
         d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
-        if ctx.cast_kernel:
+        if ctx.kernel_g:
             d8, d8_t, d_amax = cast_both_layouts(d2, dy_scale, e5m2=True)
         else:
             d8, d_amax = cast_to(d2, dy_scale, E5M2, E5M2_MAX), amax(d2)
@@ -185,7 +185,7 @@ class _Float8SwiGLU(torch.autograd.Function):
         grad_w1 = mm(dh1_t, x8_columns, d1_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)  # (F, M) @ (M, D)
         grad_w3 = mm(dh3_t, x8_columns, d3_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)
         return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, None, None, None,
-                grad_amaxes[0], grad_amaxes[1], d_amax, None, None)
+                grad_amaxes[0], grad_amaxes[1], d_amax, None, None, None)
 
 
 class Float8DelayedSwiGLU(nn.Module):
@@ -203,7 +203,7 @@ class Float8DelayedSwiGLU(nn.Module):
             return w2(F.silu(w1(x)) * w3(x))
         y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, w1.x_scale, w2.x_scale, w1.g_scale,
                                         w3.g_scale, w2.g_scale, w1.g_amax_sink, w3.g_amax_sink, w2.g_amax_sink,
-                                        w1.emulate, w1.cast_kernel)
+                                        w1.emulate, *w1.kernel_cast_flags)
         for m, seen in ((w1, amaxes[0]), (w3, amaxes[0]), (w2, amaxes[1])):
             m.x_amax.copy_(torch.maximum(m.x_amax, seen))
         return y

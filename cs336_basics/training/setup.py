@@ -21,9 +21,10 @@ class Fp8Options:
     # each SwiGLU block as one function with its SwiGLU and fp8 casts as Triton kernels (swiglu_fp8.py); it fuses
     # the delayed recipe's layers. None: on with the delayed recipe, off otherwise
     fused_swiglu: bool | None = None
-    # delayed recipe: inputs and output gradients cast by our kernel (fp8_cast.py) instead of inductor's code
-    # fused into their producers; experimental (bench mode suffix -castkernel), no trainer flag until measured
-    cast_kernel: bool = False
+    # delayed recipe: which casts go through our kernel (fp8_cast.py) instead of inductor's code fused into their
+    # producers: "none", "grads" (output gradients) or "all"; experimental (bench suffixes -castgrads, -castall),
+    # no trainer flag until measured
+    kernel_casts: str = "none"
 
 
 def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
@@ -48,7 +49,7 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8 is None:
         return model, None
     check_fp8_device(device, fp8.emulate)
-    if fp8.cast_kernel and fp8.recipe != "delayed":
+    if fp8.kernel_casts != "none" and fp8.recipe != "delayed":
         raise UserError("the fp8 cast kernel is for the delayed recipe's layers: use --fp8_recipe delayed")
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
     speedups = None
@@ -66,12 +67,12 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
     report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
-    if fp8.cast_kernel:
+    if fp8.kernel_casts != "none":
         from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
 
         for module in model.modules():
             if isinstance(module, Float8DelayedLinear):
-                module.cast_kernel = True
+                module.kernel_casts = fp8.kernel_casts
     if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
         from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
 
