@@ -83,6 +83,8 @@ def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
     cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
     with pytest.raises(UserError, match="delayed recipe's layers"):
         build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, kernel_casts="all"))
+    with pytest.raises(UserError, match="expected one of none, grads, all"):
+        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="x"))
     tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
     losses = {}
     for kernel_casts in ("none", "grads", "all"):

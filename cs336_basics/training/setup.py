@@ -9,6 +9,7 @@ import torch
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.precision.fp8 import ConversionReport, check_fp8_device, convert_model_to_fp8, linear_shapes
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8 is None:
         return model, None
     check_fp8_device(device, fp8.emulate)
+    if fp8.kernel_casts not in KERNEL_CASTS:
+        raise UserError(f"kernel casts {fp8.kernel_casts!r}: expected one of {', '.join(KERNEL_CASTS)}")
     if fp8.kernel_casts != "none" and fp8.recipe != "delayed":
         raise UserError("the fp8 cast kernel is for the delayed recipe's layers: use --fp8_recipe delayed")
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
