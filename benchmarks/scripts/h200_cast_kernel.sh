@@ -15,7 +15,7 @@ set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_cast; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
 T0=$(date +%s); PACK=cast_kernel.tar.gz
-pack() { tar czf $OUT/$PACK -C $R .; }
+source benchmarks/scripts/lib_single.sh  # pack, profile
 rows() {  # the table's rows, each row's loss, and the end of the traceback of any row that failed
   grep -A6 "^| configuration" $R/$1.log | tail -5 | cut -d'|' -f2-5,9,13
   python3 -c "import json; [print(r.get('name', r.get('mode')), r.get('loss'), r.get('error', ''), *(r.get('stderr_tail') or [])[-25:], sep='\n  ') for r in json.load(open('$R/$1/matrix.json'))['rows']]"
@@ -28,9 +28,7 @@ echo "python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --n
 timeout 300 python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --modes $MODES --out $R/bench 2>&1 \
   | tr '\r' '\n' | grep -v "config/s\]\|^configurations:" > $R/bench.log
 echo "bench at $(( $(date +%s) - T0 )) s:"; rows bench; pack
-echo "python3 benchmarks/profile_step.py --preset seed --precision fp8-delayed --kernel_casts all --out \$OUT/profile-castall" > $R/profile-castall.command
-timeout 100 python3 benchmarks/profile_step.py --preset seed --precision fp8-delayed --kernel_casts all --out $R/profile-castall > $R/profile-castall.log 2>&1
-echo "profile rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a -A10 "per step:" $R/profile-castall.log; rm -f $R/profile-castall/trace.json; pack
+profile profile-castall 100 --precision fp8-delayed --kernel_casts all
 left=$(( 580 - $(date +%s) + T0 ))
 if (( left > 150 )); then
   echo "python3 optimize_performance.py --preset 1b --steps 20 --timeout 150 --no_layers --modes $MODES --out \$OUT/bench-1b" > $R/bench-1b.command
