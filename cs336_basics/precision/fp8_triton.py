@@ -55,16 +55,24 @@ def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_pt
 
 
 @triton.jit
+def to_fp8(y, E5M2: tl.constexpr):
+    if E5M2:
+        return y.to(tl.float8e5)
+    return y.to(tl.float8e4nv)
+
+
+@triton.jit
 def cast_fp8_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr, E5M2: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     y = tl.clamp(x * tl.load(scale_ptr), -FP8_MAX, FP8_MAX)
-    if E5M2:
-        q = y.to(tl.float8e5)
-    else:
-        q = y.to(tl.float8e4nv)
-    store_both(q_ptr, qt_ptr, q, rows, cols, offsets, M, mask)
+    tl.store(q_ptr + offsets, to_fp8(y, E5M2), mask=mask)
+    # The transposed copy is transposed in float32 and cast after. Storing the float8 tile both ways (store_both)
+    # wrote a wrong transposed copy on an H200 when x was float32 (the residual stream's RMSNorm output) with some
+    # tiles: the bf16-only GPU check missed it, training went NaN (calls 36-40, benchmarks/NOTES.md 42).
+    t_mask = (cols[:, None] < N) & (rows[None, :] < M)
+    tl.store(qt_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], to_fp8(tl.trans(y), E5M2), mask=t_mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(x)))  # non-negative floats order as their bits do
 
 
