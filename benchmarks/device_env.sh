@@ -4,4 +4,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 [ -e ../shared ] || ln -s "$PWD/.devshared" ../shared
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import torch, torchao; print('torch', torch.__version__, 'torchao', torchao.__version__, 'cuda', torch.version.cuda)"
+python3 -c "import torch, torchao, triton; print('torch', torch.__version__, 'torchao', torchao.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"

@@ -52,10 +52,15 @@ def kernels() -> dict[str, Any]:
     return found | {f"{name} tuned": fp8_triton.autotuned(kernel, CONFIGS) for name, kernel in found.items()}
 
 
-def check_2d(*tensors: torch.Tensor) -> None:
+def check_2d(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> None:
+    """The kernels' inputs: contiguous (M, N) tensors of one shape, of the dtypes checked on the GPU for that kernel
+    (a dtype's tiles can compile differently: float32 broke the transposed copies, NOTES 42)."""
     shape = tensors[0].shape
     if not (len(shape) == 2 and all(t.shape == shape and t.is_contiguous() for t in tensors)):
         raise ValueError(f"the fp8 kernels take contiguous (M, N) tensors of one shape, got {[tuple(t.shape) for t in tensors]}")
+    if any(t.dtype not in dtypes for t in tensors):
+        raise ValueError(f"this fp8 kernel takes {', '.join(map(str, dtypes))} tensors (run under autocast), "
+                         f"got {[t.dtype for t in tensors]}")
 
 
 def launch(name: str, config: Config | None, M: int, N: int, *args: Any, **constants: Any) -> None:
@@ -80,13 +85,13 @@ def cast_both(x: torch.Tensor, scale: torch.Tensor, e5m2: bool, config: Config |
     tile (else the autotuner does)."""
     if x.device.type != "cuda":
         return cast_both_reference(x, scale, e5m2)
-    check_2d(x)
+    check_2d(x, dtypes=(torch.bfloat16, torch.float32))
     M, N = x.shape
     dtype = E5M2 if e5m2 else E4M3
     x8, x8t = torch.empty(M, N, dtype=dtype, device=x.device), torch.empty(N, M, dtype=dtype, device=x.device)
     amax_x = torch.zeros(1, dtype=torch.float32, device=x.device)
     launch("cast", config, M, N, x, scale.float().reshape(1), x8, x8t, amax_x, FP8_MAX=E5M2_MAX if e5m2 else E4M3_MAX,
-           E5M2=e5m2)
+           E5M2=e5m2, TRANSPOSED_LOAD=x.dtype == torch.float32)
     return x8, x8t, amax_x.reshape(())
 
 

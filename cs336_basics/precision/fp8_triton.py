@@ -56,23 +56,34 @@ def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_pt
 
 @triton.jit
 def to_fp8(y, E5M2: tl.constexpr):
+    """y, scaled and clamped, in e5m2 or e4m3."""
     if E5M2:
-        return y.to(tl.float8e5)
-    return y.to(tl.float8e4nv)
+        q = y.to(tl.float8e5)
+    else:
+        q = y.to(tl.float8e4nv)
+    return q
 
 
 @triton.jit
 def cast_fp8_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr, E5M2: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    TRANSPOSED_LOAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    y = tl.clamp(x * tl.load(scale_ptr), -FP8_MAX, FP8_MAX)
-    tl.store(q_ptr + offsets, to_fp8(y, E5M2), mask=mask)
-    # The transposed copy is transposed in float32 and cast after. Storing the float8 tile both ways (store_both)
-    # wrote a wrong transposed copy on an H200 when x was float32 (the residual stream's RMSNorm output) with some
-    # tiles: the bf16-only GPU check missed it, training went NaN (calls 36-40, benchmarks/NOTES.md 42).
-    t_mask = (cols[:, None] < N) & (rows[None, :] < M)
-    tl.store(qt_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], to_fp8(tl.trans(y), E5M2), mask=t_mask)
+    scale = tl.load(scale_ptr)
+    q = to_fp8(tl.clamp(x * scale, -FP8_MAX, FP8_MAX), E5M2)
+    if TRANSPOSED_LOAD:
+        # float32 x (RMSNorm's output of the float32 residual stream): a tile loaded as float32 and transposed in
+        # registers came out wrong on an H200 in every form tried (store_both, tl.trans of the float32, float8 or
+        # uint8 tile: 25-37% of the transposed copy, call 42), bf16 never did; loading the tile a second time in
+        # transposed order was right. The second load mostly hits L2. Likely triton-lang/triton#11111: the ptxas
+        # Triton bundles for Hopper (12.9) miscompiles a float8 tile stored both ways; ptxas 13.3 does not.
+        tl.store(q_ptr + offsets, q, mask=mask)
+        t_mask = (cols[:, None] < N) & (rows[None, :] < M)
+        xt = tl.load(x_ptr + rows[None, :].to(tl.int64) * N + cols[:, None], mask=t_mask, other=0.0).to(tl.float32)
+        qt = to_fp8(tl.clamp(xt * scale, -FP8_MAX, FP8_MAX), E5M2)
+        tl.store(qt_ptr + cols[:, None].to(tl.int64) * M + rows[None, :], qt, mask=t_mask)
+    else:
+        store_both(q_ptr, qt_ptr, q, rows, cols, offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(x)))  # non-negative floats order as their bits do
 
 
