@@ -28,6 +28,20 @@ def test_reference_casts_both_layouts_saturates_and_keeps_the_unscaled_amax(e5m2
     assert float(amax) == top and float(q.float().abs().max()) == fp8_max and torch.isfinite(q.float()).all()
 
 
+def test_kernels_refuse_what_was_not_checked_on_the_gpu():
+    """The kernels' launch check: contiguous 2-D tensors of one shape, of the dtypes checked on the GPU: bf16, and
+    for the cast float32 too (whose tiles needed their own transpose, NOTES 42)."""
+    from cs336_basics.precision.fp8_cast import check_2d
+
+    a = torch.zeros(4, 8, dtype=torch.bfloat16)
+    check_2d(a, a.clone())
+    check_2d(a.float(), dtypes=(torch.bfloat16, torch.float32))
+    with pytest.raises(ValueError, match="takes torch.bfloat16 tensors"):
+        check_2d(a, a.float())
+    with pytest.raises(ValueError, match="one shape"):
+        check_2d(a, a.t())
+
+
 def _layers(kernel_casts: str, seed: int = 0):
     from cs336_basics.model.transformer import FeedForward, ModelConfig
     from cs336_basics.precision.fp8_delayed import Float8DelayedLinear

@@ -228,6 +228,16 @@ def test_inductor_overrides_are_checked_and_reach_the_configuration():
     assert seen["value"] is True and result["tokens_per_second"] > 0
 
 
+def test_a_row_whose_loss_is_not_finite_fails_instead_of_timing(monkeypatch):
+    """Call 36's -castall rows trained on NaNs and timed faster than the real thing: such a row must fail."""
+    from cs336_basics.perf.bench_run import BenchSpec, run
+
+    real_step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, lr: (real_step(self, lr)[0] * float("nan"), None))
+    with pytest.raises(FloatingPointError, match="the loss is nan after the timed steps"):
+        run(BenchSpec(name="t", model=PRESETS["test"].to_dict(), batch_size=2, compiled=False, steps=1, device="cpu"))
+
+
 def test_attention_probe_turns_a_kernel_refusal_into_a_one_line_error(monkeypatch):
     import torch.nn.functional as F
 

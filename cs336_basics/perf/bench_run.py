@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -85,6 +86,9 @@ def run(spec: BenchSpec) -> dict[str, Any]:
             step_seconds, warmup = time_steps(step, device, spec.steps, warmup_steps=3 if spec.compiled else 2)
             with AttentionKernels(device) as kernels:  # one more step, untimed: the attention kernels that ran
                 last_loss = float(trainer.train_step(3e-4)[0])
+        if not math.isfinite(last_loss):  # call 36's broken rows ran fast on NaNs (benchmarks/NOTES.md 42)
+            raise FloatingPointError(f"the loss is {last_loss} after the timed steps: this configuration's times "
+                                     "measure a broken computation, not a step")
         backend = kernels.ran or probe_backend(spec.flash, spec.fused_attention, cfg.head_dim, device)
     step = statistics.median(step_seconds)
     step_mean = sum(step_seconds) / len(step_seconds)
