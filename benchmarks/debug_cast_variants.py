@@ -34,7 +34,7 @@ def variant_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, M, N, HOW: tl.constexpr, BLO
         xt = tl.load(x_ptr + rows[None, :].to(tl.int64) * N + cols[:, None], mask=t_mask, other=0.0).to(tl.float32)
         tl.store(q_ptr + offsets, y.to(tl.float8e4nv), mask=mask)
         tl.store(qt_ptr + t_offsets, tl.clamp(xt * tl.load(scale_ptr), -448.0, 448.0).to(tl.float8e4nv), mask=t_mask)
-    elif HOW == 4:  # x rounded through bf16 only for the layouts' sake? no: cast in fp32, then bitcast, tl.trans
+    elif HOW == 4:  # the float8 bits as uint8, transposed with tl.trans
         q = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
         tl.store(q_ptr + offsets, q, mask=mask)
         tl.store(qt_ptr + t_offsets, tl.trans(q), mask=t_mask)

@@ -1,7 +1,18 @@
-"""Why the -castall bench rows of call 36 ended with a NaN loss (NOTES 42): one float8 layer and one fused SwiGLU
-with kernel_casts all against none (eager, compiled, compiled with CUDA graphs; bf16 and fp32 inputs), then a
-few training steps of the small preset in each mode with the loss of every step and the first non-finite
-amax. Debugging only; prints, writes nothing."""
+"""Why the -castall bench rows of call 36 ended with a NaN loss (benchmarks/NOTES.md 42; calls 37-40 ran it).
+Debugging only: it prints, writes nothing. Three uses:
+
+  python3 benchmarks/debug_kernel_casts.py
+      one float8 layer and one fused SwiGLU with kernel_casts all against none (eager, compiled, compiled with
+      CUDA graphs; bf16 and float32 inputs), then 8 training steps of the small preset in each mode (call 37);
+  BENCH_LIKE=PRESET:MODE:CASTS:STEPS[,...]   e.g. seed:reduce-overhead:all:12
+      what bench_run.run does, with every step's loss and the first non-finite amax (call 38);
+  FIRST_GRADS=PRESET:MODE:CASTS:fused|unfused[:check|clone|fixed][,...]
+      calibration and the first step's gradients: which are not finite; with a patch of fp8_cast.cast_both
+      (check: both layouts compared right after each cast; clone: outputs copied; fixed: one tile, no
+      autotuner) (calls 39-40).
+
+MODE is eager, default or reduce-overhead; CASTS none, grads or all. DEVICE=cpu runs a tiny emulated smoke test.
+"""
 
 import contextlib
 import math
@@ -53,8 +64,23 @@ def run(m: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, how: str, reps: i
     return [y.detach().float().clone(), xi.grad.float().clone(), *(p.grad.float().clone() for p in m.parameters()), *sinks]
 
 
+def make_trainer(cfg: ModelConfig, mode: str, kc: str, tokens: np.ndarray, fused: bool | None = None) -> Trainer:
+    """The model with every delayed layer's casts `kc`, behind a Trainer compiled as `mode` ("eager": not)."""
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, dev, Fp8Options(recipe="delayed", emulate=CPU, kernel_casts=kc, fused_swiglu=fused),
+                           B * cfg.context_length, log=lambda s: None)
+    train_cfg = TrainConfig(batch_size=B, max_steps=10**6, warmup_steps=0, compile_model=mode != "eager",
+                            compile_mode=mode if mode != "eager" else "auto", gradient_checkpointing=False,
+                            use_flash_attn=not CPU)
+    return Trainer(model, train_cfg, RandomWindows(tokens, B, cfg.context_length, 0), tokens[:2048], dev,
+                   Path(tempfile.mkdtemp()), log=lambda s: None)
 
-def parts_one_and_two() -> None:
+
+def random_tokens(cfg: ModelConfig) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22, dtype=np.int64).astype(np.uint32)
+
+
+def modules_then_small_training() -> None:
     for kind in ("layer", "swiglu"):
         for dtype in (torch.bfloat16, torch.float32):
             g = torch.Generator(device=dev).manual_seed(1)
@@ -77,13 +103,7 @@ def parts_one_and_two() -> None:
     tokens = (np.arange(1 << 20) * 7919 % cfg.vocab_size).astype(np.uint16)
     for mode in ("eager", "default", "reduce-overhead"):
         for kc in ("none", "all"):
-            torch.manual_seed(0)
-            model, _ = build_model(cfg, dev, Fp8Options(recipe="delayed", emulate=CPU, kernel_casts=kc), log=lambda s: None)
-            trainer = Trainer(model, TrainConfig(batch_size=B, max_steps=8, compile_model=mode != "eager",
-                                                 compile_mode=mode if mode != "eager" else "auto", gradient_checkpointing=False,
-                                                 use_flash_attn=not CPU),
-                              RandomWindows(tokens, B, cfg.context_length, 0), tokens[:4096], dev, Path(tempfile.mkdtemp()),
-                              log=lambda s: None)
+            trainer = make_trainer(cfg, mode, kc, tokens)
             losses, first_bad = [], None
             for step in range(8):
                 losses.append(float(trainer.train_step(1e-3)[0]))
@@ -94,7 +114,7 @@ def parts_one_and_two() -> None:
                 if not math.isfinite(losses[-1]) and first_bad is not None:
                     break
             print(f"train {mode:15} {kc:4}: losses {[round(l, 4) for l in losses]}; first non-finite amax {first_bad}", flush=True)
-            del trainer, model
+            del trainer
             torch._dynamo.reset()
 
 
@@ -104,14 +124,7 @@ def bench_like(preset: str, mode: str, kc: str, steps: int) -> None:
     from cs336_basics.training.attention import AttentionKernels, attention_context
 
     cfg = PRESETS[preset]
-    torch.manual_seed(0)
-    model, _ = build_model(cfg, dev, Fp8Options(recipe="delayed", emulate=CPU, kernel_casts=kc), B * cfg.context_length,
-                           log=lambda s: None)
-    toks = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22, dtype=np.int64).astype(np.uint32)
-    trainer = Trainer(model, TrainConfig(batch_size=B, max_steps=10**6, warmup_steps=0, compile_model=mode != "eager",
-                                         compile_mode=mode if mode != "eager" else "auto", gradient_checkpointing=False,
-                                         use_flash_attn=not CPU),
-                      RandomWindows(toks, B, cfg.context_length, 0), toks[:2048], dev, Path(tempfile.mkdtemp()), log=lambda s: None)
+    trainer = make_trainer(cfg, mode, kc, random_tokens(cfg))
     losses, first_bad = [], None
     with attention_context(not CPU, "auto"):
         for step in range(steps):
@@ -131,14 +144,7 @@ def bench_like(preset: str, mode: str, kc: str, steps: int) -> None:
 def first_grads(preset: str, mode: str, kc: str, fused: str) -> None:
     """Calibration, then one forward + backward of the first step: which parameters' gradients are not finite."""
     cfg = PRESETS[preset]
-    torch.manual_seed(0)
-    model, _ = build_model(cfg, dev, Fp8Options(recipe="delayed", emulate=CPU, kernel_casts=kc, fused_swiglu=fused == "fused"),
-                           B * cfg.context_length, log=lambda s: None)
-    toks = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22, dtype=np.int64).astype(np.uint32)
-    trainer = Trainer(model, TrainConfig(batch_size=B, max_steps=10**6, warmup_steps=0, compile_model=mode != "eager",
-                                         compile_mode=mode if mode != "eager" else "auto", gradient_checkpointing=False,
-                                         use_flash_attn=not CPU),
-                      RandomWindows(toks, B, cfg.context_length, 0), toks[:2048], dev, Path(tempfile.mkdtemp()), log=lambda s: None)
+    trainer = make_trainer(cfg, mode, kc, random_tokens(cfg), fused=fused == "fused")
     trainer._calibrate_fp8_scales()
     for rep in range(2):
         torch.compiler.cudagraph_mark_step_begin()
@@ -155,40 +161,45 @@ def first_grads(preset: str, mode: str, kc: str, fused: str) -> None:
     torch._dynamo.reset()
 
 
-def patched(how: str) -> None:
-    """cast_both wrapped: "check" compares the two layouts right after the kernel (synchronizing) and counts the
-    casts whose transposed copy differs; "clone" returns copies of the outputs; "fixed" skips the autotuner."""
+def patched(how: str) -> dict:
+    """Wrap fp8_cast.cast_both (see the module's docstring); returns what the wrapper saw. The custom op looks
+    cast_both up when it runs, so compiled graphs call the wrapper too."""
     from cs336_basics.precision import fp8_cast
 
-    original = ORIGINAL[0]
-    seen = {"casts": 0, "differing": [], "how": how}
+    seen: dict = {"casts": 0, "differing": [], "how": how}
 
     def cast_both(x, scale, e5m2, config=None):
-        out = original(x, scale, e5m2, (64, 64, 4) if how == "fixed" else config)
+        out = ORIGINAL_CAST(x, scale, e5m2, (64, 64, 4) if how == "fixed" else config)
         seen["casts"] += 1
         if how == "check" and not torch.equal(out[1].view(torch.uint8), out[0].t().view(torch.uint8)):
             seen["differing"].append((tuple(x.shape), str(x.dtype), e5m2))
         return tuple(t.clone() for t in out) if how == "clone" else out
 
     fp8_cast.cast_both = cast_both
-    PATCHED.append(seen)
+    return seen
 
 
-PATCHED: list = []
-ORIGINAL: list = []
-if __name__ == "__main__" and os.environ.get("FIRST_GRADS"):
-    for item in os.environ["FIRST_GRADS"].split(","):
-        parts = item.split(":")
-        if len(parts) > 4:
-            from cs336_basics.precision import fp8_cast
-            ORIGINAL[:] = ORIGINAL or [fp8_cast.cast_both]
-            patched(parts[4])
-        first_grads(*parts[:4])
-        if PATCHED:
-            print("patch", PATCHED[-1]["how"], "casts", PATCHED[-1]["casts"], "differing", PATCHED[-1]["differing"][:6],
-                  len(PATCHED[-1]["differing"]), flush=True)
-elif __name__ == "__main__" and not os.environ.get("BENCH_LIKE"):
-    parts_one_and_two()
-elif __name__ == "__main__":
-    for item in os.environ["BENCH_LIKE"].split(","):
-        bench_like(*item.split(":")[:3], steps=int(item.split(":")[3]))
+def main() -> None:
+    from cs336_basics.precision import fp8_cast
+
+    if os.environ.get("FIRST_GRADS"):
+        for item in os.environ["FIRST_GRADS"].split(","):
+            preset, mode, kc, fused, *patch = item.split(":")
+            seen = patched(patch[0]) if patch else None
+            first_grads(preset, mode, kc, fused)
+            fp8_cast.cast_both = ORIGINAL_CAST
+            if seen:
+                print("patch", seen["how"], "casts", seen["casts"], "differing", seen["differing"][:6],
+                      len(seen["differing"]), flush=True)
+    elif os.environ.get("BENCH_LIKE"):
+        for item in os.environ["BENCH_LIKE"].split(","):
+            preset, mode, kc, steps = item.split(":")
+            bench_like(preset, mode, kc, int(steps))
+    else:
+        modules_then_small_training()
+
+
+if __name__ == "__main__":
+    from cs336_basics.precision.fp8_cast import cast_both as ORIGINAL_CAST
+
+    main()
