@@ -141,6 +141,39 @@ def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path, check
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
+def test_a_run_checks_the_kernels_at_its_shape_and_refuses_wrong_ones(monkeypatch):
+    """build_model checks the fused SwiGLU's kernels at the run's shape (micro-batch tokens x SwiGLU width) before
+    training; a kernel whose transposed copy is wrong (as the device's Triton made one of ours, NOTES 42) or
+    whose values are off is refused with a one-line error saying how to train without it."""
+    from cs336_basics.errors import UserError
+    from cs336_basics.model.transformer import ModelConfig
+    from cs336_basics.precision import swiglu_fp8 as S
+    from cs336_basics.training.setup import Fp8Options, build_model
+
+    assert S.check_kernels(64, 48, torch.device("cpu")) == []  # on a CPU both sides are the references
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    seen = []
+    model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), 2 * 16, log=seen.append)
+    assert "fused SwiGLU kernels checked at 32 tokens x 64" in " ".join(seen)
+    right_forward, right_backward = S.swiglu_forward_fp8, S.swiglu_backward_fp8
+
+    def transposed_wrong(h1, h3, scale, config=None):
+        g8, g8t, amax = right_forward(h1, h3, scale)
+        return g8, g8t.flip(0).contiguous(), amax
+
+    def values_wrong(dg, h1, h3, s1, s3, config=None):
+        d1, d1t, d3, d3t, amax = right_backward(dg * 2, h1, h3, s1, s3)
+        return d1, d1t, d3, d3t, amax / 2
+
+    for broken, what in ((transposed_wrong, "forward output 0: the transposed copy differs"),
+                         (values_wrong, "backward output 0: values more than one float8 step")):
+        with monkeypatch.context() as m:
+            m.setattr(S, "swiglu_forward_fp8" if broken is transposed_wrong else "swiglu_backward_fp8", broken)
+            assert any(p.startswith(what) for p in S.check_kernels(64, 48, torch.device("cpu")))
+            with pytest.raises(UserError, match=f"wrong results on this machine at 32 x 64 .*{what}.*--no-fp8_fused_swiglu"):
+                build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), 2 * 16, log=lambda s: None)
+
+
 def test_fused_swiglu_needs_the_delayed_recipe():
     from cs336_basics.errors import UserError
     from cs336_basics.model.transformer import ModelConfig

@@ -80,4 +80,18 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
 
         report.fused_swiglu = fuse_float8_swiglu(model)
+        if report.fused_swiglu and micro_batch_tokens:
+            check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
     return model, report
+
+
+def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> None:
+    """The fused SwiGLU's kernels checked at this run's shape before it trains (swiglu_fp8.check_kernels):
+    a wrong kernel is refused with the way around it, never trained with."""
+    from cs336_basics.precision.swiglu_fp8 import check_kernels
+
+    problems = check_kernels(M, N, device)
+    if problems:
+        raise UserError(f"the fused SwiGLU's Triton kernels computed wrong results on this machine at {M} x {N} "
+                        f"({'; '.join(problems)}): train with --no-fp8_fused_swiglu, and report it")
+    log(f"fused SwiGLU kernels checked at {M} tokens x {N}: both layouts and amaxes as their references")
