@@ -77,6 +77,20 @@ def test_cast_through_the_op_gives_the_same_numbers(which):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("which", ["layer", "fused SwiGLU"])
+def test_under_autocast_the_kernel_casts_the_input_from_bf16(which):
+    """With kernel_casts all, a float32 input under autocast is rounded to bf16 before the cast (as TorchAO's
+    Float8Linear does): the same numbers as inductor's path given that bf16 input, bit for bit."""
+    outs = []
+    for kernel_casts, to_bf16 in (("all", False), ("none", True)):
+        layer, fused = _layers(kernel_casts)
+        module = layer if which == "layer" else fused
+        x = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(1))
+        with torch.autocast("cpu", torch.bfloat16):
+            outs.append(module(x.bfloat16() if to_bf16 else x).float())
+    assert torch.equal(*outs)
+
+
 def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
     import numpy as np
 

@@ -3,7 +3,8 @@
 # Calls 36-42: with float32 inputs (RMSNorm's output of the float32 residual stream) our cast kernel's transposed
 # copy was wrong however the tile was transposed in registers (likely triton-lang/triton#11111, the ptxas Triton
 # bundles for Hopper); a second load of the tile in transposed order was right (call 42). The kernel now does that
-# for float32 inputs. One call:
+# for float32 inputs, and under autocast the layers hand it bf16 (RMSNorm's output rounded first, as TorchAO
+# does), the dtype whose one-load path passed every check. One call:
 #  1. the variants of call 42 again, with Triton's ptxas and, if the machine has a newer one, with that
 #     (TRITON_PTXAS_PATH): does the ptxas explain it?
 #  2. every kernel checked (float32 inputs of the cast too) and timed, at the seed shape and at the 1B shape

@@ -10,7 +10,9 @@ against bf16's ~4.9 ms of norms (call 35). `cast_both_layouts` does the cast as 
 in 2-D tiles, each tile loaded once and stored both ways with coalesced stores, the amax by one atomic max a
 tile. The producer then writes its bf16 result plainly, and the op reads it once more: more bytes, fewer
 wasted cycles, if the tiles reach the bandwidth the SwiGLU kernels did. Behind Fp8Options.kernel_casts (bench
-suffixes -castgrads, -castall) until measured.
+suffixes -castgrads, -castall) until measured. The layers hand it bf16 under autocast (a float32 RMSNorm output
+is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs take a slower path in the kernel, the
+only one right on the H200's Triton (NOTES 42).
 
 The `_reference` function is the same computation in PyTorch ops: the CPU path, and what the kernel is
 checked against on the GPU (benchmarks/kernel_swiglu_fp8.py).

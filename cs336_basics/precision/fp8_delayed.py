@@ -39,8 +39,10 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
             x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
-        if kernel_x:  # our kernel writes both layouts; the weight gradient's (transposed) one is saved
-            x8, x8_t, x_amax = cast_both_layouts(x2, x_scale, e5m2=False)
+        if kernel_x:  # our kernel writes both layouts; the weight gradient's (transposed) one is saved.
+            # Under autocast x is rounded to bf16 first, as TorchAO's Float8Linear does: RMSNorm's float32 output
+            # is then written and read in 2 bytes, and our kernel sees the dtype its GPU checks cover best.
+            x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
         else:
             x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
         w8, inv_w = to_fp8(weight)  # (N, K), dynamic scale

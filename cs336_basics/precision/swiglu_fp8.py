@@ -182,8 +182,8 @@ class _Float8SwiGLU(torch.autograd.Function):
         kernel (fp8_cast.py) instead of inductor's code."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, D)
-        if kernel_x:  # our kernel writes both layouts; the weight gradients' (transposed) one is saved
-            x8, x8_t, x_amax = cast_both_layouts(x2, x_scale, e5m2=False)
+        if kernel_x:  # our kernel writes both layouts (from x in bf16 under autocast, as Float8DelayedLinear)
+            x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
         else:
             x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
         (w1_8, inv_w1), (w3_8, inv_w3), (w2_8, inv_w2) = to_fp8(w1), to_fp8(w3), to_fp8(w2)
