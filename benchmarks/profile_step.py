@@ -29,8 +29,8 @@ def main() -> None:
     p.add_argument("--eager", action="store_true")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
-    p.add_argument("--kernel_casts", default="none", choices=("none", "grads", "all"),
-                   help="fp8-delayed: which casts go through our kernel (bench suffixes -castgrads, -castall)")
+    p.add_argument("--kernel_casts", default="none", choices=("none", "inputs", "grads", "all"),
+                   help="fp8-delayed: which casts go through our kernel (bench suffixes -castinputs, -castgrads, -castall)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
     args = p.parse_args()

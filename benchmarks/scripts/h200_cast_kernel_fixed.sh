@@ -10,14 +10,15 @@
 #  2. every kernel checked (float32 inputs of the cast too) and timed, at the seed shape and at the 1B shape
 #     (the SwiGLU kernels, the default on main, were checked at the seed shape only);
 #  3. the seed model's first step with every cast through the kernel, each cast's two layouts compared;
-#  4. seed and 1B bench rows: bf16, fp8 default, -castall (a row whose loss is not finite now fails).
+#  4. seed and 1B bench rows: bf16, fp8 default, -castinputs (the inputs' casts only: call 36's -castgrads lost
+#     2.5 ms, so the forward's casts may gain more alone), -castall (a row whose loss is not finite now fails).
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_castfix; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
 T0=$(date +%s); PACK=cast_kernel_fixed.tar.gz
 source benchmarks/scripts/lib_single.sh  # pack
 rows() {
-  grep -A6 "^| configuration" $R/$1.log | tail -5 | cut -d'|' -f2-5,9,13
+  grep -A7 "^| configuration" $R/$1.log | tail -6 | cut -d'|' -f2-5,9,13
   python3 -c "import json; [print(r.get('name', r.get('mode')), r.get('loss'), r.get('error', ''), *(r.get('stderr_tail') or [])[-25:], sep='\n  ') for r in json.load(open('$R/$1/matrix.json'))['rows']]"
 }
 # every ptxas on the machine with its version, newest last ("13.0 /path/ptxas")
@@ -42,9 +43,9 @@ done
 echo "FIRST_GRADS=seed:eager:all:fused:check python3 benchmarks/debug_kernel_casts.py" > $R/first_grads.command
 FIRST_GRADS=seed:eager:all:fused:check timeout 90 python3 benchmarks/debug_kernel_casts.py > $R/first_grads.log 2>&1
 echo "first grads at $(( $(date +%s) - T0 )) s:"; grep -a "^first grads\|^patch" $R/first_grads.log; pack
-MODES=bf16-compile,fp8-delayed-compile,fp8-delayed-compile-castall
+MODES=bf16-compile,fp8-delayed-compile,fp8-delayed-compile-castinputs,fp8-delayed-compile-castall
 for preset in seed 1b; do
-  left=$(( 570 - $(date +%s) + T0 )); steps=$([ $preset = seed ] && echo 30 || echo 20)
+  left=$(( 570 - $(date +%s) + T0 )); steps=$([ $preset = seed ] && echo 30 || echo 15)
   (( left < 120 )) && { echo "bench-$preset SKIPPED ($left s left)"; continue; }
   echo "python3 optimize_performance.py --preset $preset --steps $steps --timeout 150 --no_layers --modes $MODES --out \$OUT/bench-$preset" > $R/bench-$preset.command
   timeout $left python3 optimize_performance.py --preset $preset --steps $steps --timeout 150 --no_layers --modes $MODES --out $R/bench-$preset 2>&1 \

@@ -47,7 +47,7 @@ class BenchSpec:
     fp8_filter: str = "all"
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     fp8_fused_swiglu: bool | None = None  # as Fp8Options.fused_swiglu (mode suffix -unfused: False)
-    fp8_kernel_casts: str = "none"  # as Fp8Options.kernel_casts (mode suffixes -castgrads, -castall)
+    fp8_kernel_casts: str = "none"  # as Fp8Options.kernel_casts (mode suffixes -castinputs, -castgrads, -castall)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     device: str = "cuda"
     inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}

@@ -58,17 +58,18 @@ def parse_mode(mode: str) -> dict[str, Any]:
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
-                                                                       "castgrads", "castall"}:
+                                                                       "castinputs", "castgrads", "castall"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castgrads|-castall], e.g. fp8-rowwise-compile-ac")
-    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castgrads", "our cast kernel for gradients"),
+                        f"[-unfused][-castinputs|-castgrads|-castall], e.g. fp8-rowwise-compile-ac")
+    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castinputs", "our cast kernel for inputs"),
+                         ("castgrads", "our cast kernel for gradients"),
                          ("castall", "our cast kernel for every cast")):
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
     fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
                 fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
-                fp8_fused_swiglu=False if "unfused" in parts[1:] else None, fp8_kernel_casts=next((c for c in ("grads", "all") if f"cast{c}" in parts[1:]), "none"))
+                fp8_fused_swiglu=False if "unfused" in parts[1:] else None, fp8_kernel_casts=next((c for c in ("inputs", "grads", "all") if f"cast{c}" in parts[1:]), "none"))
 
 
 def parse_inductor(text: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ against bf16's ~4.9 ms of norms (call 35). `cast_both_layouts` does the cast as 
 in 2-D tiles, each tile loaded once and stored both ways with coalesced stores, the amax by one atomic max a
 tile. The producer then writes its bf16 result plainly, and the op reads it once more: more bytes, fewer
 wasted cycles, if the tiles reach the bandwidth the SwiGLU kernels did. Behind Fp8Options.kernel_casts (bench
-suffixes -castgrads, -castall) until measured. The layers hand it bf16 under autocast (a float32 RMSNorm output
+suffixes -castinputs, -castgrads, -castall) until measured. The layers hand it bf16 under autocast (a float32 RMSNorm output
 is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs take a slower path in the kernel, the
 only one right on the H200's Triton (NOTES 42).
 
@@ -34,8 +34,9 @@ Config = tuple[int, int, int]
 CONFIGS: tuple[Config, ...] = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
 KERNELS = ("swiglu_forward", "swiglu_backward", "cast")
 # Which of a delayed layer's casts go through cast_both_layouts: none (inductor's code, fused into the
-# producers), the output gradients' only (in the backward, where inductor's fused kernels are slowest), or all.
-KERNEL_CASTS = ("none", "grads", "all")
+# producers), the inputs' only (in the forward), the output gradients' only (in the backward), or all. Call 36:
+# the gradients' alone lost 2.5 ms a seed step, so "inputs" (added after it) measures the forward's alone.
+KERNEL_CASTS = ("none", "inputs", "grads", "all")
 
 
 def amax(x: torch.Tensor) -> torch.Tensor:

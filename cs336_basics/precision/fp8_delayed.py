@@ -106,7 +106,7 @@ class Float8DelayedLinear(nn.Module):
     @property
     def kernel_cast_flags(self) -> tuple[bool, bool]:
         """(cast x through our kernel, cast the output gradient through it)."""
-        return self.kernel_casts == "all", self.kernel_casts in ("grads", "all")
+        return self.kernel_casts in ("inputs", "all"), self.kernel_casts in ("grads", "all")
 
 
 class DelayedScaling:

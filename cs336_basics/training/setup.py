@@ -23,7 +23,8 @@ class Fp8Options:
     # the delayed recipe's layers. None: on with the delayed recipe, off otherwise
     fused_swiglu: bool | None = None
     # delayed recipe: which casts go through our kernel (fp8_cast.py) instead of inductor's code fused into their
-    # producers: "none", "grads" (output gradients) or "all"; experimental (bench suffixes -castgrads, -castall),
+    # producers: "none", "inputs", "grads" (output gradients) or "all"; experimental (bench suffixes -castinputs,
+    # -castgrads, -castall),
     # no trainer flag until measured
     kernel_casts: str = "none"
 
