@@ -91,6 +91,33 @@ def test_under_autocast_the_kernel_casts_the_input_from_bf16(which):
     assert torch.equal(*outs)
 
 
+def test_a_run_checks_the_cast_kernel_at_its_shapes_and_refuses_a_wrong_one(monkeypatch):
+    """With kernel casts, build_model checks the cast at every (tokens x width, format) the layers will cast before
+    training, and refuses a kernel whose transposed copy is wrong (as call 40 found ours on the GPU)."""
+    from cs336_basics.errors import UserError
+    from cs336_basics.model.transformer import ModelConfig
+    from cs336_basics.precision import fp8_cast
+    from cs336_basics.training.setup import Fp8Options, build_model
+
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    seen = []
+    build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="inputs"), 32, log=seen.append)
+    assert "fp8 cast kernel checked at 32 tokens x 32 (e4m3), 64 (e4m3): both layouts" in " ".join(seen)
+    seen.clear()
+    build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="all"), 32, log=seen.append)
+    assert "x 32 (e4m3), 32 (e5m2), 64 (e4m3), 64 (e5m2), 96 (e5m2)" in " ".join(seen)  # qkv's output is 3 x 32 wide
+    right = fp8_cast.cast_both
+
+    def transposed_wrong(x, scale, e5m2, config=None):
+        q, qt, amax = right(x, scale, e5m2)
+        return q, qt.view(torch.uint8).flip(1).view(qt.dtype), amax
+
+    monkeypatch.setattr(fp8_cast, "cast_both", transposed_wrong)
+    with pytest.raises(UserError, match=r"cast kernel computed wrong results .*cast e4m3 32 x 32 output 0: the transposed"):
+        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="all"), 32,
+                    log=lambda s: None)
+
+
 def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
     import numpy as np
 

@@ -66,6 +66,30 @@ def check_2d(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bf
                          f"got {[t.dtype for t in tensors]}")
 
 
+STEPS = {E4M3: (0.125, 2.0**-9), E5M2: (0.25, 2.0**-16)}  # a float8 step relative to the value; the smallest subnormal
+
+
+def compare_fp8(name: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> list[str]:
+    """What is wrong in a kernel's outputs (row-major, transposed pairs of float8 tensors, then the amax(es))
+    against its reference's: a transposed copy not byte-equal to its row-major copy transposed, a value more
+    than one float8 step from the reference, an amax more than 1% off (one bf16 rounding of the largest value
+    may differ between kernel and reference). The run-time checks' comparison (NOTES 42, 44)."""
+    *layouts, got_amax = got
+    problems = []
+    for i in range(0, len(layouts), 2):
+        rows, cols, want_rows = layouts[i], layouts[i + 1], want[i]
+        if not torch.equal(cols.view(torch.uint8), rows.t().contiguous().view(torch.uint8)):
+            share = float((cols.view(torch.uint8) != rows.t().view(torch.uint8)).float().mean())
+            problems.append(f"{name} output {i // 2}: the transposed copy differs from the row-major one in {share:.1%}")
+        step, smallest = STEPS[want_rows.dtype]
+        gap = (rows.float() - want_rows.float()).abs().nan_to_num(nan=float("inf"))
+        if not bool((gap <= torch.clamp(step * want_rows.float().abs(), min=smallest)).all()):
+            problems.append(f"{name} output {i // 2}: values more than one float8 step from the reference")
+    if not torch.allclose(got_amax.float(), want[-1].float(), rtol=1e-2, atol=0):
+        problems.append(f"{name}: amax {got_amax.tolist()} where the reference has {want[-1].tolist()}")
+    return problems
+
+
 def launch(name: str, config: Config | None, M: int, N: int, *args: Any, **constants: Any) -> None:
     """Run kernel `name` over an (M, N) grid of tiles: with `config`, or the autotuner's choice if None."""
     if config is None:
@@ -96,6 +120,17 @@ def cast_both(x: torch.Tensor, scale: torch.Tensor, e5m2: bool, config: Config |
     launch("cast", config, M, N, x, scale.float().reshape(1), x8, x8t, amax_x, FP8_MAX=E5M2_MAX if e5m2 else E4M3_MAX,
            E5M2=e5m2, TRANSPOSED_LOAD=x.dtype == torch.float32)
     return x8, x8t, amax_x.reshape(())
+
+
+def check_cast(M: int, N: int, e5m2: bool, device: torch.device, seed: int = 0) -> list[str]:
+    """The cast as training runs it (the autotuner's tile, bf16 in) at one of the run's shapes, on seeded random
+    inputs of an activation's (e4m3) or a gradient's (e5m2) magnitudes, against the reference (compare_fp8).
+    On a CPU both sides are the reference."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = (torch.randn(M, N, device=device, generator=g) * (1e-3 if e5m2 else 2.0)).bfloat16()
+    scale = (E5M2_MAX if e5m2 else E4M3_MAX) / amax(x)
+    return compare_fp8(f"cast {'e5m2' if e5m2 else 'e4m3'} {M} x {N}", cast_both(x, scale, e5m2),
+                       cast_both_reference(x, scale, e5m2))
 
 
 # An opaque op for torch.compile and CUDA graphs: one node in the graph, the kernel (or on CPU the reference) inside.

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_cast import Config, amax, cast_both_layouts, check_2d, launch
+from cs336_basics.precision.fp8_cast import Config, amax, cast_both_layouts, check_2d, compare_fp8, launch
 from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
 
@@ -100,38 +100,20 @@ def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, sc
     return d1, d1t, d3, d3t, amax
 
 
-STEPS = {E4M3: (0.125, 2.0**-9), E5M2: (0.25, 2.0**-16)}  # a float8 step relative to the value; the smallest subnormal
-
-
 def check_kernels(M: int, N: int, device: torch.device, seed: int = 0) -> list[str]:
     """Both kernels as training runs them (the autotuner's tiles) at the training shape (M tokens, SwiGLU width
-    N), on seeded random inputs of an activation's and a gradient's magnitudes, against the references: each
-    transposed copy equal to its row-major copy transposed, byte for byte; every value within one float8 step
-    of the reference; the amaxes within 1% (one bf16 rounding of the largest value may differ). Returns what
-    failed (nothing: right). The device's Triton has miscompiled a transposed copy at one shape and not at
-    others (NOTES 42), so a run checks its own shape before it trains. On a CPU both sides are the references."""
+    N), on seeded random inputs of an activation's and a gradient's magnitudes, against the references
+    (fp8_cast.compare_fp8). Returns what failed (nothing: right). The device's Triton has miscompiled a
+    transposed copy at one shape and not at others (NOTES 42), so a run checks its own shape before it trains.
+    On a CPU both sides are the references."""
     g = torch.Generator(device=device).manual_seed(seed)
     dg, h1, h3 = ((torch.randn(M, N, device=device, generator=g) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
     one = torch.ones((), device=device)
     scale = E4M3_MAX / swiglu_forward_fp8_reference(h1, h3, one)[2]
     scales = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4]).unbind()
-    problems = []
-    for name, got, want in (("forward", swiglu_forward_fp8(h1, h3, scale), swiglu_forward_fp8_reference(h1, h3, scale)),
-                            ("backward", swiglu_backward_fp8(dg, h1, h3, *scales),
-                             swiglu_backward_fp8_reference(dg, h1, h3, *scales))):
-        *layouts, got_amax = got
-        for i in range(0, len(layouts), 2):  # (row-major, transposed) pairs
-            rows, cols, want_rows = layouts[i], layouts[i + 1], want[i]
-            if not torch.equal(cols.view(torch.uint8), rows.t().contiguous().view(torch.uint8)):
-                share = float((cols.view(torch.uint8) != rows.t().view(torch.uint8)).float().mean())
-                problems.append(f"{name} output {i // 2}: the transposed copy differs from the row-major one in {share:.1%}")
-            step, smallest = STEPS[want_rows.dtype]
-            gap = (rows.float() - want_rows.float()).abs().nan_to_num(nan=float("inf"))
-            if not bool((gap <= torch.clamp(step * want_rows.float().abs(), min=smallest)).all()):
-                problems.append(f"{name} output {i // 2}: values more than one float8 step from the reference")
-        if not torch.allclose(got_amax.float(), want[-1].float(), rtol=1e-2, atol=0):
-            problems.append(f"{name}: amax {got_amax.tolist()} where the reference has {want[-1].tolist()}")
-    return problems
+    return (compare_fp8("forward", swiglu_forward_fp8(h1, h3, scale), swiglu_forward_fp8_reference(h1, h3, scale))
+            + compare_fp8("backward", swiglu_backward_fp8(dg, h1, h3, *scales),
+                          swiglu_backward_fp8_reference(dg, h1, h3, *scales)))
 
 
 # An opaque op for torch.compile and CUDA graphs: one node in the graph, the Triton kernel (or on CPU the

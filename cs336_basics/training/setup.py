@@ -74,9 +74,11 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8.kernel_casts != "none":
         from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
 
-        for module in model.modules():
-            if isinstance(module, Float8DelayedLinear):
-                module.kernel_casts = fp8.kernel_casts
+        layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
+        for module in layers:
+            module.kernel_casts = fp8.kernel_casts
+        if micro_batch_tokens:
+            check_kernel_casts(layers, micro_batch_tokens, device, log)
     if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
         from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
 
@@ -84,6 +86,21 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         if report.fused_swiglu and micro_batch_tokens:
             check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
     return model, report
+
+
+def check_kernel_casts(layers: list, M: int, device: torch.device, log=print) -> None:
+    """Our cast kernel checked at every shape these delayed layers will cast (their inputs in e4m3, their output
+    gradients in e5m2, as their kernel_casts choose) before the run trains: a wrong kernel is refused."""
+    from cs336_basics.precision.fp8_cast import check_cast
+
+    shapes = sorted({(m.in_features, False) for m in layers if m.kernel_cast_flags[0]}
+                    | {(m.out_features, True) for m in layers if m.kernel_cast_flags[1]})
+    problems = [p for n, e5m2 in shapes for p in check_cast(M, n, e5m2, device)]
+    if problems:
+        raise UserError(f"our fp8 cast kernel computed wrong results on this machine ({'; '.join(problems)}): "
+                        "run without kernel casts, and report it")
+    widths = ", ".join(f"{n} ({'e5m2' if e5m2 else 'e4m3'})" for n, e5m2 in shapes)
+    log(f"fp8 cast kernel checked at {M} tokens x {widths}: both layouts and amaxes as the reference's")
 
 
 def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> None:
