@@ -231,3 +231,33 @@ def test_kernels_compile_for_hopper():
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={**constants, **tiles}),
                                   target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], (kernel.fn.__name__, in_type, constants)
+
+
+def test_trainer_flag_runs_recorded_and_kept_on_resume(tmp_path, capsys):
+    """--fp8_kernel_casts: the configuration summary says it, run.json records it, --resume keeps it; refused
+    without --use_fp8 and with a recipe other than delayed."""
+    import json
+
+    from cs336_basics.cli.train import main as train_main
+    from cs336_basics.cli import run_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    base = ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--batch_size", 2,
+            "--eval_interval", 2, "--eval_steps", 1, "--sample_tokens", 0, "--vocab_size", 300]
+
+    def train(argv):
+        return run_main(train_main, [str(a) for a in argv])
+
+    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate",
+                         "--fp8_kernel_casts", "inputs"]) == 0
+    assert "fp8 casts of the layers' inputs: our Triton kernel" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_kernel_casts"] == "inputs"
+    assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
+                  "--sample_tokens", 0]) == 0
+    assert "(--fp8_kernel_casts inputs)" in capsys.readouterr().out
+    assert train(base + ["--out_dir", tmp_path / "bf16", "--max_steps", 1, "--fp8_kernel_casts", "all"]) == 2
+    assert "--fp8_kernel_casts only applies with --use_fp8" in capsys.readouterr().err
+    assert train(base + ["--out_dir", tmp_path / "tw", "--max_steps", 1, "--use_fp8", "--fp8_emulate", "--fp8_recipe",
+                         "tensorwise", "--fp8_kernel_casts", "all"]) == 2
+    assert "casts the delayed recipe's layers: use --fp8_recipe delayed" in capsys.readouterr().err

@@ -23,8 +23,8 @@ class Fp8Options:
     # the delayed recipe's layers. None: on with the delayed recipe, off otherwise
     fused_swiglu: bool | None = None
     # delayed recipe: which casts go through our kernel (fp8_cast.py) instead of inductor's code fused into their
-    # producers: "none", "inputs", "grads" (output gradients) or "all"; experimental (bench suffixes -castinputs,
-    # -castgrads, -castall),
+    # producers: "none", "inputs", "grads" (output gradients) or "all"; experimental (--fp8_kernel_casts; bench
+    # suffixes -castinputs, -castgrads, -castall),
     # no trainer flag until measured
     kernel_casts: str = "none"
 
@@ -77,6 +77,7 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
         for module in layers:
             module.kernel_casts = fp8.kernel_casts
+        report.kernel_casts = fp8.kernel_casts
         if micro_batch_tokens:
             check_kernel_casts(layers, micro_batch_tokens, device, log)
     if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
