@@ -29,6 +29,7 @@ from cs336_basics.cli import run_main  # noqa: E402
 from cs336_basics.errors import UserError  # noqa: E402
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
 from cs336_basics.precision.fp8_cast import CONFIGS, cast_both, cast_both_reference, kernels  # noqa: E402
+from cs336_basics.precision.head_grad_fp8 import head_grad_fp8, head_grad_fp8_reference  # noqa: E402
 from cs336_basics.precision.swiglu_fp8 import (swiglu_backward, swiglu_backward_fp8,  # noqa: E402
                                                swiglu_backward_fp8_reference, swiglu_forward_fp8,
                                                swiglu_forward_fp8_reference)
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--M", type=int, default=16 * 1024, help="tokens (rows)")
     p.add_argument("--N", type=int, default=3584, help="SwiGLU width")
     p.add_argument("--D", type=int, default=896, help="model width (the casts of a layer's input or output gradient)")
+    p.add_argument("--V", type=int, default=50304, help="vocabulary (the head's logit gradient)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -129,6 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             for config in CHOICES:
                 check(f"cast {'e5m2' if e5m2 else 'e4m3'} {str(dtype)[6:]} {name} {label(config)}",
                       cast_both(x, s, e5m2, config), want, checks)
+    # the float8 head's logit gradient (head_grad_fp8.py) at M tokens x V, against its reference (no amax: a 1
+    # stands in on both sides)
+    g = torch.Generator(device="cuda").manual_seed(6)
+    logits = (torch.randn(M, args.V, device="cuda", generator=g) * 3).bfloat16()
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    targets = torch.randint(0, args.V, (M,), device="cuda", generator=g)
+    unit = torch.ones((), device="cuda")
+    want = (*head_grad_fp8_reference(logits, lse, targets), unit)
+    for config in CHOICES:
+        check(f"head gradient {label(config)}", (*head_grad_fp8(logits, lse, targets, config), unit), want, checks)
+    del want
     dg, h1, h3 = inputs(M, N, 2)
     s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
     s1 = s3 = torch.tensor(E5M2_MAX / 4e-3, device="cuda")
@@ -159,11 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"cast {kind} triton autotuned"] = (time_us(lambda: cast_both(xx, s, e5m2), args.iters), nbytes)
         timings[f"cast {kind} inductor: compiled reference"] = (
             time_us(lambda: compiled["cast"](xx, s, e5m2), args.iters), nbytes)
+    head_bytes = M * args.V * (2 + 2)  # bf16 logits in; e5m2 and its transpose out
+    compiled["head"] = torch.compile(head_grad_fp8_reference)
+    timings["head gradient triton autotuned"] = (time_us(lambda: head_grad_fp8(logits, lse, targets), args.iters), head_bytes)
+    timings["head gradient inductor: compiled reference"] = (
+        time_us(lambda: compiled["head"](logits, lse, targets), args.iters), head_bytes)
     rows = []
     for name, (us, nbytes) in timings.items():
         rows.append(dict(name=name, us=round(us, 1), gb_per_s=round(nbytes / us / 1e3)))
         print(f"{name:<48} {us:8.1f} us  {nbytes / us / 1e3:6.0f} GB/s")
-    chosen = {k: str(kernels()[f"{k} tuned"].best_config) for k in ("swiglu_forward", "swiglu_backward", "cast")}
+    chosen = {k: str(kernels()[f"{k} tuned"].best_config) for k in ("swiglu_forward", "swiglu_backward", "cast", "head_grad")}
     print(f"the autotuner chose: {chosen}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

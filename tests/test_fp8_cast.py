@@ -190,6 +190,16 @@ for config in [(32, 32, 4), (64, 16, 4), (16, 64, 2)]:
         step = 0.25 if e5m2 else 0.125
         gap = (out[0].float() - want[0].float()).abs() / (want[0].float().abs() * step).clamp(min=2**-16 if e5m2 else 2**-9)
         assert float(gap.max()) <= 4, (config, e5m2, float(gap.max()))  # e4m3 truncated: up to 4 (sub)normal steps
+    # the head's logit gradient: softmax - onehot at e5m2's static scale, both layouts
+    from cs336_basics.precision.head_grad_fp8 import head_grad_fp8_reference
+    logits = (torch.randn(M, N) * 3).bfloat16()
+    lse, targets = torch.logsumexp(logits.float(), dim=-1), torch.randint(0, N, (M,))
+    want = head_grad_fp8_reference(logits, lse, targets)
+    out = [torch.empty(M, N, dtype=S.E5M2), torch.empty(N, M, dtype=S.E5M2)]
+    launch("head_grad", config, M, N, logits, lse, targets, *out, FP8_MAX=S.E5M2_MAX)
+    assert torch.equal(out[1].view(torch.uint8), out[0].t().contiguous().view(torch.uint8)), config
+    gap = (out[0].float() - want[0].float()).abs() / (want[0].float().abs() * 0.25).clamp(min=2**-16)
+    assert float(gap.max()) <= 2, (config, float(gap.max()))
 print("ok")
 """
 
@@ -224,9 +234,11 @@ def test_kernels_compile_for_hopper():
             cases.append((k.cast_fp8_kernel, ["x_ptr"], x_type, "scale_ptr amax_ptr".split(), "q_ptr qt_ptr".split(),
                           "*fp8e5" if e5m2 else "*fp8e4nv",
                           {"FP8_MAX": 57344.0 if e5m2 else 448.0, "E5M2": e5m2, "TRANSPOSED_LOAD": x_type == "*fp32"}))
+    cases.append((k.head_grad_fp8_kernel, ["logits_ptr"], "*bf16", ["lse_ptr"], "g_ptr gt_ptr".split(), "*fp8e5",
+                  {"FP8_MAX": 57344.0}))
     for kernel, inputs, in_type, fp32_ptrs, outputs, out_type, constants in cases:
         signature = {**dict.fromkeys(inputs, in_type), **dict.fromkeys(fp32_ptrs, "*fp32"), **dict.fromkeys(outputs, out_type),
-                     "M": "i32", "N": "i32", **dict.fromkeys([*constants, *tiles], "constexpr")}
+                     "targets_ptr": "*i64", "M": "i32", "N": "i32", **dict.fromkeys([*constants, *tiles], "constexpr")}
         signature = {name: signature[name] for name in kernel.arg_names}  # the kernel's argument order
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={**constants, **tiles}),
                                   target=GPUTarget("cuda", 90, 32))

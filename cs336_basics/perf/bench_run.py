@@ -48,6 +48,7 @@ class BenchSpec:
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     fp8_fused_swiglu: bool | None = None  # as Fp8Options.fused_swiglu (mode suffix -unfused: False)
     fp8_kernel_casts: str = "none"  # as Fp8Options.kernel_casts (mode suffixes -castinputs, -castgrads, -castall)
+    fp8_head_kernel: bool = False  # as Fp8Options.head_kernel (mode suffix -headkernel)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     device: str = "cuda"
     inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}
@@ -58,7 +59,7 @@ class BenchSpec:
             return None
         return Fp8Options(recipe=self.precision.split("-", 1)[1], filter=self.fp8_filter,
                           emulate=self.device != "cuda", head=self.fp8_head, fused_swiglu=self.fp8_fused_swiglu,
-                          kernel_casts=self.fp8_kernel_casts)
+                          kernel_casts=self.fp8_kernel_casts, head_kernel=self.fp8_head_kernel)
 
 
 def run(spec: BenchSpec) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     result: dict[str, Any] = dict(
         name=spec.name, precision=spec.precision, compiled=spec.compiled, compile_mode=trainer.compile_mode,
         tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu),
-        fp8_kernel_casts=spec.fp8_kernel_casts, flash=spec.flash,
+        fp8_kernel_casts=spec.fp8_kernel_casts, fp8_head_kernel=spec.fp8_head_kernel, flash=spec.flash,
         checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],

@@ -58,18 +58,20 @@ def parse_mode(mode: str) -> dict[str, Any]:
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
-                                                                       "castinputs", "castgrads", "castall"}:
+                                                                       "castinputs", "castgrads", "castall", "headkernel"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castinputs|-castgrads|-castall], e.g. fp8-rowwise-compile-ac")
+                        f"[-unfused][-castinputs|-castgrads|-castall][-headkernel], e.g. fp8-rowwise-compile-ac")
     for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castinputs", "our cast kernel for inputs"),
-                         ("castgrads", "our cast kernel for gradients"),
-                         ("castall", "our cast kernel for every cast")):
+                         ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast")):
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
+    if "headkernel" in parts[1:] and (not precision.startswith("fp8") or "bf16head" in parts[1:]):
+        raise UserError(f"mode {mode!r}: -headkernel computes the float8 head's gradient: an fp8 mode without -bf16head")
     fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
                 fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
-                fp8_fused_swiglu=False if "unfused" in parts[1:] else None, fp8_kernel_casts=next((c for c in ("inputs", "grads", "all") if f"cast{c}" in parts[1:]), "none"))
+                fp8_fused_swiglu=False if "unfused" in parts[1:] else None, fp8_kernel_casts=next((c for c in ("inputs", "grads", "all") if f"cast{c}" in parts[1:]), "none"),
+                fp8_head_kernel="headkernel" in parts[1:])
 
 
 def parse_inductor(text: str) -> dict[str, Any]:
@@ -233,7 +235,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
         notes = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
             " (tuned kernels)" if r.get("tune_kernels") and r.get("compiled") else "") + (
             " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
-            f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "")
+            f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "") + (
+            " (head kernel)" if r.get("fp8_head_kernel") else "")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",

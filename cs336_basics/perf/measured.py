@@ -54,7 +54,7 @@ def _compiled_fp8(row: dict[str, Any]) -> bool:
     """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing (nor the
     experimental kernel casts, which the trainer does not offer)."""
     return (row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
-            and row.get("fp8_kernel_casts", "none") == "none")
+            and row.get("fp8_kernel_casts", "none") == "none" and not row.get("fp8_head_kernel"))
 
 
 def _fused(row: dict[str, Any]) -> bool:

@@ -32,7 +32,7 @@ from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast
 # SwiGLU kernels took 103-140 us forward, 213-271 us backward over these tiles (call 33).
 Config = tuple[int, int, int]
 CONFIGS: tuple[Config, ...] = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
-KERNELS = ("swiglu_forward", "swiglu_backward", "cast")
+KERNELS = ("swiglu_forward", "swiglu_backward", "cast", "head_grad")
 # Which of a delayed layer's casts go through cast_both_layouts: none (inductor's code, fused into the
 # producers), the inputs' only (in the forward), the output gradients' only (in the backward), or all. Call 36:
 # the gradients' alone lost 2.5 ms a seed step, so "inputs" (added after it) measures the forward's alone.

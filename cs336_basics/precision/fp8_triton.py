@@ -1,6 +1,7 @@
 """Our Triton kernels (imported by fp8_cast.kernels() on first use on a GPU: Triton comes with CUDA builds of
 torch, not with the CPU wheel the tests run on). Their PyTorch references, the wrappers that launch them and the
-reasons are in swiglu_fp8.py (SwiGLU's forward and backward with their casts) and fp8_cast.py (a cast)."""
+reasons are in swiglu_fp8.py (SwiGLU's forward and backward with their casts), fp8_cast.py (a cast) and
+head_grad_fp8.py (the float8 head's logit gradient)."""
 
 import triton
 import triton.language as tl
@@ -85,6 +86,18 @@ def cast_fp8_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, amax_ptr, M, N, FP8_MAX: tl
     else:
         store_both(q_ptr, qt_ptr, q, rows, cols, offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(x)))  # non-negative floats order as their bits do
+
+
+@triton.jit
+def head_grad_fp8_kernel(logits_ptr, lse_ptr, targets_ptr, g_ptr, gt_ptr, M, N, FP8_MAX: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
+    logit = tl.load(logits_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    lse = tl.load(lse_ptr + rows, mask=rows < M, other=0.0)
+    target = tl.load(targets_ptr + rows, mask=rows < M, other=-1)
+    g = tl.exp(logit - lse[:, None]) - (cols[None, :] == target[:, None]).to(tl.float32)  # softmax - onehot
+    q = tl.clamp(g * FP8_MAX, -FP8_MAX, FP8_MAX).to(tl.float8e5)  # the static scale: |g| <= 1
+    store_both(g_ptr, gt_ptr, q, rows, cols, offsets, M, mask)
 
 
 def autotuned(kernel: triton.JITFunction, configs: tuple[tuple[int, int, int], ...]) -> triton.runtime.Autotuner:

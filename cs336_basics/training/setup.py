@@ -27,6 +27,9 @@ class Fp8Options:
     # suffixes -castinputs, -castgrads, -castall),
     # no trainer flag until measured
     kernel_casts: str = "none"
+    # the float8 head's logit gradient (softmax - onehot in e5m2, both layouts) by our Triton kernel
+    # (head_grad_fp8.py) instead of inductor's code; experimental (bench suffix -headkernel)
+    head_kernel: bool = False
 
 
 def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
@@ -80,6 +83,15 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         report.kernel_casts = fp8.kernel_casts
         if micro_batch_tokens:
             check_kernel_casts(layers, micro_batch_tokens, device, log)
+    if fp8.head_kernel:
+        from cs336_basics.precision.fp8_head import Float8OutputHead
+
+        heads = [m for m in model.modules() if isinstance(m, Float8OutputHead)]
+        if not heads:
+            raise UserError("the head kernel computes the float8 head's gradient: drop --no-fp8_head")
+        heads[0].kernel = True
+        if micro_batch_tokens:
+            check_head_kernel(micro_batch_tokens, cfg.vocab_size, device, log)
     if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
         from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
 
@@ -87,6 +99,17 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         if report.fused_swiglu and micro_batch_tokens:
             check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
     return model, report
+
+
+def check_head_kernel(M: int, V: int, device: torch.device, log=print) -> None:
+    """The float8 head's logit-gradient kernel checked at this run's shape before it trains; a wrong one refused."""
+    from cs336_basics.precision.head_grad_fp8 import check_head_grad
+
+    problems = check_head_grad(M, V, device)
+    if problems:
+        raise UserError(f"our fp8 head-gradient kernel computed wrong results on this machine ({'; '.join(problems)}): "
+                        "run without it, and report it")
+    log(f"fp8 head-gradient kernel checked at {M} tokens x {V}: both layouts as the reference's")
 
 
 def check_kernel_casts(layers: list, M: int, device: torch.device, log=print) -> None:
