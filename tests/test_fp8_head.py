@@ -138,7 +138,7 @@ def test_head_gradient_kernel_option_gives_the_same_numbers_and_is_checked(monke
     model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, head_kernel=True), 32,
                            log=seen.append)
     assert model.output.kernel and "fp8 head-gradient kernel checked at 32 tokens x 256" in " ".join(seen)
-    with pytest.raises(UserError, match="drop --no-fp8_head"):
+    with pytest.raises(UserError, match="this model's head is not in float8"):
         build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, head=False, head_kernel=True), 32)
     right = head_grad_fp8.head_grad_fp8
 
@@ -150,3 +150,31 @@ def test_head_gradient_kernel_option_gives_the_same_numbers_and_is_checked(monke
     with pytest.raises(UserError, match="head-gradient kernel computed wrong results .*transposed copy differs"):
         build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, head_kernel=True), 32,
                     log=lambda s: None)
+
+
+def test_head_kernel_trainer_flag_recorded_kept_on_resume_and_refused_without_the_fp8_head(tmp_path, capsys):
+    import json
+
+    from cs336_basics.cli import run_main
+    from cs336_basics.cli.train import main as train_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    base = ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--batch_size", 2,
+            "--eval_interval", 2, "--eval_steps", 1, "--sample_tokens", 0, "--vocab_size", 288]  # fp8 head: 16 | V
+
+    def train(argv):
+        return run_main(train_main, [str(a) for a in argv])
+
+    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate", "--fp8_head_kernel"]) == 0
+    out = capsys.readouterr().out
+    assert "the head's logit gradient: our Triton kernel" in out and "fp8 head-gradient kernel checked at 64 tokens x 288" in out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_head_kernel"] is True
+    assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
+                  "--sample_tokens", 0]) == 0
+    assert "(--fp8_head_kernel)" in capsys.readouterr().out
+    assert train(base + ["--out_dir", tmp_path / "b", "--max_steps", 1, "--fp8_head_kernel"]) == 2
+    assert "--fp8_head_kernel / --no-fp8_head_kernel only apply with --use_fp8" in capsys.readouterr().err
+    assert train(base + ["--out_dir", tmp_path / "c", "--max_steps", 1, "--use_fp8", "--fp8_emulate", "--no-fp8_head",
+                         "--fp8_head_kernel"]) == 2
+    assert "--fp8_head_kernel computes the float8 head's gradient: drop --no-fp8_head" in capsys.readouterr().err

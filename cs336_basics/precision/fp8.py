@@ -40,6 +40,7 @@ class ConversionReport:
     layer: str = "Float8Linear"  # what the converted layers became: TorchAO's, or our Float8DelayedLinear
     fused_swiglu: int = 0  # SwiGLU blocks whose three layers run as one function (swiglu_fp8.py)
     kernel_casts: str = "none"  # which delayed-layer casts our Triton kernel does (fp8_cast.py)
+    head_kernel: bool = False  # the float8 head's logit gradient by our Triton kernel (head_grad_fp8.py)
 
     @property
     def total(self) -> int:
@@ -56,6 +57,8 @@ class ConversionReport:
             casts = {"inputs": "the layers' inputs", "grads": "their output gradients", "all": "inputs and output gradients"}
             lines.append(f"  fp8 casts of {casts[self.kernel_casts]}: our Triton kernel, both layouts in one pass "
                          f"(--fp8_kernel_casts {self.kernel_casts})")
+        if self.head_kernel:
+            lines.append("  the head's logit gradient: our Triton kernel, both layouts in one pass (--fp8_head_kernel)")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)

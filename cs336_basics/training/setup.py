@@ -88,8 +88,9 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
 
         heads = [m for m in model.modules() if isinstance(m, Float8OutputHead)]
         if not heads:
-            raise UserError("the head kernel computes the float8 head's gradient: drop --no-fp8_head")
-        heads[0].kernel = True
+            raise UserError("the head kernel computes the float8 head's gradient, and this model's head is not in "
+                            "float8 (--no-fp8_head, or a vocabulary it cannot take: see the conversion summary)")
+        heads[0].kernel = report.head_kernel = True
         if micro_batch_tokens:
             check_head_kernel(micro_batch_tokens, cfg.vocab_size, device, log)
     if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
