@@ -99,7 +99,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         summary = json.loads(s.read_text()) if (s := run_json.parent / "summary.json").is_file() else {}
         run = json.loads(run_json.read_text())
         if (summary.get("tokens_per_second") and summary.get("world_size", 1) == 1
-                and run.get("fp8_kernel_casts") in (None, "none")):  # kernel casts: an experiment, not tracked
+                and run.get("fp8_kernel_casts") in (None, "none") and not run.get("fp8_head_kernel")):  # experiments
             runs.append((run, summary["tokens_per_second"], run_json.parent.name))
 
     def ran(run: dict[str, Any]) -> str:
