@@ -5,12 +5,13 @@
 # float32-loaded tiles at 16,384 x 896 though not at smaller shapes (likely triton-lang/triton#11111), so the
 # shapes matter: every kernel against its reference at the small, seed and 1B shapes; the self-check runs now
 # make (setup.check_fused_swiglu_kernels, new, not yet run on a GPU) at those shapes and inside the seed bench's
-# default rows; then verify_fp8_compilation.py in full (last run whole in call 27, before the fused SwiGLU's check).
+# default rows; then verify_fp8_compilation.py in full (last run whole in call 27, before the fused SwiGLU's check);
+# then, while time allows, profiles of the 1B step (fp8 default, bf16).
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_shapes; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
 T0=$(date +%s); PACK=swiglu_shapes.tar.gz
-source benchmarks/scripts/lib_single.sh  # pack
+source benchmarks/scripts/lib_single.sh  # pack, profile (seed by default; --preset 1b overrides it)
 for shape in "small:8192:1024" "seed:16384:3584" "1b:16384:5632"; do
   IFS=: read name M N <<< "$shape"
   echo "python3 benchmarks/kernel_swiglu_fp8.py --M $M --N $N --out \$OUT/kernels-$name.json" > $R/kernels-$name.command
@@ -33,4 +34,10 @@ echo "python3 verify_fp8_compilation.py" > $R/verify_fp8_compilation.command
 timeout 240 python3 verify_fp8_compilation.py > $R/verify_fp8_compilation.txt 2>&1
 echo "verify rc=$? at $(( $(date +%s) - T0 )) s: $(grep -ac PASS $R/verify_fp8_compilation.txt) PASS lines"
 grep -a "FAIL" $R/verify_fp8_compilation.txt | head; pack
+# while time allows: the 1B step's time breakdown, fp8 default and bf16 (issue 5's closing notes had the seed's only)
+for p in fp8-delayed bf16; do
+  left=$(( 560 - $(date +%s) + T0 ))
+  if (( left > 100 )); then profile profile-1b-$p $(( left < 130 ? left : 130 )) --preset 1b --batch_size 8 --precision $p
+  else echo "profile-1b-$p SKIPPED ($left s left)"; fi
+done
 echo "total $(( $(date +%s) - T0 )) s"

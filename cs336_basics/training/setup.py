@@ -46,7 +46,8 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     2. move it to the device;
     3. with fp8: swap the eligible nn.Linear layers for TorchAO Float8Linear (or our delayed-scaling layer),
        the output head + loss for our float8 one (fp8.head), and, with the delayed recipe, each SwiGLU block's
-       three layers for one function running SwiGLU and its casts as Triton kernels (fp8.fused_swiglu);
+       three layers for one function running SwiGLU and its casts as Triton kernels (fp8.fused_swiglu), whose
+       kernels are checked at the run's shape (micro_batch_tokens x SwiGLU width) against their references;
     4. then hand it to the Trainer, which detects the Float8 modules, applies activation checkpointing
        and compiles, in that order."""
     model = Transformer(cfg)
