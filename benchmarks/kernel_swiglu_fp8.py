@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cs336_basics.cli import run_main  # noqa: E402
 from cs336_basics.errors import UserError  # noqa: E402
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
-from cs336_basics.precision.fp8_cast import CONFIGS, cast_both, cast_both_reference, kernels  # noqa: E402
+from cs336_basics.precision.fp8_cast import CONFIGS, cast_both, cast_both_reference, kernels, steps_apart  # noqa: E402
 from cs336_basics.precision.head_grad_fp8 import head_grad_fp8, head_grad_fp8_reference  # noqa: E402
-from cs336_basics.precision.swiglu_fp8 import (swiglu_backward, swiglu_backward_fp8,  # noqa: E402
+from cs336_basics.precision.swiglu_fp8 import (random_inputs, swiglu_backward, swiglu_backward_fp8,  # noqa: E402
                                                swiglu_backward_fp8_reference, swiglu_forward_fp8,
                                                swiglu_forward_fp8_reference)
 
@@ -41,15 +41,6 @@ def label(config: tuple[int, int, int] | None) -> str:
     return "autotuned" if config is None else f"{config[0]}x{config[1]} w{config[2]}"
 
 
-def inputs(M: int, N: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    randn = lambda scale: (torch.randn(M, N, device="cuda", generator=g) * scale).to(torch.bfloat16)  # noqa: E731
-    return randn(1e-3), randn(2.0), randn(2.0)  # dg, h1, h3: a gradient's and activations' magnitudes
-
-
-STEP = {torch.float8_e5m2: (0.25, 2.0**-16), torch.float8_e4m3fn: (0.125, 2.0**-9)}  # relative step, smallest subnormal
-
-
 def compare(got: list[torch.Tensor], want: list[torch.Tensor], got_amax: torch.Tensor, want_amax: torch.Tensor
             ) -> dict[str, float]:
     """The fp8 outputs' largest gap in steps of their format (a step: the value times 2^-mantissa bits, or the
@@ -58,12 +49,10 @@ def compare(got: list[torch.Tensor], want: list[torch.Tensor], got_amax: torch.T
     for a, b in zip(got, want, strict=True):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise AssertionError(f"output {tuple(a.shape)} {a.dtype}, expected {tuple(b.shape)} {b.dtype}")
-        relative, smallest = STEP[b.dtype]
-        a, b = a.float(), b.float()
-        gap = (a - b).abs().nan_to_num(nan=float("inf"))  # a NaN or inf where the reference is finite fails
-        differ += int((gap > 0).sum())
+        steps = steps_apart(a, b)  # a NaN or inf where the reference is finite: inf
+        differ += int((steps > 0).sum())
         total += a.numel()
-        worst = max(worst, float((gap / torch.clamp(relative * b.abs(), min=smallest)).max()))
+        worst = max(worst, float(steps.max()))
     amax_gap = float(((got_amax - want_amax).abs() / want_amax).max())
     return dict(worst_gap_in_steps=worst, share_differing=differ / total, amax_relative_gap=amax_gap)
 
@@ -110,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     one = torch.tensor(1.0, device="cuda")
     checks: dict[str, dict] = {}
     for name, seed, headroom in (("in range", 0, 1.0), ("saturating", 1, 4.0)):  # x4: a quarter of the range saturates
-        dg, h1, h3 = inputs(M, N, seed)
+        dg, h1, h3 = random_inputs(M, N, "cuda", seed)
         s = E4M3_MAX / swiglu_forward_fp8_reference(h1, h3, one)[2] * headroom  # a delayed scale
         want = swiglu_forward_fp8_reference(h1, h3, s)
         for config in CHOICES:
@@ -124,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         for e5m2, dtype in ((False, torch.bfloat16), (False, torch.float32), (True, torch.bfloat16)):
             # a gradient's (bf16) or an activation's magnitudes; activations come in float32 too (RMSNorm's output
             # of the float32 residual stream), which the bf16-only check of call 36 missed (NOTES 42)
-            x = (inputs(M, D, seed)[0 if e5m2 else 1] if dtype == torch.bfloat16 else
+            x = (random_inputs(M, D, "cuda", seed)[0 if e5m2 else 1] if dtype == torch.bfloat16 else
                  torch.randn(M, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)) * 2.0)
             s = (E5M2_MAX if e5m2 else E4M3_MAX) / x.float().abs().max() * headroom
             want = cast_both_reference(x, s, e5m2)
@@ -142,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in CHOICES:
         check(f"head gradient {label(config)}", (*head_grad_fp8(logits, lse, targets, config), unit), want, checks)
     del want
-    dg, h1, h3 = inputs(M, N, 2)
+    dg, h1, h3 = random_inputs(M, N, "cuda", 2)
     s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
     s1 = s3 = torch.tensor(E5M2_MAX / 4e-3, device="cuda")
     timings: dict[str, tuple[float, int]] = {}  # name -> (us, bytes it must move)
@@ -163,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         time_us(lambda: compiled["bwd fp8"](dg, h1, h3, s1, s3), args.iters), bwd_fp8)
     timings["backward inductor: bf16 SwiGLU backward alone"] = (
         time_us(lambda: compiled["bwd bf16"](dg, h1, h3), args.iters), bwd_bf16)
-    x = inputs(M, D, 5)[1]
+    x = random_inputs(M, D, "cuda", 5)[1]
     cast_bytes = M * D * (2 + 2)  # x in; fp8 and its transpose out
     compiled["cast"] = torch.compile(cast_both_reference)
     x32 = x.float()  # an activation from the float32 residual stream: 4 bytes in

@@ -5,7 +5,7 @@
 # float32-loaded tiles at 16,384 x 896 though not at smaller shapes (likely triton-lang/triton#11111), so the
 # shapes matter: every kernel against its reference at the small, seed and 1B shapes; the self-check runs now
 # make (setup.check_fused_swiglu_kernels, new, not yet run on a GPU) at those shapes and inside the seed bench's
-# default rows; then verify_fp8_compilation.py in full (last run whole in call 27, before the fused SwiGLU's check);
+# default rows (with stock TorchAO's in the same call); then verify_fp8_compilation.py in full (last run whole in call 27, before the fused SwiGLU's check);
 # then, while time allows, profiles of the 1B step (fp8 default, bf16).
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
@@ -26,12 +26,12 @@ for M, N in ((8192, 1024), (16384, 3584), (16384, 5632)): c(M, N, torch.device('
 echo "python3 -c \"$CHECK\"" > $R/self_check.command
 timeout 60 python3 -c "$CHECK" > $R/self_check.log 2>&1
 echo "self-check rc=$?: $(grep -a 'checked at\|wrong results' $R/self_check.log)"
-echo "python3 optimize_performance.py --preset seed --steps 20 --timeout 150 --no_layers --modes bf16-compile,fp8-delayed-compile --out \$OUT/bench-seed" > $R/bench-seed.command
-timeout 200 python3 optimize_performance.py --preset seed --steps 20 --timeout 150 --no_layers --modes bf16-compile,fp8-delayed-compile \
+echo "python3 optimize_performance.py --preset seed --steps 20 --timeout 150 --no_layers --compare-reference --modes bf16-compile,fp8-delayed-compile --out \$OUT/bench-seed" > $R/bench-seed.command
+timeout 300 python3 optimize_performance.py --preset seed --steps 20 --timeout 150 --no_layers --compare-reference --modes bf16-compile,fp8-delayed-compile \
   --out $R/bench-seed 2>&1 | tr '\r' '\n' | grep -v "config/s\]\|^configurations:" > $R/bench-seed.log
-echo "bench-seed at $(( $(date +%s) - T0 )) s:"; grep -A4 "^| configuration" $R/bench-seed.log | cut -d'|' -f2-5; pack
+echo "bench-seed at $(( $(date +%s) - T0 )) s:"; grep -A4 "^| configuration" $R/bench-seed.log | cut -d'|' -f2-5,9-11; pack
 echo "python3 verify_fp8_compilation.py" > $R/verify_fp8_compilation.command
-timeout 240 python3 verify_fp8_compilation.py > $R/verify_fp8_compilation.txt 2>&1
+left=$(( 580 - $(date +%s) + T0 )); timeout $(( left < 240 ? left : 240 )) python3 verify_fp8_compilation.py > $R/verify_fp8_compilation.txt 2>&1
 echo "verify rc=$? at $(( $(date +%s) - T0 )) s: $(grep -ac PASS $R/verify_fp8_compilation.txt) PASS lines"
 grep -a "FAIL" $R/verify_fp8_compilation.txt | head; pack
 # while time allows: the 1B step's time breakdown, fp8 default and bf16 (issue 5's closing notes had the seed's only)

@@ -69,6 +69,14 @@ def check_2d(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bf
 STEPS = {E4M3: (0.125, 2.0**-9), E5M2: (0.25, 2.0**-16)}  # a float8 step relative to the value; the smallest subnormal
 
 
+def steps_apart(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """How many steps of want's float8 format each value of got is from want's (a step: the value times
+    2^-mantissa bits, or the smallest subnormal near zero); inf where got is NaN or inf and want is not."""
+    relative, smallest = STEPS[want.dtype]
+    gap = (got.float() - want.float()).abs().nan_to_num(nan=float("inf"))
+    return gap / torch.clamp(relative * want.float().abs(), min=smallest)
+
+
 def compare_fp8(name: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> list[str]:
     """What is wrong in a kernel's outputs (row-major, transposed pairs of float8 tensors, then the amax(es))
     against its reference's: a transposed copy not byte-equal to its row-major copy transposed, a value more
@@ -81,9 +89,7 @@ def compare_fp8(name: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tens
         if not torch.equal(cols.view(torch.uint8), rows.t().contiguous().view(torch.uint8)):
             share = float((cols.view(torch.uint8) != rows.t().view(torch.uint8)).float().mean())
             problems.append(f"{name} output {i // 2}: the transposed copy differs from the row-major one in {share:.1%}")
-        step, smallest = STEPS[want_rows.dtype]
-        gap = (rows.float() - want_rows.float()).abs().nan_to_num(nan=float("inf"))
-        if not bool((gap <= torch.clamp(step * want_rows.float().abs(), min=smallest)).all()):
+        if not bool((steps_apart(rows, want_rows) <= 1).all()):
             problems.append(f"{name} output {i // 2}: values more than one float8 step from the reference")
     if not torch.allclose(got_amax.float(), want[-1].float(), rtol=1e-2, atol=0):
         problems.append(f"{name}: amax {got_amax.tolist()} where the reference has {want[-1].tolist()}")

@@ -100,14 +100,20 @@ def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, sc
     return d1, d1t, d3, d3t, amax
 
 
+def random_inputs(M: int, N: int, device: torch.device | str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dg, h1, h3) (M, N) bf16 of a gradient's and activations' magnitudes: the kernels' test inputs, here and
+    in benchmarks/kernel_swiglu_fp8.py."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return tuple((torch.randn(M, N, device=device, generator=g) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
+
+
 def check_kernels(M: int, N: int, device: torch.device, seed: int = 0) -> list[str]:
     """Both kernels as training runs them (the autotuner's tiles) at the training shape (M tokens, SwiGLU width
     N), on seeded random inputs of an activation's and a gradient's magnitudes, against the references
     (fp8_cast.compare_fp8). Returns what failed (nothing: right). The device's Triton has miscompiled a
     transposed copy at one shape and not at others (NOTES 42), so a run checks its own shape before it trains.
     On a CPU both sides are the references."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    dg, h1, h3 = ((torch.randn(M, N, device=device, generator=g) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
+    dg, h1, h3 = random_inputs(M, N, device, seed)
     one = torch.ones((), device=device)
     scale = E4M3_MAX / swiglu_forward_fp8_reference(h1, h3, one)[2]
     scales = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4]).unbind()
