@@ -31,10 +31,13 @@ def main() -> None:
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
     p.add_argument("--kernel_casts", default="none", choices=("none", "inputs", "grads", "all"),
                    help="fp8-delayed: which casts go through our kernel (bench suffixes -castinputs, -castgrads, -castall)")
+    p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
+    p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
     args = p.parse_args()
     from cs336_basics.data.batches import RandomWindows
+    from cs336_basics.perf.matrix import parse_inductor
     from cs336_basics.training.attention import attention_context
     from cs336_basics.training.distributed import init_distributed, shutdown
     from cs336_basics.training.setup import build_model
@@ -45,17 +48,19 @@ def main() -> None:
     ctx, device = init_distributed(torch.device("cuda" if cuda else "cpu"))
     spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
                      precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
-                     tune_kernels=args.tune_kernels, fp8_kernel_casts=args.kernel_casts, device=device.type)
+                     tune_kernels=args.tune_kernels, fp8_kernel_casts=args.kernel_casts, residual_dtype=args.residual_dtype,
+                     device=device.type, inductor=parse_inductor(args.inductor))
     cfg = PRESETS[args.preset]
     model, _ = build_model(cfg, device, spec.fp8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, TrainConfig(batch_size=args.batch_size, compile_model=spec.compiled, gradient_checkpointing=False,
-                                         compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, use_flash_attn=True),
+                                         compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, use_flash_attn=True,
+                                         residual_dtype=spec.residual_dtype),
                       RandomWindows(tokens, args.batch_size, cfg.context_length, 0, ctx.rank, ctx.world_size),
                       tokens[: 4 * cfg.context_length], device, args.out, log=lambda s: None, ctx=ctx)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with attention_context(True, "auto"):
+    with attention_context(True, "auto"), torch._inductor.config.patch(spec.inductor):
         for _ in range(3):  # compile and warm up outside the trace
             trainer.train_step(3e-4)
         if cuda:
@@ -74,6 +79,7 @@ def main() -> None:
     (args.out / "top_ops.txt").write_text(table)
     prof.export_chrome_trace(str(args.out / "trace.json"))
     (args.out / "spec.json").write_text(json.dumps({**asdict(spec), "compile_mode": trainer.compile_mode,
+                                                    "residual_dtype": trainer.cfg.residual_dtype,
                                                     "world_size": ctx.world_size}, indent=1))
     breakdown = kernel_breakdown(json.loads((args.out / "trace.json").read_text()), args.steps)
     (args.out / "breakdown.json").write_text(json.dumps(breakdown, indent=1))
@@ -123,21 +129,37 @@ def kernel_breakdown(trace: dict, steps: int) -> dict:
     for e in kernels:
         per_cat[category(e["name"])] = per_cat.get(category(e["name"]), 0.0) + e["dur"]
         per_name.setdefault(e["name"], []).append(e["dur"])
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in kernels)
-    busy, end = 0.0, spans[0][0]
-    for a, b in spans:  # union of kernel intervals (one stream in practice; overlaps counted once)
+    ordered = sorted(kernels, key=lambda e: e["ts"])
+    busy, end, last = 0.0, ordered[0]["ts"], ordered[0]
+    gaps: list[tuple[float, dict, dict]] = []  # (idle us, the kernel that ended last, the next one)
+    for e in ordered:  # union of kernel intervals (one stream in practice; overlaps counted once)
+        a, b = e["ts"], e["ts"] + e["dur"]
+        if a > end:
+            gaps.append((a - end, last, e))
         busy += max(0.0, b - max(a, end))
-        end = max(end, b)
-    wall = end - spans[0][0]
+        if b >= end:
+            end, last = b, e
+    wall = end - ordered[0]["ts"]
     ms = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
-    top = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))[:30]
+    by_time = sorted(per_name.items(), key=lambda kv: -sum(kv[1]))
     return {
         "steps": steps, "wall_ms_per_step": ms(wall), "gpu_busy_ms_per_step": ms(busy), "idle_ms_per_step": ms(wall - busy),
         "kernels_per_step": round(len(kernels) / steps),
         "by_category_ms_per_step": {k: ms(v) for k, v in sorted(per_cat.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"name": n[:160], "category": category(n), "ms_per_step": ms(sum(d)), "calls_per_step": len(d) / steps}
-                        for n, d in top],
+                        for n, d in by_time[:30]],
+        # Every kernel, so the long tail can be studied from the results without the trace (too large to keep).
+        "all_kernels": [{"name": n[:300], "category": category(n), "ms_per_step": ms(sum(d)), "calls_per_step": len(d) / steps,
+                         "us_per_call": round(sum(d) / len(d), 2)} for n, d in by_time],
+        # Where the GPU waits: idle by gap length (many short gaps: launch latency; a few long ones: the host
+        # stalling, e.g. between CUDA graph replays or at the optimizer), and the longest gaps' neighbours.
+        "idle_ms_per_step_by_gap": {label: ms(sum(g for g, _, _ in gaps if lo <= g < hi)) for label, lo, hi in GAP_SIZES},
+        "longest_gaps": [{"us": round(g, 1), "after": before["name"][:100], "before": after["name"][:100]}
+                         for g, before, after in sorted(gaps, key=lambda x: -x[0])[:12]],
     }
+
+
+GAP_SIZES = (("under 10 us", 0.0, 10.0), ("10-100 us", 10.0, 100.0), ("100 us or more", 100.0, float("inf")))
 
 
 def format_breakdown(b: dict) -> str:
@@ -148,6 +170,8 @@ def format_breakdown(b: dict) -> str:
     lines += [f"  {k:<18} {v:9.3f} ms" for k, v in b["by_category_ms_per_step"].items()]
     lines += [f"  {k['ms_per_step']:8.3f} ms  x{k['calls_per_step']:<6g} {k['category']:<17} {k['name'][:90]}"
               for k in b["top_kernels"]]
+    lines.append("idle per step by gap: " + ", ".join(f"{k} {v} ms" for k, v in b["idle_ms_per_step_by_gap"].items()))
+    lines += [f"  gap {g['us']:9.1f} us  after {g['after'][:60]}  before {g['before'][:60]}" for g in b["longest_gaps"][:6]]
     return "\n".join(lines)
 
 

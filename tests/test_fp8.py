@@ -272,3 +272,18 @@ def test_a_run_is_quoted_the_gains_of_its_own_swiglu_setting(tmp_path, monkeypat
     unfused = fp8_gain_note(896, "delayed", "reduce-overhead", 16)
     assert "training runs 1.21x" in fused[0] and "and the fused SwiGLU" in fused[0]
     assert "training runs 1.16x" in unfused[0] and "fused" not in unfused[0]
+
+
+def test_a_run_is_quoted_the_gains_of_its_own_residual_stream(tmp_path, monkeypatch):
+    """Gains measured with the bf16 residual stream (fp8 and bf16 both with it) are quoted to such runs only."""
+    from cs336_basics.perf.measured import fp8_gain_note
+
+    path = tmp_path / "fp8_gains.json"
+    entry = dict(dim=896, n_layers=24, batch_size=16, context_length=1024, kind="bench", recipe="delayed",
+                 compile_mode="reduce-overhead", fused_swiglu=True, gpu="NVIDIA H200", source="x")
+    path.write_text(json.dumps([{**entry, "ratio": 1.218}, {**entry, "ratio": 1.233, "residual_dtype": "bf16"}]))
+    monkeypatch.setattr("cs336_basics.perf.measured.GAINS_FILE", path)
+    bf16_stream = fp8_gain_note(896, "delayed", "reduce-overhead", 16, fused_swiglu=True, residual_dtype="bf16")
+    fp32_stream = fp8_gain_note(896, "delayed", "reduce-overhead", 16, fused_swiglu=True)
+    assert "bench 1.23x" in bf16_stream[0] and "/ bf16 (both with the bf16 residual stream)" in bf16_stream[0]
+    assert "bench 1.22x" in fp32_stream[0] and "residual" not in fp32_stream[0]

@@ -71,8 +71,13 @@ def test_peak_lookup():
 def test_mode_parsing():
     assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
         precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True,
-        fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="none", fp8_head_kernel=False)
+        fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="none", fp8_head_kernel=False,
+        residual_dtype="auto")  # the trainer's default stream
     assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8_head"] is False  # the head kept in bf16
+    assert parse_mode("bf16-compile-bf16res")["residual_dtype"] == parse_mode("fp8-delayed-compile-bf16res")["residual_dtype"] == "bf16"
+    assert parse_mode("fp8-delayed-compile-fp32res")["residual_dtype"] == "fp32"
+    with pytest.raises(UserError, match="keep one"):
+        parse_mode("bf16-compile-bf16res-fp32res")
     assert parse_mode("bf16-eager-math")["flash"] is False
     assert parse_mode("bf16-compile")["fused_attention"] == "auto"  # PyTorch's own kernel order
     assert parse_mode("bf16-compile-flash")["fused_attention"] == "flash"
@@ -171,7 +176,7 @@ def test_attention_kernel_names_name_the_backend_that_ran():
 
 def test_kernel_breakdown_of_a_trace():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from profile_step import kernel_breakdown
+    from profile_step import format_breakdown, kernel_breakdown
 
     trace = {"traceEvents": [
         {"cat": "kernel", "name": "nvjet_sm90_tst_128x256", "ts": 0, "dur": 10},
@@ -182,6 +187,12 @@ def test_kernel_breakdown_of_a_trace():
     b = kernel_breakdown(trace, steps=1)
     assert b["by_category_ms_per_step"] == {"matmul": 0.01, "attention": 0.004, "triton pointwise": 0.003}
     assert b["wall_ms_per_step"] == 0.018 and b["gpu_busy_ms_per_step"] == 0.016  # 14-15 overlaps: counted once
+    assert b["idle_ms_per_step_by_gap"] == {"under 10 us": 0.002, "10-100 us": 0.0, "100 us or more": 0.0}
+    assert b["longest_gaps"] == [{"us": 2, "after": "nvjet_sm90_tst_128x256",
+                                  "before": "triton_poi_fused__scaled_mm__to_copy_clamp_0"}]  # 14-15 overlap: no gap
+    assert "idle per step by gap: under 10 us 0.002 ms" in format_breakdown(b)
+    assert [(k["name"][:6], k["calls_per_step"], k["us_per_call"]) for k in b["all_kernels"]] == [
+        ("nvjet_", 1, 10), ("cudnn_", 1, 4), ("triton", 1, 3)]  # every kernel, busiest first
     assert kernel_breakdown({"traceEvents": []}, 1)["note"].startswith("no GPU kernels")
 
 
@@ -303,26 +314,47 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     run("fp8-default-64", True, 110.0, ran="default", batch_size=64)
     run("fp8-tuned", True, 240.0, tune_kernels=True)  # tuned kernels: paired with the tuned bf16 run only
     run("bf16-tuned", False, 200.0, tune_kernels=True)
+    run("fp8-bf16res", True, 250.0, residual_dtype="bf16")  # bf16 residual stream: paired with bf16's of the same
+    run("bf16-bf16res", False, 125.0, residual_dtype="bf16")
     (call / "matrix").mkdir()
     rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=80.0, step_ms_mean=90.0),
             dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False, step_ms=70.0,
                  step_ms_mean=75.0, compile_mode="reduce-overhead"),
             dict(name="fp8-tensorwise-compile-ac", precision="fp8-tensorwise", compiled=True, checkpointing=True,
                  step_ms=60.0),
-            dict(name="fp8-rowwise-compile", error="out of memory")]
+            dict(name="fp8-rowwise-compile", error="out of memory"),
+            dict(name="bf16-compile-bf16res", precision="bf16", compiled=True, checkpointing=False, step_ms=70.0,
+                 step_ms_mean=80.0, residual_dtype="bf16"),
+            dict(name="fp8-delayed-compile-bf16res", precision="fp8-delayed", compiled=True, checkpointing=False,
+                 step_ms=60.0, step_ms_mean=64.0, compile_mode="reduce-overhead", residual_dtype="bf16")]
     (call / "matrix" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
+    (call / "matrix-auto").mkdir()  # rows named without a suffix ran the trainer's default, bf16 on a GPU
+    auto_rows = [dict(name="bf16-compile", precision="bf16", compiled=True, checkpointing=False, step_ms=90.0,
+                      step_ms_mean=100.0, residual_dtype="bf16"),
+                 dict(name="fp8-delayed-compile", precision="fp8-delayed", compiled=True, checkpointing=False,
+                      step_ms=75.0, step_ms_mean=80.0, compile_mode="reduce-overhead", residual_dtype="bf16"),
+                 dict(name="bf16-compile-fp32res", precision="bf16", compiled=True, checkpointing=False, step_ms=95.0,
+                      step_ms_mean=110.0, residual_dtype="fp32"),
+                 dict(name="fp8-delayed-compile-fp32res", precision="fp8-delayed", compiled=True, checkpointing=False,
+                      step_ms=95.0, step_ms_mean=100.0, compile_mode="reduce-overhead", residual_dtype="fp32")]
+    (call / "matrix-auto" / "matrix.json").write_text(json.dumps(dict(
+        model=model, batch_size=16, rows=auto_rows, environment=dict(gpu="NVIDIA H200", command="optimize_performance.py"))))
     (call / "experiment").mkdir()  # --inductor overrides: an experiment, not a setting of the trainer
     (call / "experiment" / "matrix.json").write_text(json.dumps(dict(
         model=model, batch_size=16, rows=rows, inductor={"triton.max_tiles": 3}, environment={})))
     gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
-    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"])
-            for g in gains] == [
-        ("training", "delayed", 0.9, 896, 16, "default", False),
-        ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False),
-        ("training", "delayed", 1.1, 896, 64, "default", False),
-        ("training", "delayed", 1.2, 896, 16, "default", True),
-        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False)]  # bench: mean step over mean step
+    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"],
+             g["residual_dtype"]) for g in gains] == [
+        ("training", "delayed", 0.9, 896, 16, "default", False, "fp32"),
+        ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False, "fp32"),
+        ("training", "delayed", 2.0, 896, 16, "default", False, "bf16"),
+        ("training", "delayed", 1.1, 896, 64, "default", False, "fp32"),
+        ("training", "delayed", 1.2, 896, 16, "default", True, "fp32"),
+        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False, "fp32"),  # bench: mean step over mean step
+        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # against bf16-compile-bf16res
+        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # matrix-auto: paired by stream
+        ("bench", "delayed", 1.1, 896, 16, "reduce-overhead", False, "fp32")]
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")
 
 

@@ -153,8 +153,9 @@ def test_a_run_checks_the_kernels_at_its_shape_and_refuses_wrong_ones(monkeypatc
     assert S.check_kernels(64, 48, torch.device("cpu")) == []  # on a CPU both sides are the references
     cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
     seen = []
-    model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), 2 * 16, log=seen.append)
+    model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), 2 * 16, log=seen.append)
     assert "fused SwiGLU kernels checked at 32 tokens x 64" in " ".join(seen)
+    assert report.kernels_checked == "32 tokens x 64"  # what a bench row records
     right_forward, right_backward = S.swiglu_forward_fp8, S.swiglu_backward_fp8
 
     def transposed_wrong(h1, h3, scale, config=None):

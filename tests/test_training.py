@@ -2,6 +2,7 @@ import gc
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,8 @@ def one_line_error(capsys, rc: int, pattern: str) -> None:
     (["--no-fp8_fused_swiglu"], "--no-fp8_fused_swiglu only apply with --use_fp8"),
     (["--use_fp8", "--fp8_emulate", "--fp8_recipe", "rowwise", "--fp8_fused_swiglu"], "fuses the delayed recipe's layers"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+    (["--residual_dtype", "fp16"], "--residual_dtype must be one of auto, fp32, bf16"),
+    (["--residual_dtype", "bf16"], "--residual_dtype bf16 needs bf16 autocast"),
 ])
 def test_bad_flags(tmp_path, small_corpus, capsys, extra, pattern):
     one_line_error(capsys, train(base_args(tmp_path, small_corpus) + extra), pattern)
@@ -216,6 +219,25 @@ def test_divergence_stops_without_saving_a_bad_checkpoint(tmp_path, small_corpus
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and re.match(r"error: loss became (nan|inf) at step 5;", err[-1]), err[-1]
     assert list_checkpoints(tmp_path / "run") == []  # the diverged step-5 weights were not written
+
+
+def test_the_trainer_records_the_residual_stream_it_trains_with_and_old_checkpoints_keep_float32():
+    """TrainConfig's "auto" is resolved by the Trainer (float32 on CPU), so run.json and checkpoints name what
+    ran; a checkpoint saved before the setting existed trained with the float32 stream and resumes with it."""
+    from cs336_basics.cli.train import build_parser, resolve_train_config
+    from cs336_basics.model.transformer import PRESETS
+
+    tokens = np.arange(4096, dtype=np.uint32) % PRESETS["test"].vocab_size
+    trainer = Trainer(Transformer(PRESETS["test"]), TrainConfig(batch_size=2, max_steps=1),
+                      RandomWindows(tokens, 2, PRESETS["test"].context_length, 0), tokens, torch.device("cpu"),
+                      Path("unused"), log=lambda s: None)
+    assert TrainConfig().residual_dtype == "auto" and trainer.cfg.residual_dtype == "fp32"
+    args = build_parser().parse_args([])
+    saved = {k: v for k, v in asdict(TrainConfig(batch_size=2)).items() if k != "residual_dtype"}
+    assert resolve_train_config(args, saved, 64).residual_dtype == "fp32"
+    assert resolve_train_config(args, None, 64).residual_dtype == "auto"  # resolved for the device afterwards
+    args = build_parser().parse_args(["--residual_dtype", "bf16"])
+    assert resolve_train_config(args, saved, 64).residual_dtype == "bf16"  # a flag still wins
 
 
 def test_resume_keeps_the_runs_speed_and_precision_settings_unless_flags_change_them(tmp_path, small_corpus, capsys):
@@ -369,3 +391,51 @@ def test_tune_kernels_needs_compile_and_a_gpu(tmp_path, small_corpus, capsys):
     assert "--tune_kernels tunes the compiled kernels: add --compile_model" in capsys.readouterr().err
     assert train(base_args(tmp_path, small_corpus, steps=2) + ["--tune_kernels", "--compile_model", "--overwrite"]) == 2
     assert "--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: cpu)" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")  # CPU autocast leaves rms_norm mixed
+def test_bf16_residual_stream_keeps_the_blocks_inputs_in_bf16_under_autocast():
+    """cast_residual_stream: the embedding's output, so every block's input and sum, in bf16 under autocast
+    (float32 otherwise: the float32 embedding plus bf16 block outputs); the loss stays close to float32's."""
+    from cs336_basics.training.transforms import cast_residual_stream
+
+    cfg = ModelConfig(vocab_size=64, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        if bf16:
+            cast_residual_stream(model)
+        seen = []
+        for block in model.layers:
+            block.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = model(idx, idx)
+        loss.backward()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        assert seen == [(dtype, dtype)] * cfg.n_layers
+        results[bf16] = float(loss.detach())
+    assert results[True] == pytest.approx(results[False], rel=2e-2)
+
+
+def test_residual_dtype_is_what_the_run_trains_with():
+    """auto: bf16 on CUDA (bf16 autocast), float32 on CPU. One device: as asked (bf16 needs CUDA autocast). Under
+    FSDP on CUDA the parameters compute in bf16 and each block's input is cast to bf16, so the stream is bf16:
+    recorded as such, and fp32 given as a flag is refused."""
+    from cs336_basics.training.transforms import resolve_residual_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_residual_dtype("auto", cuda, distributed=False, asked=False) == "bf16"
+    assert resolve_residual_dtype("auto", cuda, distributed=True, asked=False) == "bf16"
+    assert resolve_residual_dtype("auto", cpu, distributed=False, asked=False) == "fp32"
+    assert resolve_residual_dtype("auto", cpu, distributed=True, asked=True) == "fp32"
+    assert resolve_residual_dtype("fp32", cpu, distributed=False, asked=False) == "fp32"
+    assert resolve_residual_dtype("bf16", cuda, distributed=False, asked=True) == "bf16"
+    assert resolve_residual_dtype("fp32", cuda, distributed=False, asked=True) == "fp32"
+    assert resolve_residual_dtype("fp32", cuda, distributed=True, asked=False) == "bf16"  # e.g. resumed, under FSDP
+    assert resolve_residual_dtype("fp32", cpu, distributed=True, asked=True) == "fp32"  # gloo on CPU: float32 throughout
+    with pytest.raises(UserError, match="drop --residual_dtype fp32"):
+        resolve_residual_dtype("fp32", cuda, distributed=True, asked=True)
+    with pytest.raises(UserError, match="CUDA GPUs only"):
+        resolve_residual_dtype("bf16", cpu, distributed=False, asked=True)

@@ -42,11 +42,12 @@ from cs336_basics.training.distributed import (DistributedContext, barrier, broa
 from cs336_basics.training.setup import Fp8Options, build_model, check_fused_swiglu
 from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
-from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
+from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode, resolve_residual_dtype
 
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
-SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention")
+SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention",
+               "residual_dtype")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
 
 
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --compile_model on a GPU: inductor tunes each Triton kernel's block sizes (coordinate "
                         "descent) and tiles the fp8 casts in 2-D; measured 2.4-3.8%% faster fp8 steps at the seed size "
                         "(bf16 0.5%%) for 35-90 s more compilation (benchmarks/NOTES.md 34, 36)")
+    s.add_argument("--residual_dtype", metavar="auto|fp32|bf16",
+                   help="the residual stream's dtype while training (default auto: bf16 on a GPU, float32 on CPU); "
+                        "bf16 measured 2-4%% faster steps in both precisions than fp32, validation within 0.5%% at the "
+                        "small and seed sizes (benchmarks/NOTES.md 49, 55); evaluation keeps float32")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
@@ -151,7 +156,8 @@ def resolve_model_config(args: argparse.Namespace, saved: dict[str, Any] | None)
 
 
 def resolve_train_config(args: argparse.Namespace, saved: dict[str, Any] | None, context_length: int) -> TrainConfig:
-    base = TrainConfig(**saved) if saved else TrainConfig()
+    # A checkpoint from before --residual_dtype trained with the float32 stream: it resumes with it.
+    base = TrainConfig(**{"residual_dtype": "fp32", **saved}) if saved else TrainConfig()
     values = {n: getattr(args, n) for n in TRAIN_FLAGS if getattr(args, n) is not None}
     # Speed settings too: a resumed run keeps its checkpoint's unless a flag says otherwise.
     values.update({n: getattr(args, n) for n in SPEED_FLAGS if getattr(args, n) is not None})
@@ -318,6 +324,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
         check_fp8_device(device, args.fp8_emulate)
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
     train_cfg = resolve_train_config(args, resumed["train_config"] if resumed else None, model_cfg.context_length)
+    train_cfg = replace(train_cfg, residual_dtype=resolve_residual_dtype(  # before the data is prepared
+        train_cfg.residual_dtype, device, ctx.enabled, asked=args.residual_dtype is not None))
     torch.manual_seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
 
@@ -335,7 +343,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
                          ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head),
                          fp8_compile_mode=compile_mode(True), tune_kernels=train_cfg.tune_kernels,
-                         fp8_fused_swiglu=bool(fp8_report.fused_swiglu) if fp8_report else fp8_options.fused_swiglu)
+                         fp8_fused_swiglu=bool(fp8_report.fused_swiglu) if fp8_report else fp8_options.fused_swiglu,
+                         residual_dtype=train_cfg.residual_dtype)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
     if ctx.is_main:

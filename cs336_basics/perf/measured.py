@@ -57,6 +57,11 @@ def _compiled_fp8(row: dict[str, Any]) -> bool:
             and row.get("fp8_kernel_casts", "none") == "none" and not row.get("fp8_head_kernel"))
 
 
+def _residual(config: dict[str, Any]) -> str:
+    """The residual stream's dtype of a bench row or a run's train config (before --residual_dtype: float32)."""
+    return config.get("residual_dtype", "fp32")
+
+
 def _fused(row: dict[str, Any]) -> bool:
     """Whether a bench row ran the fused SwiGLU (call 33's rows named the field fp8_swiglu_kernel; older: never)."""
     return bool(row.get("fp8_fused_swiglu", row.get("fp8_swiglu_kernel", False)))
@@ -67,7 +72,7 @@ def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], bas
     """One bench row's gain over its bf16 + compile row, mean step to mean step."""
     return dict(_shape(model, batch_size), kind="bench", recipe=row["precision"].split("-", 1)[1],
                 compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), fused_swiglu=_fused(row),
-                ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
+                residual_dtype=_residual(row), ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
 def _bench_run_rows(call: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -109,7 +114,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         """An fp8 run's bf16 pair was asked for the same compile mode (auto and auto), or else ran the mode fp8 ran."""
         t = run["train_config"]
         same = (json.dumps(run["model_config"], sort_keys=True), t["batch_size"], t["gradient_accumulation_steps"],
-                t["compile_model"], t.get("tune_kernels", False), t["gradient_checkpointing"])
+                t["compile_model"], t.get("tune_kernels", False), t["gradient_checkpointing"], _residual(t))
         return [(*same, f"asked {t['compile_mode']}"), (*same, f"ran {ran(run)}")]
 
     bf16 = {key: (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]
@@ -120,26 +125,28 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
                               compile_mode=ran(run),  # what ran, where recorded
                               tune_kernels=train.get("tune_kernels", False),
-                              fused_swiglu=bool(run.get("fp8_fused_swiglu")),
+                              fused_swiglu=bool(run.get("fp8_fused_swiglu")), residual_dtype=_residual(train),
                               ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
     for model, row in alone:
         base = next((r for m, r in alone if m == model and r["batch_size"] == row["batch_size"] and r["precision"] == "bf16"
-                     and r["compiled"] and not r["checkpointing"] and r["compile_mode"] == "default"), None)
+                     and r["compiled"] and not r["checkpointing"] and r["compile_mode"] == "default"
+                     and _residual(r) == _residual(row)), None)
         if base and _compiled_fp8(row):
             gains.append(_bench_gain(model, row["batch_size"], row, base, row["compile_mode"], _gpu_of(call),
                                      f"{source}/{row['name']} vs {base['name']} (bench_run)"))
     for matrix_json in sorted(call.glob("*/matrix.json")):
         matrix = json.loads(matrix_json.read_text())
         rows = {r["name"]: r for r in matrix["rows"] if "step_ms" in r}
-        base = rows.get("bf16-compile")
-        if base is None or matrix.get("inductor"):  # --inductor experiments are not a setting the trainer offers
+        bases = {_residual(r): r for name in ("bf16-compile", "bf16-compile-fp32res", "bf16-compile-bf16res")
+                 if (r := rows.get(name))}  # the fp8 rows' pairs, by residual stream
+        if matrix.get("inductor"):  # --inductor experiments are not a setting the trainer offers
             continue
         command = matrix["environment"].get("command", "").split()
         asked = command[command.index("--compile_mode") + 1] if "--compile_mode" in command else "default"
         for row in rows.values():
-            if _compiled_fp8(row):
+            if _compiled_fp8(row) and (base := bases.get(_residual(row))) is not None:
                 gains.append(_bench_gain(matrix["model"], matrix["batch_size"], row, base, row.get("compile_mode", asked),
                                          matrix["environment"].get("gpu") or _gpu_of(call),
                                          f"{source}/{matrix_json.parent.name} ({row['name']})"))
@@ -147,13 +154,15 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
 
 
 def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None,
-                      tune_kernels: bool = False, fused_swiglu: bool = False) -> list[dict[str, Any]]:
-    """The measured gains of `recipe` compiled with `compile_mode` (kernels tuned or not, SwiGLU fused or not) at
-    the measured width nearest to `dim` (within a factor NEAR), those of micro-batch `batch_size` if that was
-    measured there; or []."""
+                      tune_kernels: bool = False, fused_swiglu: bool = False,
+                      residual_dtype: str = "fp32") -> list[dict[str, Any]]:
+    """The measured gains of `recipe` compiled with `compile_mode` (kernels tuned or not, SwiGLU fused or not, the
+    residual stream's dtype; fp8 and bf16 with the same stream) at the measured width nearest to `dim` (within a
+    factor NEAR), those of micro-batch `batch_size` if that was measured there; or []."""
     try:
         gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode
-                 and g.get("tune_kernels", False) == tune_kernels and g.get("fused_swiglu", False) == fused_swiglu]
+                 and g.get("tune_kernels", False) == tune_kernels and g.get("fused_swiglu", False) == fused_swiglu
+                 and _residual(g) == residual_dtype]
     except (OSError, ValueError):
         return []
     if not gains:
@@ -166,11 +175,12 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batc
 
 
 def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None,
-                  tune_kernels: bool = False, fused_swiglu: bool = False) -> tuple[str, bool] | None:
+                  tune_kernels: bool = False, fused_swiglu: bool = False,
+                  residual_dtype: str = "fp32") -> tuple[str, bool] | None:
     """('fp8 delayed / bf16 tokens/s measured at dim 896, ...: training runs 0.90x-0.96x; bench 1.00x-1.13x', was
     fp8 slower in every training run there?) for the nearest width (and the same micro-batch, where measured)
     measured with that compile mode; None when nothing near was measured."""
-    gains = nearest_fp8_gains(dim, recipe, compile_mode, batch_size, tune_kernels, fused_swiglu)
+    gains = nearest_fp8_gains(dim, recipe, compile_mode, batch_size, tune_kernels, fused_swiglu, residual_dtype)
     if not gains:
         return None
     g = gains[0]
@@ -179,8 +189,9 @@ def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default", batch_si
              for label, r in (("training runs", ratios["training"]), ("bench", ratios["bench"])) if r]
     graphs = ((" with CUDA graphs" if compile_mode in CUDA_GRAPH_MODES else "") + (" and tuned kernels" if tune_kernels else "")
               + (" and the fused SwiGLU" if fused_swiglu else ""))
+    stream = f" (both with the {residual_dtype} residual stream)" if residual_dtype != "fp32" else ""
     batches = "/".join(str(b) for b in sorted({x["batch_size"] for x in gains}))
-    text = (f"fp8 {recipe}{graphs} / bf16 tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
+    text = (f"fp8 {recipe}{graphs} / bf16{stream} tokens/s measured at dim {g['dim']}, {g['n_layers']} layers, micro-batch "
             f"{batches} x {g['context_length']} ({g['gpu']}, {len(gains)} measurement{'s' if len(gains) > 1 else ''} in "
             f"{GAINS_FILE.name}): {'; '.join(parts)}")
     return text, bool(ratios["training"]) and ratios["training"][-1] < 1.0

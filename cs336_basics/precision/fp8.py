@@ -41,6 +41,7 @@ class ConversionReport:
     fused_swiglu: int = 0  # SwiGLU blocks whose three layers run as one function (swiglu_fp8.py)
     kernel_casts: str = "none"  # which delayed-layer casts our Triton kernel does (fp8_cast.py)
     head_kernel: bool = False  # the float8 head's logit gradient by our Triton kernel (head_grad_fp8.py)
+    kernels_checked: str = ""  # where the fused SwiGLU's kernels were checked before training ("16384 tokens x 3584")
 
     @property
     def total(self) -> int:

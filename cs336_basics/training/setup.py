@@ -99,7 +99,7 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
 
         report.fused_swiglu = fuse_float8_swiglu(model)
         if report.fused_swiglu and micro_batch_tokens:
-            check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
+            report.kernels_checked = check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
     return model, report
 
 
@@ -129,9 +129,9 @@ def check_kernel_casts(layers: list, M: int, device: torch.device, log=print) ->
     log(f"fp8 cast kernel checked at {M} tokens x {widths}: both layouts and amaxes as the reference's")
 
 
-def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> None:
+def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> str:
     """The fused SwiGLU's kernels checked at this run's shape before it trains (swiglu_fp8.check_kernels):
-    a wrong kernel is refused with the way around it, never trained with."""
+    a wrong kernel is refused with the way around it, never trained with. Returns the shape checked."""
     from cs336_basics.precision.swiglu_fp8 import check_kernels
 
     problems = check_kernels(M, N, device)
@@ -139,3 +139,4 @@ def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) 
         raise UserError(f"the fused SwiGLU's Triton kernels computed wrong results on this machine at {M} x {N} "
                         f"({'; '.join(problems)}): train with --no-fp8_fused_swiglu, and report it")
     log(f"fused SwiGLU kernels checked at {M} tokens x {N}: both layouts and amaxes as their references")
+    return f"{M} tokens x {N}"

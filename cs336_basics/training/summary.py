@@ -32,6 +32,7 @@ class RunShape:
     fp8_compile_mode: str = "default"  # the compile mode fp8 uses, or in a bf16 run would use with --use_fp8
     tune_kernels: bool = False
     fp8_fused_swiglu: bool = False  # SwiGLU blocks as one function (swiglu_fp8.py); in a bf16 run: would be with --use_fp8
+    residual_dtype: str = "fp32"  # the residual stream's dtype while training (--residual_dtype)
 
     @property
     def tokens_per_step(self) -> int:
@@ -53,7 +54,7 @@ def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
     if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
         return None
     return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size, run.tune_kernels,
-                         run.fp8_fused_swiglu)
+                         run.fp8_fused_swiglu, run.residual_dtype)
 
 
 def slower_in_training(gain: tuple[str, bool] | None, quote: bool, run: RunShape) -> str | None:

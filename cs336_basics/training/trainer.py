@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,8 +33,9 @@ from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
 from cs336_basics.training.throughput import Throughput
-from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, apply_activation_checkpointing,
-                                              check_tune_kernels, compile_model, resolve_compile_mode)
+from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, RESIDUAL_DTYPES,
+                                              apply_activation_checkpointing, cast_residual_stream, check_tune_kernels,
+                                              compile_model, resolve_compile_mode, resolve_residual_dtype)
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
@@ -66,6 +67,7 @@ class TrainConfig:
     use_flash_attn: bool = False
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
     gc_interval: int = 50  # Python's automatic GC off while training, a young collection every N steps; 0: automatic
+    residual_dtype: str = "auto"  # "bf16" (auto on CUDA): the stream in bf16 while training (transforms.cast_residual_stream)
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -81,6 +83,8 @@ class TrainConfig:
             raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise UserError(f"need 0 < --lr and 0 <= --min_lr <= --lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.residual_dtype not in RESIDUAL_DTYPES:
+            raise UserError(f"--residual_dtype must be one of {', '.join(RESIDUAL_DTYPES)}, got {self.residual_dtype!r}")
         if self.fused_attention not in FUSED_ORDERS:
             raise UserError(f"--fused_attention must be one of {', '.join(FUSED_ORDERS)}, got {self.fused_attention!r}")
         if self.compile_model and self.compile_mode not in COMPILE_MODES:
@@ -118,7 +122,9 @@ class Trainer:
         log: Callable[[str], None] = print,
         ctx: DistributedContext = DistributedContext(),
     ) -> None:
-        self.cfg, self.device, self.out_dir, self.ctx = cfg.validate(), device, out_dir, ctx
+        cfg = cfg.validate()  # "auto" settings resolved for this device, so checkpoints record what ran
+        cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False))
+        self.cfg, self.device, self.out_dir, self.ctx = cfg, device, out_dir, ctx
         self.log = log if ctx.is_main else (lambda message: None)
         self.train_data, self.val_tokens = train_data, val_tokens
         self.run_info = run_info or {}
@@ -132,9 +138,15 @@ class Trainer:
         # Evaluation runs every model in one precision (bf16 autocast on CUDA, fp32 on CPU) so that fp8 and
         # bf16 runs report comparable validation losses: a plain model that shares the trained weights.
         # (Sharded parameters cannot be shared that way: under FSDP an fp8 run evaluates in fp8.)
-        self.eval_model = self._plain_view(model) if self.fp8 and not ctx.enabled else model
-        # Transformations, in order, after any float8 conversion: activation checkpointing, then compile,
-        # then FSDP2 sharding when several processes run.
+        # A bf16 residual stream is a training setting too: evaluation keeps float32's.
+        bf16_residual = cfg.residual_dtype == "bf16"
+        self.eval_model = self._plain_view(model) if (self.fp8 or bf16_residual) and not ctx.enabled else model
+        # Transformations, in order, after any float8 conversion: the residual stream's dtype, activation
+        # checkpointing, then compile, then FSDP2 sharding when several processes run.
+        if bf16_residual:
+            cast_residual_stream(model)
+            self.log("residual stream in bf16 (FSDP's bf16 parameters), in evaluation too" if ctx.enabled else
+                     "residual stream in bf16 while training (--residual_dtype); evaluation in float32")
         if cfg.gradient_checkpointing:
             apply_activation_checkpointing(model)
         self.compile_mode = resolve_compile_mode(cfg.compile_mode, self.fp8, device, ctx.enabled) if cfg.compile_model else None

@@ -1,6 +1,7 @@
-"""Transformations of a built model that the Trainer applies, in this order: activation checkpointing per
-block, then torch.compile per block and of the output head + loss (so a 24-layer model compiles one block
-graph, reused 24 times, in seconds). Both act in place and keep the state-dict keys of the plain model."""
+"""Transformations of a built model that the Trainer applies, in this order: the residual stream's dtype,
+activation checkpointing per block, then torch.compile per block and of the output head + loss (so a 24-layer
+model compiles one block graph, reused 24 times, in seconds). All act in place and keep the state-dict keys of
+the plain model."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each comp
 # kernels over both dimensions (the fp8 casts that write transposed copies). Measured on one H200 at the seed
 # size: fp8 steps 2.4-3.8% faster, bf16 0.5%, for 35-90 s more compilation (benchmarks/NOTES.md 34, 36).
 TUNED_KERNELS = {"coordinate_descent_tuning": True, "triton.prefer_nd_tiling": True}
+# The residual stream's dtype while training. "auto": bf16 wherever training runs under bf16 autocast (CUDA),
+# float32 elsewhere. Measured on one H200 (benchmarks/NOTES.md 49, 55): bf16 steps 2-4% faster in both precisions
+# at the seed and 1B sizes; validation within 0.5% of the float32 stream's after 120-200 steps.
+RESIDUAL_DTYPES = ("auto", "fp32", "bf16")
 
 
 def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed: bool) -> str:
@@ -25,6 +30,32 @@ def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed
     if mode != "auto":
         return mode
     return "reduce-overhead" if fp8 and device.type == "cuda" and not distributed else "default"
+
+
+def cast_residual_stream(model: Transformer) -> None:
+    """The residual stream in bf16 instead of float32. Under autocast the embedding (float32 weights) returns
+    float32 and every block adds its bf16 output to it in float32, so RMSNorm, its backward and the residual adds
+    read and write 4 bytes an element each way; cast once at the embedding, the stream and its gradient stay bf16
+    (Megatron-LM's default; torchtitan's with bf16 parameters). RMSNorm still computes in float32 (autocast's
+    policy for it). Needs autocast (resolve_residual_dtype): without it bf16 activations would meet float32 weights."""
+    model.embed.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
+
+
+def resolve_residual_dtype(dtype: str, device: torch.device, distributed: bool, asked: bool) -> str:
+    """The residual stream's dtype a run trains with. "auto": bf16 on CUDA (bf16 autocast), float32 elsewhere; on
+    one device an explicit `dtype` as given (bf16 needs CUDA). Under FSDP on CUDA the parameters compute in bf16
+    and every block's input is cast to bf16 (apply_fsdp's MixedPrecisionPolicy), so the stream is bf16 whatever
+    the config says; fp32 asked for there (`asked`: given as a flag) is refused rather than ignored."""
+    if dtype == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if distributed and device.type == "cuda":
+        if dtype == "fp32" and asked:
+            raise UserError("under torchrun FSDP computes with bf16 parameters and casts every block's input to bf16, "
+                            "so the residual stream is bf16: drop --residual_dtype fp32")
+        return "bf16"
+    if dtype == "bf16" and device.type != "cuda":
+        raise UserError(f"--residual_dtype bf16 needs bf16 autocast, which training uses on CUDA GPUs only (device: {device})")
+    return dtype
 
 
 def apply_activation_checkpointing(model: Transformer) -> None:
