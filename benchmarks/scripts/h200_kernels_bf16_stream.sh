@@ -5,7 +5,7 @@
 # 1.0% (1B), within about two call-to-call spreads. With the bf16 stream now the default every cast reads bf16
 # (the path every GPU check passed, one load). Same rows again, now on the default stream:
 #  1. every kernel checked and timed at the seed shape;
-#  2. seed bench, 30 steps: bf16, fp8 default, -castinputs, -castall, -headkernel, -castall-headkernel;
+#  2. seed bench, 30 steps: bf16, fp8 default, -castinputs, -castgrads, -castall, -castall-headkernel;
 #  3. the 1B bench (bf16, default, -castall, -castall-headkernel) while time allows.
 # Keep a variant only if it beats the default by more than the call-to-call spread (~1%) at both sizes.
 set -u
@@ -31,6 +31,6 @@ bench() {  # preset, steps, modes
 }
 F=fp8-delayed-compile
 kernels seed 16384 3584 896 50304
-bench seed 30 bf16-compile,$F,$F-castinputs,$F-castall,$F-headkernel,$F-castall-headkernel
+bench seed 30 bf16-compile,$F,$F-castinputs,$F-castgrads,$F-castall,$F-castall-headkernel
 bench 1b 15 bf16-compile,$F,$F-castall,$F-castall-headkernel
 echo "total $(( $(date +%s) - T0 )) s"
