@@ -1,13 +1,13 @@
-"""SwiGLU's fp8 forward and backward: our Triton kernels against inductor's code for the same computations, on
-one GPU.
+"""Our fp8 Triton kernels (SwiGLU's forward and backward with their casts; a cast alone) against inductor's
+code for the same computations, on one GPU.
 
     python benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json        # seed shapes: 16 x 1024 tokens, 3584 wide
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
-tile shape and for the autotuner's choice (fp8 outputs in both layouts within one step
-of their format, at most 0.1% of them differing, amax within bf16 rounding, no NaN or inf), then times, with
-CUDA events over --iters calls each: each of those, torch.compile of the reference (what the training step runs
-without the kernels), and torch.compile of the bf16 computation alone (what a bf16 step runs: the floor the fp8
+tile shape and for the autotuner's choice (fp8 outputs in both layouts within one step of their format, at
+most 0.1% of them differing, amax within bf16 rounding, no NaN or inf), then times each of those (median of
+--iters CUDA graph replays), torch.compile of the reference (what the training step runs without the
+kernels), and for SwiGLU torch.compile of the bf16 computation alone (what a bf16 step runs: the floor the fp8
 outputs add to). GB/s counts the bytes each must move.
 """
 
@@ -28,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cs336_basics.cli import run_main  # noqa: E402
 from cs336_basics.errors import UserError  # noqa: E402
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
-from cs336_basics.precision.swiglu_fp8 import (CONFIGS, _kernels, random_inputs, steps_apart,  # noqa: E402
-                                               swiglu_backward, swiglu_backward_fp8, swiglu_backward_fp8_reference,
-                                               swiglu_forward_fp8, swiglu_forward_fp8_reference)
+from cs336_basics.precision.fp8_cast import CONFIGS, cast_both, cast_both_reference, kernels, steps_apart  # noqa: E402
+from cs336_basics.precision.head_grad_fp8 import head_grad_fp8, head_grad_fp8_reference  # noqa: E402
+from cs336_basics.precision.swiglu_fp8 import (random_inputs, swiglu_backward, swiglu_backward_fp8,  # noqa: E402
+                                               swiglu_backward_fp8_reference, swiglu_forward_fp8,
+                                               swiglu_forward_fp8_reference)
 
 CHOICES = (*CONFIGS, None)  # every config, then the autotuner's choice (what the model runs)
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--M", type=int, default=16 * 1024, help="tokens (rows)")
     p.add_argument("--N", type=int, default=3584, help="SwiGLU width")
+    p.add_argument("--D", type=int, default=896, help="model width (the casts of a layer's input or output gradient)")
+    p.add_argument("--V", type=int, default=50304, help="vocabulary (the head's logit gradient)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -104,6 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
         for config in CHOICES:
             check(f"backward {name} {label(config)}", swiglu_backward_fp8(dg, h1, h3, s1, s3, config), want, checks)
+    D = args.D
+    for name, seed, headroom in (("in range", 3, 1.0), ("saturating", 4, 4.0)):  # the cast alone (fp8_cast.py)
+        for e5m2, dtype in ((False, torch.bfloat16), (False, torch.float32), (True, torch.bfloat16)):
+            # a gradient's (bf16) or an activation's magnitudes; activations come in float32 too (RMSNorm's output
+            # of the float32 residual stream), which the bf16-only check of call 36 missed (NOTES 42)
+            x = (random_inputs(M, D, "cuda", seed)[0 if e5m2 else 1] if dtype == torch.bfloat16 else
+                 torch.randn(M, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)) * 2.0)
+            s = (E5M2_MAX if e5m2 else E4M3_MAX) / x.float().abs().max() * headroom
+            want = cast_both_reference(x, s, e5m2)
+            for config in CHOICES:
+                check(f"cast {'e5m2' if e5m2 else 'e4m3'} {str(dtype)[6:]} {name} {label(config)}",
+                      cast_both(x, s, e5m2, config), want, checks)
+    # the float8 head's logit gradient (head_grad_fp8.py) at M tokens x V, against its reference (no amax: a 1
+    # stands in on both sides)
+    g = torch.Generator(device="cuda").manual_seed(6)
+    logits = (torch.randn(M, args.V, device="cuda", generator=g) * 3).bfloat16()
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    targets = torch.randint(0, args.V, (M,), device="cuda", generator=g)
+    unit = torch.ones((), device="cuda")
+    want = (*head_grad_fp8_reference(logits, lse, targets), unit)
+    for config in CHOICES:
+        check(f"head gradient {label(config)}", (*head_grad_fp8(logits, lse, targets, config), unit), want, checks)
+    del want
     dg, h1, h3 = random_inputs(M, N, "cuda", 2)
     s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
     s1 = s3 = torch.tensor(E5M2_MAX / 4e-3, device="cuda")
@@ -125,11 +152,25 @@ def main(argv: list[str] | None = None) -> int:
         time_us(lambda: compiled["bwd fp8"](dg, h1, h3, s1, s3), args.iters), bwd_fp8)
     timings["backward inductor: bf16 SwiGLU backward alone"] = (
         time_us(lambda: compiled["bwd bf16"](dg, h1, h3), args.iters), bwd_bf16)
+    x = random_inputs(M, D, "cuda", 5)[1]
+    cast_bytes = M * D * (2 + 2)  # x in; fp8 and its transpose out
+    compiled["cast"] = torch.compile(cast_both_reference)
+    x32 = x.float()  # an activation from the float32 residual stream: 4 bytes in
+    for kind, e5m2, xx, nbytes in (("e4m3", False, x, cast_bytes), ("e4m3 float32 in", False, x32, cast_bytes + 2 * M * D),
+                                   ("e5m2", True, x, cast_bytes)):
+        timings[f"cast {kind} triton autotuned"] = (time_us(lambda: cast_both(xx, s, e5m2), args.iters), nbytes)
+        timings[f"cast {kind} inductor: compiled reference"] = (
+            time_us(lambda: compiled["cast"](xx, s, e5m2), args.iters), nbytes)
+    head_bytes = M * args.V * (2 + 2)  # bf16 logits in; e5m2 and its transpose out
+    compiled["head"] = torch.compile(head_grad_fp8_reference)
+    timings["head gradient triton autotuned"] = (time_us(lambda: head_grad_fp8(logits, lse, targets), args.iters), head_bytes)
+    timings["head gradient inductor: compiled reference"] = (
+        time_us(lambda: compiled["head"](logits, lse, targets), args.iters), head_bytes)
     rows = []
     for name, (us, nbytes) in timings.items():
         rows.append(dict(name=name, us=round(us, 1), gb_per_s=round(nbytes / us / 1e3)))
         print(f"{name:<48} {us:8.1f} us  {nbytes / us / 1e3:6.0f} GB/s")
-    chosen = {k: str(_kernels()[f"{k} tuned"].best_config) for k in ("forward", "backward")}
+    chosen = {k: str(kernels()[f"{k} tuned"].best_config) for k in ("swiglu_forward", "swiglu_backward", "cast", "head_grad")}
     print(f"the autotuner chose: {chosen}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--eager", action="store_true")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
+    p.add_argument("--kernel_casts", default="none", choices=("none", "inputs", "grads", "all"),
+                   help="fp8-delayed: which casts go through our kernel (bench suffixes -castinputs, -castgrads, -castall)")
     p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)
@@ -46,8 +48,8 @@ def main() -> None:
     ctx, device = init_distributed(torch.device("cuda" if cuda else "cpu"))
     spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
                      precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
-                     tune_kernels=args.tune_kernels, residual_dtype=args.residual_dtype, device=device.type,
-                     inductor=parse_inductor(args.inductor))
+                     tune_kernels=args.tune_kernels, fp8_kernel_casts=args.kernel_casts, residual_dtype=args.residual_dtype,
+                     device=device.type, inductor=parse_inductor(args.inductor))
     cfg = PRESETS[args.preset]
     model, _ = build_model(cfg, device, spec.fp8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)
@@ -99,8 +101,10 @@ LIBRARY = (
 
 def category(name: str) -> str:
     low = name.lower()
-    if low.startswith("swiglu_") and "fp8" in low:  # ours: cs336_basics/precision/swiglu_fp8_triton.py
+    if low.startswith("swiglu_") and "fp8" in low:  # ours: cs336_basics/precision/fp8_triton.py
         return "fused SwiGLU + fp8 casts (ours)"
+    if low.startswith("cast_fp8_kernel"):
+        return "fp8 casts (ours)"
     for cat, prefix in TRITON:
         if low.startswith(prefix):
             return cat

@@ -34,6 +34,7 @@ from cs336_basics.generation import generate
 from cs336_basics.model.transformer import PRESETS, ModelConfig
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS
 from cs336_basics.training.attention import FUSED_ORDERS, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fp8_fused_swiglu", action=yes_no,
                    help="with the delayed recipe: each SwiGLU block as one function, SwiGLU and its fp8 casts as Triton "
                         "kernels (default on; --no-fp8_fused_swiglu runs its three float8 layers one by one)")
+    s.add_argument("--fp8_kernel_casts", choices=KERNEL_CASTS,
+                   help="with the delayed recipe, experimental: which float8 casts our Triton kernel does instead of the "
+                        "compiler's code fused into RMSNorm: the layers' inputs, their output gradients, all (default "
+                        "none; benchmarks/NOTES.md 41-43)")
+    s.add_argument("--fp8_head_kernel", action=yes_no,
+                   help="experimental: the float8 head's logit gradient by our Triton kernel instead of the compiler's "
+                        "code (default off; benchmarks/NOTES.md 46)")
     s.add_argument("--compile_model", action=yes_no, help="torch.compile each block and the loss")
     s.add_argument("--compile_mode", choices=COMPILE_MODES,
                    help="torch.compile mode (default: auto: reduce-overhead, i.e. CUDA graphs, for fp8 on one GPU; "
@@ -271,34 +279,47 @@ def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
     return result
 
 
-def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distributed: bool
-                ) -> tuple[bool, str, bool, bool]:
-    """(use fp8, recipe, float8 head, fused SwiGLU): the flags, else the resumed checkpoint's, else bf16 / the
-    default recipe / head on / fused with the delayed recipe. The default recipe is delayed scaling (measured
-    fastest, benchmarks/NOTES.md 21) where it runs: one process and every eligible layer; TorchAO's tensorwise
-    under torchrun and with --fp8_filter auto. In a bf16 run the last three say what --use_fp8 would do."""
+def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distributed: bool) -> tuple[bool, Fp8Options]:
+    """(use fp8, the float8 options): each from its flag, else the resumed checkpoint's, else bf16 / the default
+    recipe / head on / SwiGLU fused with the delayed recipe / no kernel casts / no head kernel. The default recipe
+    is delayed scaling (measured fastest, benchmarks/NOTES.md 21) where it runs: one process and every eligible
+    layer; TorchAO's tensorwise under torchrun and with --fp8_filter auto. In a bf16 run the options say what
+    --use_fp8 would do."""
     saved = saved or {}
     use_fp8 = args.use_fp8 if args.use_fp8 is not None else bool(saved.get("fp8"))
     default = "tensorwise" if distributed or args.fp8_filter == "auto" else "delayed"
     recipe = args.fp8_recipe or saved.get("fp8_recipe") or default
-    head = args.fp8_head if args.fp8_head is not None else saved.get("fp8_head") is not False
-    fused = recipe == "delayed" and (args.fp8_fused_swiglu if args.fp8_fused_swiglu is not None
-                                     else saved.get("fp8_fused_swiglu") is not False)
+
+    def flag(name: str, saved_default: bool) -> bool:  # a yes/no flag, else the checkpoint's, else the default
+        value = getattr(args, name)
+        return value if value is not None else (saved.get(name) if saved.get(name) is not None else saved_default)
+
+    options = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate, head=flag("fp8_head", True),
+                         fused_swiglu=recipe == "delayed" and flag("fp8_fused_swiglu", True),
+                         kernel_casts=args.fp8_kernel_casts or saved.get("fp8_kernel_casts") or "none",
+                         head_kernel=flag("fp8_head_kernel", False))
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
-    for flag in ("fp8_head", "fp8_fused_swiglu"):
-        if getattr(args, flag) is not None and not use_fp8:
-            raise UserError(f"--{flag} / --no-{flag} only apply with --use_fp8")
+    for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel"):
+        if getattr(args, name) is not None and not use_fp8:
+            raise UserError(f"--{name} / --no-{name} only apply with --use_fp8")
+    if args.fp8_kernel_casts is not None and not use_fp8:
+        raise UserError("--fp8_kernel_casts only applies with --use_fp8")
     check_fused_swiglu(args.fp8_fused_swiglu, recipe)  # here too: before the data is prepared
+    if use_fp8 and options.kernel_casts != "none" and recipe != "delayed":
+        raise UserError(f"--fp8_kernel_casts {options.kernel_casts} casts the delayed recipe's layers: use --fp8_recipe delayed")
+    if use_fp8 and options.head_kernel and not options.head:
+        raise UserError("--fp8_head_kernel computes the float8 head's gradient: drop --no-fp8_head")
     if use_fp8 and recipe == "delayed" and distributed:
         raise UserError("--fp8_recipe delayed runs on one GPU for now; under torchrun use --fp8_recipe tensorwise")
-    return use_fp8, recipe, head, fused
+    return use_fp8, options
 
 
 def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.device) -> int:
     out_dir = broadcast_from_rank0(prepare_out_dir(args) if ctx.is_main else None, ctx)
     resumed = load_checkpoint(out_dir) if args.resume else None
-    use_fp8, recipe, fp8_head, fused_swiglu = resolve_fp8(args, resumed, ctx.enabled)
+    use_fp8, fp8_options = resolve_fp8(args, resumed, ctx.enabled)
+    recipe = fp8_options.recipe
     if use_fp8:
         check_fp8_device(device, args.fp8_emulate)
     model_cfg = resolve_model_config(args, resumed["model_config"] if resumed else None)
@@ -310,8 +331,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
 
     tokenizer, train_tokens, val_tokens, data_info = on_rank0_first(
         ctx, lambda: prepare_data(args, model_cfg, out_dir, resumed))
-    fp8 = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate, fsdp_all_gather=ctx.enabled and device.type == "cuda",
-                     head=fp8_head, fused_swiglu=fused_swiglu) if use_fp8 else None
+    fp8 = replace(fp8_options, fsdp_all_gather=ctx.enabled and device.type == "cuda") if use_fp8 else None
     model, fp8_report = build_model(model_cfg, device, fp8, train_cfg.batch_size * model_cfg.context_length)
     backend = probe_backend(train_cfg.use_flash_attn, train_cfg.fused_attention, model_cfg.head_dim, device)
 
@@ -323,7 +343,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                          train_cfg.batch_size, train_cfg.gradient_accumulation_steps, model_cfg.context_length,
                          ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head),
                          fp8_compile_mode=compile_mode(True), tune_kernels=train_cfg.tune_kernels,
-                         fp8_fused_swiglu=bool(fp8_report.fused_swiglu) if fp8_report else fused_swiglu,
+                         fp8_fused_swiglu=bool(fp8_report.fused_swiglu) if fp8_report else fp8_options.fused_swiglu,
                          residual_dtype=train_cfg.residual_dtype)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
@@ -334,6 +354,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
     run_info = {"run_name": out_dir.name, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), **data_info,
                 "fp8_recipe": recipe if use_fp8 else None, "fp8_head": fp8_report.fp8_head if fp8_report else None,
                 "fp8_fused_swiglu": bool(fp8_report.fused_swiglu) if fp8_report else None,
+                "fp8_kernel_casts": fp8_report.kernel_casts if fp8_report else None,
+                "fp8_head_kernel": fp8_report.head_kernel if fp8_report else None,
                 "compile_mode": run_shape.compile_mode if train_cfg.compile_model else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)

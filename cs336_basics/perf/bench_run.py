@@ -47,6 +47,8 @@ class BenchSpec:
     fp8_filter: str = "all"
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     fp8_fused_swiglu: bool | None = None  # as Fp8Options.fused_swiglu (mode suffix -unfused: False)
+    fp8_kernel_casts: str = "none"  # as Fp8Options.kernel_casts (mode suffixes -castinputs, -castgrads, -castall)
+    fp8_head_kernel: bool = False  # as Fp8Options.head_kernel (mode suffix -headkernel)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     residual_dtype: str = "auto"  # as TrainConfig.residual_dtype (mode suffixes -bf16res, -fp32res)
     device: str = "cuda"
@@ -57,7 +59,8 @@ class BenchSpec:
         if not self.precision.startswith("fp8"):
             return None
         return Fp8Options(recipe=self.precision.split("-", 1)[1], filter=self.fp8_filter,
-                          emulate=self.device != "cuda", head=self.fp8_head, fused_swiglu=self.fp8_fused_swiglu)
+                          emulate=self.device != "cuda", head=self.fp8_head, fused_swiglu=self.fp8_fused_swiglu,
+                          kernel_casts=self.fp8_kernel_casts, head_kernel=self.fp8_head_kernel)
 
 
 def run(spec: BenchSpec) -> dict[str, Any]:
@@ -97,6 +100,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
         name=spec.name, precision=spec.precision, compiled=spec.compiled, compile_mode=trainer.compile_mode,
         tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu),
         fused_swiglu_kernels_checked=report.kernels_checked if report else "",
+        fp8_kernel_casts=spec.fp8_kernel_casts, fp8_head_kernel=spec.fp8_head_kernel,
         residual_dtype=trainer.cfg.residual_dtype, flash=spec.flash, checkpointing=spec.checkpointing,
         attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,

@@ -58,17 +58,25 @@ def parse_mode(mode: str) -> dict[str, Any]:
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
+                                                                       "castinputs", "castgrads", "castall", "headkernel",
                                                                        "bf16res", "fp32res"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-bf16res|-fp32res], e.g. fp8-rowwise-compile-ac")
+                        f"[-unfused][-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res], e.g. "
+                        f"fp8-rowwise-compile-ac")
     if {"bf16res", "fp32res"} <= set(parts[1:]):
         raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
-    if "unfused" in parts[1:] and precision != "fp8-delayed":
-        raise UserError(f"mode {mode!r}: -unfused (SwiGLU's three layers one by one) applies to fp8-delayed only")
+    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castinputs", "our cast kernel for inputs"),
+                         ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast")):
+        if suffix in parts[1:] and precision != "fp8-delayed":
+            raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
+    if "headkernel" in parts[1:] and (not precision.startswith("fp8") or "bf16head" in parts[1:]):
+        raise UserError(f"mode {mode!r}: -headkernel computes the float8 head's gradient: an fp8 mode without -bf16head")
     fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
                 fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
                 fp8_fused_swiglu=False if "unfused" in parts[1:] else None,
+                fp8_kernel_casts=next((c for c in ("inputs", "grads", "all") if f"cast{c}" in parts[1:]), "none"),
+                fp8_head_kernel="headkernel" in parts[1:],
                 residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"))
 
 
@@ -238,6 +246,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
         notes = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
             " (tuned kernels)" if r.get("tune_kernels") and r.get("compiled") else "") + (
             " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
+            f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "") + (
+            " (head kernel)" if r.get("fp8_head_kernel") else "") + (
             f" ({r.get('residual_dtype', 'fp32')} residual)")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",

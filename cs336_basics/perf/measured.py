@@ -51,8 +51,10 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
 
 
 def _compiled_fp8(row: dict[str, Any]) -> bool:
-    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing."""
-    return row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
+    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing (nor the
+    experimental kernel casts, which the trainer does not offer)."""
+    return (row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
+            and row.get("fp8_kernel_casts", "none") == "none" and not row.get("fp8_head_kernel"))
 
 
 def _residual(config: dict[str, Any]) -> str:
@@ -100,8 +102,10 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     runs = []  # (run.json, tokens/s, folder name) of each single-GPU training run
     for run_json in sorted(call.glob("*/run.json")):
         summary = json.loads(s.read_text()) if (s := run_json.parent / "summary.json").is_file() else {}
-        if summary.get("tokens_per_second") and summary.get("world_size", 1) == 1:
-            runs.append((json.loads(run_json.read_text()), summary["tokens_per_second"], run_json.parent.name))
+        run = json.loads(run_json.read_text())
+        if (summary.get("tokens_per_second") and summary.get("world_size", 1) == 1
+                and run.get("fp8_kernel_casts") in (None, "none") and not run.get("fp8_head_kernel")):  # experiments
+            runs.append((run, summary["tokens_per_second"], run_json.parent.name))
 
     def ran(run: dict[str, Any]) -> str:
         return run.get("compile_mode") or run["train_config"]["compile_mode"]

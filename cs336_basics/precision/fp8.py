@@ -39,6 +39,8 @@ class ConversionReport:
     fp8_head: bool = False  # the output head + loss run in float8 (fp8_head.py), not TorchAO
     layer: str = "Float8Linear"  # what the converted layers became: TorchAO's, or our Float8DelayedLinear
     fused_swiglu: int = 0  # SwiGLU blocks whose three layers run as one function (swiglu_fp8.py)
+    kernel_casts: str = "none"  # which delayed-layer casts our Triton kernel does (fp8_cast.py)
+    head_kernel: bool = False  # the float8 head's logit gradient by our Triton kernel (head_grad_fp8.py)
     kernels_checked: str = ""  # where the fused SwiGLU's kernels were checked before training ("16384 tokens x 3584")
 
     @property
@@ -52,6 +54,12 @@ class ConversionReport:
         if self.fused_swiglu:
             lines.append(f"  {self.fused_swiglu} SwiGLU blocks: one function each, SwiGLU and its fp8 casts in one pass "
                          "(Triton kernels on a GPU; --no-fp8_fused_swiglu: three layers)")
+        if self.kernel_casts != "none":
+            casts = {"inputs": "the layers' inputs", "grads": "their output gradients", "all": "inputs and output gradients"}
+            lines.append(f"  fp8 casts of {casts[self.kernel_casts]}: our Triton kernel, both layouts in one pass "
+                         f"(--fp8_kernel_casts {self.kernel_casts})")
+        if self.head_kernel:
+            lines.append("  the head's logit gradient: our Triton kernel, both layouts in one pass (--fp8_head_kernel)")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)

@@ -25,29 +25,32 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS, amax, cast_both_layouts
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
-
-
-def amax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| as a float32 scalar, reduced per row first (the same rows the cast walks, so the compiler can
-    put both in one kernel), then over rows."""
-    return x.detach().abs().amax(dim=-1).amax().float()
 
 
 class _DelayedFloat8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, g_scale: torch.Tensor,
-                g_sink: torch.Tensor, emulate: bool, calibrating: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                g_sink: torch.Tensor, emulate: bool, calibrating: bool, kernel_x: bool, kernel_g: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """kernel_x, kernel_g: x, and in backward the output gradient, cast by our kernel (fp8_cast.py)."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
             x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
-        x8 = cast_to(x2, x_scale, E4M3, E4M3_MAX)
+        if kernel_x:  # our kernel writes both layouts; the weight gradient's (transposed) one is saved.
+            # Under autocast x is rounded to bf16 first, as TorchAO's Float8Linear does: RMSNorm's float32 output
+            # is then written and read in 2 bytes, and our kernel sees the dtype its GPU checks cover best.
+            x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
+        else:
+            x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
         w8, inv_w = to_fp8(weight)  # (N, K), dynamic scale
         y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate)  # (M, N)
-        ctx.save_for_backward(x8, w8, x_scale, inv_w, g_scale)
-        ctx.emulate, ctx.calibrating, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, calibrating, x.shape, x.dtype, weight.dtype
-        x_amax = amax(x2)
+        x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
+        ctx.save_for_backward(x8_columns, w8, x_scale, inv_w, g_scale)
+        ctx.emulate, ctx.calibrating, ctx.kernel_g = emulate, calibrating, kernel_g
+        ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         ctx.mark_non_differentiable(x_amax)
         return y.reshape(*x.shape[:-1], y.shape[-1]), x_amax
 
@@ -57,23 +60,30 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         if ctx.calibrating:
             g_scale = E5M2_MAX / amax(g2).clamp(min=1e-12)
-        g8 = cast_to(g2, g_scale, E5M2, E5M2_MAX)
+        if ctx.kernel_g:
+            g8, g8_t, g_amax = cast_both_layouts(g2, g_scale, e5m2=True)
+        else:
+            g8, g_amax = cast_to(g2, g_scale, E5M2, E5M2_MAX), amax(g2)
+            g8_t = g8.t().contiguous()
         inv_g = g_scale.reciprocal()
         grad_x = scaled_mm(g8, column_major(w8), inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
-        grad_w = scaled_mm(g8.t().contiguous(), column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
+        grad_w = scaled_mm(g8_t, column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
                            ctx.emulate)  # (N, M) @ (M, K)
-        return grad_x.reshape(ctx.x_shape), grad_w, None, None, amax(g2), None, None
+        return grad_x.reshape(ctx.x_shape), grad_w, None, None, g_amax, None, None, None, None
 
 
 class Float8DelayedLinear(nn.Module):
     """An nn.Linear (no bias) whose products run in float8 with delayed input and gradient scales. It holds
     the original `weight` Parameter, so parameter names and state-dict keys are those of the plain layer."""
 
-    def __init__(self, linear: nn.Linear, emulate: bool) -> None:
+    def __init__(self, linear: nn.Linear, emulate: bool, kernel_casts: str = "none") -> None:
         super().__init__()
         if linear.bias is not None:
             raise ValueError("Float8DelayedLinear takes layers without bias")
         self.in_features, self.out_features, self.emulate = linear.in_features, linear.out_features, emulate
+        if kernel_casts not in KERNEL_CASTS:
+            raise ValueError(f"kernel_casts must be one of {KERNEL_CASTS}, got {kernel_casts!r}")
+        self.kernel_casts = kernel_casts  # which casts go through our kernel (fp8_cast.py), not inductor's code
         self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
         self.weight = linear.weight
         device = linear.weight.device
@@ -85,12 +95,18 @@ class Float8DelayedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.x_scale, self.g_scale, self.g_amax_sink, self.emulate,
-                                                  self.calibrating)
+                                                  self.calibrating, *self.kernel_cast_flags)
         self.x_amax.copy_(torch.maximum(self.x_amax, x_amax))
         return y
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, delayed scaling, emulate={self.emulate}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, delayed scaling, emulate={self.emulate}"
+                + (f", kernel casts: {self.kernel_casts}" if self.kernel_casts != "none" else ""))
+
+    @property
+    def kernel_cast_flags(self) -> tuple[bool, bool]:
+        """(cast x through our kernel, cast the output gradient through it)."""
+        return self.kernel_casts in ("inputs", "all"), self.kernel_casts in ("grads", "all")
 
 
 class DelayedScaling:

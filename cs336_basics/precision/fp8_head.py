@@ -53,33 +53,42 @@ def column_major(t: torch.Tensor) -> torch.Tensor:
 
 class _Float8LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, emulate: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, emulate: bool, kernel: bool
+                ) -> torch.Tensor:
+        """kernel: the logit gradient by our Triton kernel (head_grad_fp8.py) instead of inductor's code."""
         x8, inv_x = to_fp8(x)  # (N, D)
         w8, inv_w = to_fp8(weight)  # (V, D)
         logits = scaled_mm(x8, w8.t(), inv_x, inv_w, torch.bfloat16, emulate)  # (N, V)
         lse = torch.logsumexp(logits.float(), dim=-1)
         loss = (lse - logits.gather(1, targets[:, None]).squeeze(1).float()).mean()
         ctx.save_for_backward(x8, inv_x, w8, inv_w, logits, lse, targets)
-        ctx.emulate, ctx.x_dtype, ctx.w_dtype = emulate, x.dtype, weight.dtype
+        ctx.emulate, ctx.kernel, ctx.x_dtype, ctx.w_dtype = emulate, kernel, x.dtype, weight.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         x8, inv_x, w8, inv_w, logits, lse, targets = ctx.saved_tensors
         n, vocab = logits.shape
-        onehot = torch.arange(vocab, device=logits.device)[None, :] == targets[:, None]
-        g = torch.exp(logits.float() - lse[:, None]) - onehot.float()  # softmax - onehot, in [-1, 1]
-        g8 = cast_to(g, E5M2_MAX, E5M2, E5M2_MAX)  # static scale: no amax pass
+        if ctx.kernel:  # both layouts in one pass (imported here: head_grad_fp8 imports this module)
+            from cs336_basics.precision.head_grad_fp8 import head_grad
+
+            g8, g8_t = head_grad(logits, lse, targets)
+        else:
+            onehot = torch.arange(vocab, device=logits.device)[None, :] == targets[:, None]
+            g = torch.exp(logits.float() - lse[:, None]) - onehot.float()  # softmax - onehot, in [-1, 1]
+            g8 = cast_to(g, E5M2_MAX, E5M2, E5M2_MAX)  # static scale: no amax pass
+            g8_t = g8.t().contiguous()
         inv_g = grad_loss.float() / (n * E5M2_MAX)
         grad_x = scaled_mm(g8, column_major(w8), inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (N, V) @ (V, D)
-        grad_w = scaled_mm(g8.t().contiguous(), column_major(x8), inv_g, inv_x, ctx.w_dtype, ctx.emulate)  # (V, N) @ (N, D)
-        return grad_x, grad_w, None, None
+        grad_w = scaled_mm(g8_t, column_major(x8), inv_g, inv_x, ctx.w_dtype, ctx.emulate)  # (V, N) @ (N, D)
+        return grad_x, grad_w, None, None, None
 
 
 def linear_cross_entropy_fp8(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             emulate: bool = False) -> torch.Tensor:
-    """Mean cross-entropy of x @ weight.T against targets; x (N, D), weight (V, D), targets (N,)."""
-    return _Float8LinearCrossEntropy.apply(x, weight, targets, emulate)
+                             emulate: bool = False, kernel: bool = False) -> torch.Tensor:
+    """Mean cross-entropy of x @ weight.T against targets; x (N, D), weight (V, D), targets (N,); `kernel`: the
+    logit gradient by our Triton kernel (head_grad_fp8.py)."""
+    return _Float8LinearCrossEntropy.apply(x, weight, targets, emulate, kernel)
 
 
 class Float8OutputHead(nn.Module):
@@ -89,6 +98,7 @@ class Float8OutputHead(nn.Module):
     def __init__(self, head: OutputHead, emulate: bool) -> None:
         super().__init__()
         self.norm, self.proj, self.emulate = head.norm, head.proj, emulate
+        self.kernel = False  # set by build_model (Fp8Options.head_kernel): the logit gradient by our Triton kernel
 
     def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm(h)
@@ -97,7 +107,8 @@ class Float8OutputHead(nn.Module):
         if not self.emulate and targets.numel() % 16:
             raise UserError(f"the float8 output head needs a multiple of 16 tokens per micro-batch, got "
                             f"{targets.numel()}: change --batch_size or --context_length, or pass --no-fp8_head")
-        return linear_cross_entropy_fp8(x.flatten(0, 1), self.proj.weight, targets.flatten(), self.emulate)
+        return linear_cross_entropy_fp8(x.flatten(0, 1), self.proj.weight, targets.flatten(), self.emulate, self.kernel)
 
     def extra_repr(self) -> str:
-        return f"float8 e4m3 forward, e5m2 static-scale logit gradient, emulate={self.emulate}"
+        return (f"float8 e4m3 forward, e5m2 static-scale logit gradient, emulate={self.emulate}"
+                + (", logit gradient by our kernel" if self.kernel else ""))

@@ -19,7 +19,7 @@ against 222 (bf16's SwiGLU backward alone: 140); the seed step 1.137x -> 1.215x 
 
 The `_reference` functions are the same computations in PyTorch ops as inductor compiles the model's graph
 (fp32 throughout, each result rounded once to the bf16 it is in the graph, then scaled and cast; the amax as
-fp8_delayed takes it): the CPU path, and what the Triton kernels (swiglu_fp8_triton.py) are checked against on
+fp8_delayed takes it): the CPU path, and what the Triton kernels (fp8_triton.py) are checked against on
 the GPU.
 """
 
@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_delayed import Float8DelayedLinear, amax
+from cs336_basics.precision.fp8_cast import Config, amax, cast_both_layouts, check_2d, compare_fp8, launch
+from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -69,55 +70,17 @@ def swiglu_forward_fp8_reference(h1: torch.Tensor, h3: torch.Tensor, scale: torc
     return g8, g8.t().contiguous(), amax(g)
 
 
-# (BLOCK_M, BLOCK_N, warps). Triton's autotuner times them on the first call of each shape and keeps the fastest
-# (the stores are idempotent and the amax a max, so the repeated runs are harmless). At the seed shape: forward
-# 103-140 us, backward 213-271 us (call 33).
-Config = tuple[int, int, int]
-CONFIGS: tuple[Config, ...] = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
-
-
-@functools.cache
-def _kernels() -> dict[str, Any]:
-    """{"forward", "backward"}: the Triton kernels, and the same under "forward tuned", "backward tuned" with
-    the autotuner over CONFIGS; compiled by Triton on first use."""
-    from cs336_basics.precision import swiglu_fp8_triton as k
-
-    return {"forward": k.swiglu_forward_fp8_kernel, "backward": k.swiglu_backward_fp8_kernel,
-            "forward tuned": k.autotuned(k.swiglu_forward_fp8_kernel, CONFIGS),
-            "backward tuned": k.autotuned(k.swiglu_backward_fp8_kernel, CONFIGS)}
-
-
-def _check_2d(*tensors: torch.Tensor) -> None:
-    shape = tensors[0].shape
-    if not (len(shape) == 2 and all(t.shape == shape and t.is_contiguous() for t in tensors)):
-        raise ValueError(f"SwiGLU fp8 kernels take contiguous (M, N) tensors of one shape, got {[tuple(t.shape) for t in tensors]}")
-    # Only bf16 inputs (the matmuls' outputs under autocast) were checked on the GPU. The same way of storing a
-    # tile both ways gave a wrong transposed copy for float32 inputs in our cast kernel (calls 36-42, NOTES 42).
-    if any(t.dtype != torch.bfloat16 for t in tensors):
-        raise ValueError(f"SwiGLU fp8 kernels take bf16 tensors (run under autocast), got {[t.dtype for t in tensors]}")
-
-
-def _launch(name: str, config: Config | None, M: int, N: int, *args: Any, **constants: Any) -> None:
-    """Run kernel `name` over an (M, N) grid of tiles: with `config`, or the autotuner's choice if None."""
-    if config is None:
-        grid = lambda meta: (-(-M // meta["BLOCK_M"]), -(-N // meta["BLOCK_N"]))  # noqa: E731
-        _kernels()[f"{name} tuned"][grid](*args, M, N, **constants)
-    else:
-        bm, bn, warps = config
-        _kernels()[name][(-(-M // bm), -(-N // bn))](*args, M, N, **constants, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
-
-
 def swiglu_forward_fp8(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor, config: Config | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As swiglu_forward_fp8_reference, one Triton kernel on CUDA tensors (the reference elsewhere); `config`
     picks the tile (else the autotuner does)."""
     if h1.device.type != "cuda":
         return swiglu_forward_fp8_reference(h1, h3, scale)
-    _check_2d(h1, h3)
+    check_2d(h1, h3)
     M, N = h1.shape
     g8, g8t = torch.empty(M, N, dtype=E4M3, device=h1.device), torch.empty(N, M, dtype=E4M3, device=h1.device)
     amax_g = torch.zeros(1, dtype=torch.float32, device=h1.device)
-    _launch("forward", config, M, N, h1, h3, scale.float().reshape(1), g8, g8t, amax_g, FP8_MAX=E4M3_MAX)
+    launch("swiglu_forward", config, M, N, h1, h3, scale.float().reshape(1), g8, g8t, amax_g, FP8_MAX=E4M3_MAX)
     return g8, g8t, amax_g.reshape(())
 
 
@@ -127,17 +90,14 @@ def swiglu_backward_fp8(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, sc
     picks the tile (else the autotuner does)."""
     if dg.device.type != "cuda":
         return swiglu_backward_fp8_reference(dg, h1, h3, scale1, scale3)
-    _check_2d(dg, h1, h3)
+    check_2d(dg, h1, h3)
     M, N = dg.shape
     d1, d3 = torch.empty(M, N, dtype=E5M2, device=dg.device), torch.empty(M, N, dtype=E5M2, device=dg.device)
     d1t, d3t = torch.empty(N, M, dtype=E5M2, device=dg.device), torch.empty(N, M, dtype=E5M2, device=dg.device)
     amax = torch.zeros(2, dtype=torch.float32, device=dg.device)
     scales = torch.stack([scale1.float().reshape(()), scale3.float().reshape(())])
-    _launch("backward", config, M, N, dg, h1, h3, scales, d1, d1t, d3, d3t, amax, FP8_MAX=E5M2_MAX)
+    launch("swiglu_backward", config, M, N, dg, h1, h3, scales, d1, d1t, d3, d3t, amax, FP8_MAX=E5M2_MAX)
     return d1, d1t, d3, d3t, amax
-
-
-STEPS = {E4M3: (0.125, 2.0**-9), E5M2: (0.25, 2.0**-16)}  # a float8 step relative to the value; the smallest subnormal
 
 
 def random_inputs(M: int, N: int, device: torch.device | str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,40 +107,19 @@ def random_inputs(M: int, N: int, device: torch.device | str, seed: int) -> tupl
     return tuple((torch.randn(M, N, device=device, generator=g) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
 
 
-def steps_apart(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
-    """How many steps of want's float8 format each value of got is from want's (a step: the value times
-    2^-mantissa bits, or the smallest subnormal near zero); inf where got is NaN or inf and want is not."""
-    relative, smallest = STEPS[want.dtype]
-    gap = (got.float() - want.float()).abs().nan_to_num(nan=float("inf"))
-    return gap / torch.clamp(relative * want.float().abs(), min=smallest)
-
-
 def check_kernels(M: int, N: int, device: torch.device, seed: int = 0) -> list[str]:
     """Both kernels as training runs them (the autotuner's tiles) at the training shape (M tokens, SwiGLU width
-    N), on seeded random inputs of an activation's and a gradient's magnitudes, against the references: each
-    transposed copy equal to its row-major copy transposed, byte for byte; every value within one float8 step
-    of the reference; the amaxes within 1% (one bf16 rounding of the largest value may differ). Returns what
-    failed (nothing: right). The device's Triton has miscompiled a transposed copy at one shape and not at
-    others (NOTES 42), so a run checks its own shape before it trains. On a CPU both sides are the references."""
+    N), on seeded random inputs of an activation's and a gradient's magnitudes, against the references
+    (fp8_cast.compare_fp8). Returns what failed (nothing: right). The device's Triton has miscompiled a
+    transposed copy at one shape and not at others (NOTES 42), so a run checks its own shape before it trains.
+    On a CPU both sides are the references."""
     dg, h1, h3 = random_inputs(M, N, device, seed)
     one = torch.ones((), device=device)
     scale = E4M3_MAX / swiglu_forward_fp8_reference(h1, h3, one)[2]
     scales = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4]).unbind()
-    problems = []
-    for name, got, want in (("forward", swiglu_forward_fp8(h1, h3, scale), swiglu_forward_fp8_reference(h1, h3, scale)),
-                            ("backward", swiglu_backward_fp8(dg, h1, h3, *scales),
-                             swiglu_backward_fp8_reference(dg, h1, h3, *scales))):
-        *layouts, got_amax = got
-        for i in range(0, len(layouts), 2):  # (row-major, transposed) pairs
-            rows, cols, want_rows = layouts[i], layouts[i + 1], want[i]
-            if not torch.equal(cols.view(torch.uint8), rows.t().contiguous().view(torch.uint8)):
-                share = float((cols.view(torch.uint8) != rows.t().view(torch.uint8)).float().mean())
-                problems.append(f"{name} output {i // 2}: the transposed copy differs from the row-major one in {share:.1%}")
-            if not bool((steps_apart(rows, want_rows) <= 1).all()):
-                problems.append(f"{name} output {i // 2}: values more than one float8 step from the reference")
-        if not torch.allclose(got_amax.float(), want[-1].float(), rtol=1e-2, atol=0):
-            problems.append(f"{name}: amax {got_amax.tolist()} where the reference has {want[-1].tolist()}")
-    return problems
+    return (compare_fp8("forward", swiglu_forward_fp8(h1, h3, scale), swiglu_forward_fp8_reference(h1, h3, scale))
+            + compare_fp8("backward", swiglu_backward_fp8(dg, h1, h3, *scales),
+                          swiglu_backward_fp8_reference(dg, h1, h3, *scales)))
 
 
 # An opaque op for torch.compile and CUDA graphs: one node in the graph, the Triton kernel (or on CPU the
@@ -224,22 +163,27 @@ class _Float8SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, x_scale: torch.Tensor,
                 g_scale: torch.Tensor, d1_scale: torch.Tensor, d3_scale: torch.Tensor, dy_scale: torch.Tensor,
-                sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool, kernel_x: bool,
+                kernel_g: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x_scale: w1's (and w3's) input scale; g_scale: w2's input scale; d1, d3, dy: the scales of the
-        gradients of w1's, w3's and w2's outputs."""
+        gradients of w1's, w3's and w2's outputs; kernel_x, kernel_g: x, and w2's output gradient, cast by our
+        kernel (fp8_cast.py) instead of inductor's code."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, D)
-        x8 = cast_to(x2, x_scale, E4M3, E4M3_MAX)
+        if kernel_x:  # our kernel writes both layouts (from x in bf16 under autocast, as Float8DelayedLinear)
+            x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
+        else:
+            x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
         (w1_8, inv_w1), (w3_8, inv_w3), (w2_8, inv_w2) = to_fp8(w1), to_fp8(w3), to_fp8(w2)
         h1 = scaled_mm(x8, w1_8.t(), x_scale.reciprocal(), inv_w1, out_dtype, emulate)  # (M, F)
         h3 = scaled_mm(x8, w3_8.t(), x_scale.reciprocal(), inv_w3, out_dtype, emulate)
         g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, g_scale)  # (M, F), (F, M)
         y = scaled_mm(g8, w2_8.t(), g_scale.reciprocal(), inv_w2, out_dtype, emulate)  # (M, D)
-        ctx.save_for_backward(x8, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w1, inv_w3, inv_w2, x_scale, g_scale,
+        x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
+        ctx.save_for_backward(x8_columns, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w1, inv_w3, inv_w2, x_scale, g_scale,
                               d1_scale, d3_scale, dy_scale)
-        ctx.emulate, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, x.shape, x.dtype, w1.dtype
-        amaxes = torch.stack([amax(x2), g_amax])
+        ctx.emulate, ctx.kernel_g, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, kernel_g, x.shape, x.dtype, w1.dtype
+        amaxes = torch.stack([x_amax, g_amax])
         ctx.mark_non_differentiable(amaxes)
         return y.reshape(*x.shape[:-1], y.shape[-1]), amaxes
 
@@ -249,9 +193,13 @@ class _Float8SwiGLU(torch.autograd.Function):
          dy_scale) = ctx.saved_tensors
         mm = functools.partial(scaled_mm, emulate=ctx.emulate)
         d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
-        d8 = cast_to(d2, dy_scale, E5M2, E5M2_MAX)
+        if ctx.kernel_g:
+            d8, d8_t, d_amax = cast_both_layouts(d2, dy_scale, e5m2=True)
+        else:
+            d8, d_amax = cast_to(d2, dy_scale, E5M2, E5M2_MAX), amax(d2)
+            d8_t = d8.t().contiguous()
         dg = mm(d8, column_major(w2_8), dy_scale.reciprocal(), inv_w2, h1.dtype)  # (M, F)
-        grad_w2 = mm(d8.t().contiguous(), g8_t.t(), dy_scale.reciprocal(), g_scale.reciprocal(), ctx.w_dtype)  # (D, M) @ (M, F)
+        grad_w2 = mm(d8_t, g8_t.t(), dy_scale.reciprocal(), g_scale.reciprocal(), ctx.w_dtype)  # (D, M) @ (M, F)
         dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, torch.stack([d1_scale, d3_scale]))
         grad_x = (mm(dh1, column_major(w1_8), d1_scale.reciprocal(), inv_w1, ctx.x_dtype)
                   + mm(dh3, column_major(w3_8), d3_scale.reciprocal(), inv_w3, ctx.x_dtype))
@@ -259,7 +207,7 @@ class _Float8SwiGLU(torch.autograd.Function):
         grad_w1 = mm(dh1_t, x8_columns, d1_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)  # (F, M) @ (M, D)
         grad_w3 = mm(dh3_t, x8_columns, d3_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)
         return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, None, None, None,
-                grad_amaxes[0], grad_amaxes[1], amax(d2), None)
+                grad_amaxes[0], grad_amaxes[1], d_amax, None, None, None)
 
 
 class Float8DelayedSwiGLU(nn.Module):
@@ -277,7 +225,7 @@ class Float8DelayedSwiGLU(nn.Module):
             return w2(F.silu(w1(x)) * w3(x))
         y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, w1.x_scale, w2.x_scale, w1.g_scale,
                                         w3.g_scale, w2.g_scale, w1.g_amax_sink, w3.g_amax_sink, w2.g_amax_sink,
-                                        w1.emulate)
+                                        w1.emulate, *w1.kernel_cast_flags)
         for m, seen in ((w1, amaxes[0]), (w3, amaxes[0]), (w2, amaxes[1])):
             m.x_amax.copy_(torch.maximum(m.x_amax, seen))
         return y

@@ -9,6 +9,7 @@ import torch
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.precision.fp8 import ConversionReport, check_fp8_device, convert_model_to_fp8, linear_shapes
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,14 @@ class Fp8Options:
     # each SwiGLU block as one function with its SwiGLU and fp8 casts as Triton kernels (swiglu_fp8.py); it fuses
     # the delayed recipe's layers. None: on with the delayed recipe, off otherwise
     fused_swiglu: bool | None = None
+    # delayed recipe: which casts go through our kernel (fp8_cast.py) instead of inductor's code fused into their
+    # producers: "none", "inputs", "grads" (output gradients) or "all"; experimental (--fp8_kernel_casts; bench
+    # suffixes -castinputs, -castgrads, -castall),
+    # no trainer flag until measured
+    kernel_casts: str = "none"
+    # the float8 head's logit gradient (softmax - onehot in e5m2, both layouts) by our Triton kernel
+    # (head_grad_fp8.py) instead of inductor's code; experimental (bench suffix -headkernel)
+    head_kernel: bool = False
 
 
 def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
@@ -46,6 +55,10 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8 is None:
         return model, None
     check_fp8_device(device, fp8.emulate)
+    if fp8.kernel_casts not in KERNEL_CASTS:
+        raise UserError(f"kernel casts {fp8.kernel_casts!r}: expected one of {', '.join(KERNEL_CASTS)}")
+    if fp8.kernel_casts != "none" and fp8.recipe != "delayed":
+        raise UserError("the fp8 cast kernel is for the delayed recipe's layers: use --fp8_recipe delayed")
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
     speedups = None
     if fp8.filter == "auto":
@@ -62,6 +75,25 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
     report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
+    if fp8.kernel_casts != "none":
+        from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
+
+        layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
+        for module in layers:
+            module.kernel_casts = fp8.kernel_casts
+        report.kernel_casts = fp8.kernel_casts
+        if micro_batch_tokens:
+            check_kernel_casts(layers, micro_batch_tokens, device, log)
+    if fp8.head_kernel:
+        from cs336_basics.precision.fp8_head import Float8OutputHead
+
+        heads = [m for m in model.modules() if isinstance(m, Float8OutputHead)]
+        if not heads:
+            raise UserError("the head kernel computes the float8 head's gradient, and this model's head is not in "
+                            "float8 (--no-fp8_head, or a vocabulary it cannot take: see the conversion summary)")
+        heads[0].kernel = report.head_kernel = True
+        if micro_batch_tokens:
+            check_head_kernel(micro_batch_tokens, cfg.vocab_size, device, log)
     if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
         from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
 
@@ -69,6 +101,32 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         if report.fused_swiglu and micro_batch_tokens:
             report.kernels_checked = check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
     return model, report
+
+
+def check_head_kernel(M: int, V: int, device: torch.device, log=print) -> None:
+    """The float8 head's logit-gradient kernel checked at this run's shape before it trains; a wrong one refused."""
+    from cs336_basics.precision.head_grad_fp8 import check_head_grad
+
+    problems = check_head_grad(M, V, device)
+    if problems:
+        raise UserError(f"our fp8 head-gradient kernel computed wrong results on this machine ({'; '.join(problems)}): "
+                        "run without it, and report it")
+    log(f"fp8 head-gradient kernel checked at {M} tokens x {V}: both layouts as the reference's")
+
+
+def check_kernel_casts(layers: list, M: int, device: torch.device, log=print) -> None:
+    """Our cast kernel checked at every shape these delayed layers will cast (their inputs in e4m3, their output
+    gradients in e5m2, as their kernel_casts choose) before the run trains: a wrong kernel is refused."""
+    from cs336_basics.precision.fp8_cast import check_cast
+
+    shapes = sorted({(m.in_features, False) for m in layers if m.kernel_cast_flags[0]}
+                    | {(m.out_features, True) for m in layers if m.kernel_cast_flags[1]})
+    problems = [p for n, e5m2 in shapes for p in check_cast(M, n, e5m2, device)]
+    if problems:
+        raise UserError(f"our fp8 cast kernel computed wrong results on this machine ({'; '.join(problems)}): "
+                        "run without kernel casts, and report it")
+    widths = ", ".join(f"{n} ({'e5m2' if e5m2 else 'e4m3'})" for n, e5m2 in shapes)
+    log(f"fp8 cast kernel checked at {M} tokens x {widths}: both layouts and amaxes as the reference's")
 
 
 def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> str:
