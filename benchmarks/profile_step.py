@@ -29,8 +29,8 @@ def main() -> None:
     p.add_argument("--eager", action="store_true")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
     p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
-    p.add_argument("--kernel_casts", default="none", choices=("none", "inputs", "grads", "all"),
-                   help="fp8-delayed: which casts go through our kernel (bench suffixes -castinputs, -castgrads, -castall)")
+    p.add_argument("--kernel_casts", default="auto", choices=("auto", "none", "inputs", "grads", "all"),
+                   help="as train_h100.py's --fp8_kernel_casts (auto: all with fp8-delayed)")
     p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)

@@ -129,16 +129,19 @@ def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
     from cs336_basics.training.setup import Fp8Options, build_model
     from cs336_basics.training.trainer import TrainConfig, Trainer
 
-    assert [parse_mode(f"fp8-delayed-compile{s}")["fp8_kernel_casts"] for s in ("", "-castinputs", "-castgrads", "-castall")] == [
-        "none", "inputs", "grads", "all"]
+    suffixes = ("", "-castnone", "-castinputs", "-castgrads", "-castall")
+    assert [parse_mode(f"fp8-delayed-compile{s}")["fp8_kernel_casts"] for s in suffixes] == [
+        "auto", "none", "inputs", "grads", "all"]
     with pytest.raises(UserError, match="fp8-delayed only"):
         parse_mode("fp8-tensorwise-compile-castall")
+    with pytest.raises(UserError, match="name one of"):
+        parse_mode("fp8-delayed-compile-castnone-castall")
     with pytest.raises(ValueError, match="kernel_casts must be one of"):
         Float8DelayedLinear(torch.nn.Linear(16, 16, bias=False), emulate=True, kernel_casts="some")
     cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
     with pytest.raises(UserError, match="delayed recipe's layers"):
         build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, kernel_casts="all"))
-    with pytest.raises(UserError, match="expected one of none, inputs, grads, all"):
+    with pytest.raises(UserError, match="expected auto or one of none, inputs, grads, all"):
         build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="x"))
     tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
     losses = {}
@@ -153,6 +156,27 @@ def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
         losses[kernel_casts] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
     for kernel_casts in ("inputs", "grads", "all"):
         assert losses[kernel_casts] == pytest.approx(losses["none"], rel=1e-4), kernel_casts
+
+
+def test_auto_casts_through_our_kernel_with_the_delayed_recipe_only():
+    """The default (auto): every delayed layer's casts through our kernel (call 55: the fastest measured), none
+    with TorchAO's recipes, whose layers cast themselves; the report names what ran."""
+    from cs336_basics.model.transformer import ModelConfig
+    from cs336_basics.precision.fp8_cast import resolve_kernel_casts
+    from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
+    from cs336_basics.training.setup import Fp8Options, build_model
+
+    assert Fp8Options().kernel_casts == "auto"
+    assert [resolve_kernel_casts("auto", r) for r in ("delayed", "tensorwise", "rowwise")] == ["all", "none", "none"]
+    assert resolve_kernel_casts("grads", "delayed") == "grads"
+    with pytest.raises(ValueError, match="must be auto or one of"):
+        resolve_kernel_casts("most", "delayed")
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), log=lambda s: None)
+    layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
+    assert layers and all(m.kernel_casts == "all" for m in layers) and report.kernel_casts == "all"
+    _, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True), log=lambda s: None)
+    assert report.kernel_casts == "none"
 
 
 INTERPRETED = """
@@ -268,6 +292,9 @@ def test_trainer_flag_runs_recorded_and_kept_on_resume(tmp_path, capsys):
     assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
                   "--sample_tokens", 0]) == 0
     assert "(--fp8_kernel_casts inputs)" in capsys.readouterr().out
+    assert train(base + ["--out_dir", tmp_path / "default", "--max_steps", 1, "--use_fp8", "--fp8_emulate"]) == 0
+    assert "fp8 casts of inputs and output gradients: our Triton kernel" in capsys.readouterr().out
+    assert json.loads((tmp_path / "default" / "run.json").read_text())["fp8_kernel_casts"] == "all"
     assert train(base + ["--out_dir", tmp_path / "bf16", "--max_steps", 1, "--fp8_kernel_casts", "all"]) == 2
     assert "--fp8_kernel_casts only applies with --use_fp8" in capsys.readouterr().err
     assert train(base + ["--out_dir", tmp_path / "tw", "--max_steps", 1, "--use_fp8", "--fp8_emulate", "--fp8_recipe",

@@ -71,7 +71,7 @@ def test_peak_lookup():
 def test_mode_parsing():
     assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
         precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True,
-        fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="none", fp8_head_kernel=False,
+        fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="auto", fp8_head_kernel=False,
         residual_dtype="auto")  # the trainer's default stream
     assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8_head"] is False  # the head kept in bf16
     assert parse_mode("bf16-compile-bf16res")["residual_dtype"] == parse_mode("fp8-delayed-compile-bf16res")["residual_dtype"] == "bf16"

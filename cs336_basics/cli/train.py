@@ -34,7 +34,7 @@ from cs336_basics.generation import generate
 from cs336_basics.model.transformer import PRESETS, ModelConfig
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import FILTERS, RECIPES, check_fp8_device
-from cs336_basics.precision.fp8_cast import KERNEL_CASTS
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS, resolve_kernel_casts
 from cs336_basics.training.attention import FUSED_ORDERS, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fp8_fused_swiglu", action=yes_no,
                    help="with the delayed recipe: each SwiGLU block as one function, SwiGLU and its fp8 casts as Triton "
                         "kernels (default on; --no-fp8_fused_swiglu runs its three float8 layers one by one)")
-    s.add_argument("--fp8_kernel_casts", choices=KERNEL_CASTS,
-                   help="with the delayed recipe, experimental: which float8 casts our Triton kernel does instead of the "
-                        "compiler's code fused into RMSNorm: the layers' inputs, their output gradients, all (default "
-                        "none; benchmarks/NOTES.md 41-43)")
+    s.add_argument("--fp8_kernel_casts", choices=("auto", *KERNEL_CASTS),
+                   help="with the delayed recipe: which float8 casts our Triton kernel does (both layouts and the amax in "
+                        "one pass) instead of the compiler's code fused into their producers: none, the layers' inputs, "
+                        "their output gradients, or all (default auto: all with the delayed recipe, measured fastest, "
+                        "benchmarks/NOTES.md 62; none with TorchAO's recipes)")
     s.add_argument("--fp8_head_kernel", action=yes_no,
                    help="experimental: the float8 head's logit gradient by our Triton kernel instead of the compiler's "
                         "code (default off; benchmarks/NOTES.md 46)")
@@ -281,7 +282,7 @@ def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
 
 def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distributed: bool) -> tuple[bool, Fp8Options]:
     """(use fp8, the float8 options): each from its flag, else the resumed checkpoint's, else bf16 / the default
-    recipe / head on / SwiGLU fused with the delayed recipe / no kernel casts / no head kernel. The default recipe
+    recipe / head on / SwiGLU fused and every cast through our kernel with the delayed recipe / no head kernel. The default recipe
     is delayed scaling (measured fastest, benchmarks/NOTES.md 21) where it runs: one process and every eligible
     layer; TorchAO's tensorwise under torchrun and with --fp8_filter auto. In a bf16 run the options say what
     --use_fp8 would do."""
@@ -296,7 +297,8 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
 
     options = Fp8Options(recipe, args.fp8_filter, args.fp8_emulate, head=flag("fp8_head", True),
                          fused_swiglu=recipe == "delayed" and flag("fp8_fused_swiglu", True),
-                         kernel_casts=args.fp8_kernel_casts or saved.get("fp8_kernel_casts") or "none",
+                         kernel_casts=resolve_kernel_casts(args.fp8_kernel_casts or saved.get("fp8_kernel_casts") or "auto",
+                                                           recipe),
                          head_kernel=flag("fp8_head_kernel", False))
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")

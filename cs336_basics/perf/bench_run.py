@@ -47,7 +47,7 @@ class BenchSpec:
     fp8_filter: str = "all"
     fp8_head: bool = True  # with fp8: the output head + loss in float8 too (mode suffix -bf16head: False)
     fp8_fused_swiglu: bool | None = None  # as Fp8Options.fused_swiglu (mode suffix -unfused: False)
-    fp8_kernel_casts: str = "none"  # as Fp8Options.kernel_casts (mode suffixes -castinputs, -castgrads, -castall)
+    fp8_kernel_casts: str = "auto"  # as Fp8Options.kernel_casts (mode suffixes -castnone, -castinputs, -castgrads, -castall)
     fp8_head_kernel: bool = False  # as Fp8Options.head_kernel (mode suffix -headkernel)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     residual_dtype: str = "auto"  # as TrainConfig.residual_dtype (mode suffixes -bf16res, -fp32res)
@@ -100,7 +100,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
         name=spec.name, precision=spec.precision, compiled=spec.compiled, compile_mode=trainer.compile_mode,
         tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu),
         fused_swiglu_kernels_checked=report.kernels_checked if report else "",
-        fp8_kernel_casts=spec.fp8_kernel_casts, fp8_head_kernel=spec.fp8_head_kernel,
+        fp8_kernel_casts=report.kernel_casts if report else "none", fp8_head_kernel=spec.fp8_head_kernel,
         residual_dtype=trainer.cfg.residual_dtype, flash=spec.flash, checkpointing=spec.checkpointing,
         attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,

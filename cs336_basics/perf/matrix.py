@@ -58,14 +58,17 @@ def parse_mode(mode: str) -> dict[str, Any]:
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
-                                                                       "castinputs", "castgrads", "castall", "headkernel",
+                                                                       "castnone", "castinputs", "castgrads", "castall", "headkernel",
                                                                        "bf16res", "fp32res"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res], e.g. "
+                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res], e.g. "
                         f"fp8-rowwise-compile-ac")
     if {"bf16res", "fp32res"} <= set(parts[1:]):
         raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
-    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castinputs", "our cast kernel for inputs"),
+    if len({"castnone", "castinputs", "castgrads", "castall"} & set(parts[1:])) > 1:
+        raise UserError(f"mode {mode!r}: name one of -castnone, -castinputs, -castgrads, -castall")
+    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castnone", "inductor's casts, not our kernel"),
+                         ("castinputs", "our cast kernel for inputs"),
                          ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast")):
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
@@ -75,7 +78,7 @@ def parse_mode(mode: str) -> dict[str, Any]:
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
                 fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
                 fp8_fused_swiglu=False if "unfused" in parts[1:] else None,
-                fp8_kernel_casts=next((c for c in ("inputs", "grads", "all") if f"cast{c}" in parts[1:]), "none"),
+                fp8_kernel_casts=next((c for c in ("none", "inputs", "grads", "all") if f"cast{c}" in parts[1:]), "auto"),
                 fp8_head_kernel="headkernel" in parts[1:],
                 residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"))
 
@@ -112,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                                   f"[-unfused][-bf16res|-fp32res] (attention kernel; activation checkpointing; the output "
-                                   f"head in bf16; fp8-delayed's SwiGLU as three layers; the residual stream's dtype, by "
-                                   f"default the trainer's: bf16 on GPU, float32 on CPU), or 'all' "
-                                   f"({len(all_modes())}, without the last three suffixes); precisions: "
+                                   f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res] "
+                                   f"(attention kernel; activation checkpointing; the output head in bf16; fp8-delayed's "
+                                   f"SwiGLU as three layers; which of fp8-delayed's casts our kernel does, by default all; "
+                                   f"the head's gradient by our kernel; the residual stream's dtype, by default the "
+                                   f"trainer's: bf16 on GPU, float32 on CPU), or 'all' "
+                                   f"({len(all_modes())}, without the last five suffixes); precisions: "
                                    f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")

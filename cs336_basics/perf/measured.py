@@ -51,10 +51,16 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
 
 
 def _compiled_fp8(row: dict[str, Any]) -> bool:
-    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing (nor the
-    experimental kernel casts, which the trainer does not offer)."""
+    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing, its casts
+    those a default run has made (inductor's until call 55, our kernel's for all since; not the experiments)."""
     return (row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
-            and row.get("fp8_kernel_casts", "none") == "none" and not row.get("fp8_head_kernel"))
+            and _default_casts(row.get("fp8_kernel_casts")) and not row.get("fp8_head_kernel"))
+
+
+def _default_casts(kernel_casts: str | None) -> bool:
+    """Whether a row or run cast as a default run has: inductor's code (none; before the field: None) or all
+    through our kernel (the delayed recipe's default since call 55). "inputs" and "grads" are experiments."""
+    return kernel_casts in (None, "none", "all")
 
 
 def _residual(config: dict[str, Any]) -> str:
@@ -72,7 +78,7 @@ def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], bas
     """One bench row's gain over its bf16 + compile row, mean step to mean step."""
     return dict(_shape(model, batch_size), kind="bench", recipe=row["precision"].split("-", 1)[1],
                 compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), fused_swiglu=_fused(row),
-                residual_dtype=_residual(row), ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
+                residual_dtype=_residual(row), kernel_casts=row.get("fp8_kernel_casts") or "none", ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
 def _bench_run_rows(call: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -104,7 +110,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         summary = json.loads(s.read_text()) if (s := run_json.parent / "summary.json").is_file() else {}
         run = json.loads(run_json.read_text())
         if (summary.get("tokens_per_second") and summary.get("world_size", 1) == 1
-                and run.get("fp8_kernel_casts") in (None, "none") and not run.get("fp8_head_kernel")):  # experiments
+                and _default_casts(run.get("fp8_kernel_casts")) and not run.get("fp8_head_kernel")):  # experiments
             runs.append((run, summary["tokens_per_second"], run_json.parent.name))
 
     def ran(run: dict[str, Any]) -> str:
@@ -126,6 +132,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
                               compile_mode=ran(run),  # what ran, where recorded
                               tune_kernels=train.get("tune_kernels", False),
                               fused_swiglu=bool(run.get("fp8_fused_swiglu")), residual_dtype=_residual(train),
+                              kernel_casts=run.get("fp8_kernel_casts") or "none",
                               ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
@@ -158,7 +165,9 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batc
                       residual_dtype: str = "fp32") -> list[dict[str, Any]]:
     """The measured gains of `recipe` compiled with `compile_mode` (kernels tuned or not, SwiGLU fused or not, the
     residual stream's dtype; fp8 and bf16 with the same stream) at the measured width nearest to `dim` (within a
-    factor NEAR), those of micro-batch `batch_size` if that was measured there; or []."""
+    factor NEAR), those of micro-batch `batch_size` if that was measured there; or []. Entries with inductor's
+    casts and with our cast kernel (each records kernel_casts) are pooled: ~3% apart where both were measured
+    (call 55), while most widths were measured with inductor's only."""
     try:
         gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode
                  and g.get("tune_kernels", False) == tune_kernels and g.get("fused_swiglu", False) == fused_swiglu

@@ -9,8 +9,9 @@ transposed stores are strided: at the seed size the RMSNorm kernels carrying cas
 against bf16's ~4.9 ms of norms (call 35). `cast_both_layouts` does the cast as an opaque op instead: one pass
 in 2-D tiles, each tile loaded once and stored both ways with coalesced stores, the amax by one atomic max a
 tile. The producer then writes its bf16 result plainly, and the op reads it once more: more bytes, fewer
-wasted cycles, if the tiles reach the bandwidth the SwiGLU kernels did. Behind Fp8Options.kernel_casts (bench
-suffixes -castinputs, -castgrads, -castall) until measured. The layers hand it bf16 under autocast (a float32 RMSNorm output
+wasted cycles. Fp8Options.kernel_casts chooses which casts (bench suffixes -castnone, -castinputs, -castgrads,
+-castall); the delayed recipe's default is all of them since call 55 measured it on the bf16 residual stream:
++3.0% a seed step, +1.5% at 1B over inductor's casts (benchmarks/NOTES.md 62). The layers hand it bf16 under autocast (a float32 RMSNorm output
 is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs take a slower path in the kernel, the
 only one right on the H200's Triton (NOTES 42).
 
@@ -34,9 +35,19 @@ Config = tuple[int, int, int]
 CONFIGS: tuple[Config, ...] = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
 KERNELS = ("swiglu_forward", "swiglu_backward", "cast", "head_grad")
 # Which of a delayed layer's casts go through cast_both_layouts: none (inductor's code, fused into the
-# producers), the inputs' only (in the forward), the output gradients' only (in the backward), or all. Call 36:
-# the gradients' alone lost 2.5 ms a seed step, so "inputs" (added after it) measures the forward's alone.
+# producers), the inputs' only (in the forward), the output gradients' only (in the backward), or all. Call 55
+# (bf16 residual stream, seed / 1B over none): inputs -0.6% (seed), grads +1.2% (seed), all +3.0% / +1.5%.
 KERNEL_CASTS = ("none", "inputs", "grads", "all")
+
+
+def resolve_kernel_casts(choice: str, recipe: str) -> str:
+    """"auto": every cast through our kernel with the delayed recipe (the fastest measured, call 55), none with
+    TorchAO's recipes (their casts are TorchAO's); any other choice as given."""
+    if choice == "auto":
+        return "all" if recipe == "delayed" else "none"
+    if choice not in KERNEL_CASTS:
+        raise ValueError(f"kernel casts must be auto or one of {KERNEL_CASTS}, got {choice!r}")
+    return choice
 
 
 def amax(x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.precision.fp8 import ConversionReport, check_fp8_device, convert_model_to_fp8, linear_shapes
-from cs336_basics.precision.fp8_cast import KERNEL_CASTS
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS, resolve_kernel_casts
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,9 @@ class Fp8Options:
     # the delayed recipe's layers. None: on with the delayed recipe, off otherwise
     fused_swiglu: bool | None = None
     # delayed recipe: which casts go through our kernel (fp8_cast.py) instead of inductor's code fused into their
-    # producers: "none", "inputs", "grads" (output gradients) or "all"; experimental (--fp8_kernel_casts; bench
-    # suffixes -castinputs, -castgrads, -castall),
-    # no trainer flag until measured
-    kernel_casts: str = "none"
+    # producers: "none", "inputs", "grads" (output gradients), "all", or "auto": all with the delayed recipe, none
+    # otherwise (--fp8_kernel_casts; bench suffixes -castnone, -castinputs, -castgrads, -castall)
+    kernel_casts: str = "auto"
     # the float8 head's logit gradient (softmax - onehot in e5m2, both layouts) by our Triton kernel
     # (head_grad_fp8.py) instead of inductor's code; experimental (bench suffix -headkernel)
     head_kernel: bool = False
@@ -55,9 +54,10 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8 is None:
         return model, None
     check_fp8_device(device, fp8.emulate)
-    if fp8.kernel_casts not in KERNEL_CASTS:
-        raise UserError(f"kernel casts {fp8.kernel_casts!r}: expected one of {', '.join(KERNEL_CASTS)}")
-    if fp8.kernel_casts != "none" and fp8.recipe != "delayed":
+    if fp8.kernel_casts not in ("auto", *KERNEL_CASTS):
+        raise UserError(f"kernel casts {fp8.kernel_casts!r}: expected auto or one of {', '.join(KERNEL_CASTS)}")
+    kernel_casts = resolve_kernel_casts(fp8.kernel_casts, fp8.recipe)
+    if kernel_casts != "none" and fp8.recipe != "delayed":
         raise UserError("the fp8 cast kernel is for the delayed recipe's layers: use --fp8_recipe delayed")
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
     speedups = None
@@ -75,13 +75,13 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
     report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
-    if fp8.kernel_casts != "none":
+    if kernel_casts != "none":
         from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
 
         layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
         for module in layers:
-            module.kernel_casts = fp8.kernel_casts
-        report.kernel_casts = fp8.kernel_casts
+            module.kernel_casts = kernel_casts
+        report.kernel_casts = kernel_casts
         if micro_batch_tokens:
             check_kernel_casts(layers, micro_batch_tokens, device, log)
     if fp8.head_kernel:
