@@ -58,18 +58,20 @@ def parse_mode(mode: str) -> dict[str, Any]:
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
-                                                                       "bf16res", "fp32res"}:
+                                                                       "bf16res", "fp32res", "wcache"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-bf16res|-fp32res], e.g. fp8-rowwise-compile-ac")
+                        f"[-unfused][-bf16res|-fp32res][-wcache], e.g. fp8-rowwise-compile-ac")
     if {"bf16res", "fp32res"} <= set(parts[1:]):
         raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
-    if "unfused" in parts[1:] and precision != "fp8-delayed":
-        raise UserError(f"mode {mode!r}: -unfused (SwiGLU's three layers one by one) applies to fp8-delayed only")
+    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("wcache", "weights cast once per step")):
+        if suffix in parts[1:] and precision != "fp8-delayed":
+            raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
     fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
     return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
                 fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
                 fp8_fused_swiglu=False if "unfused" in parts[1:] else None,
-                residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"))
+                residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"),
+                fp8_weight_cache="wcache" in parts[1:])
 
 
 def parse_inductor(text: str) -> dict[str, Any]:
@@ -104,10 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                                   f"[-unfused][-bf16res|-fp32res] (attention kernel; activation checkpointing; the output "
-                                   f"head in bf16; fp8-delayed's SwiGLU as three layers; the residual stream's dtype, by "
-                                   f"default the trainer's: bf16 on GPU, float32 on CPU), or 'all' "
-                                   f"({len(all_modes())}, without the last three suffixes); precisions: "
+                                   f"[-unfused][-bf16res|-fp32res][-wcache] (attention kernel; activation checkpointing; "
+                                   f"the output head in bf16; fp8-delayed's SwiGLU as three layers; the residual stream's "
+                                   f"dtype, by default the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's weights "
+                                   f"cast once per step), or 'all' "
+                                   f"({len(all_modes())}, without the last four suffixes); precisions: "
                                    f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")
@@ -238,7 +241,7 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
         notes = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
             " (tuned kernels)" if r.get("tune_kernels") and r.get("compiled") else "") + (
             " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
-            f" ({r.get('residual_dtype', 'fp32')} residual)")
+            f" ({r.get('residual_dtype', 'fp32')} residual)") + (" (weights cast per step)" if r.get("fp8_weight_cache") else "")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
