@@ -207,6 +207,9 @@ def test_summary_has_tokens_per_step_and_roofline(tmp_path, monkeypatch):
     text = format_summary(seed, 398_492_544, 353_420_160, gpu_run(fp8_recipe="delayed"), lookup_peaks("NVIDIA H200"))
     assert "fp8 vs bf16       fp8 delayed / bf16 tokens/s measured at dim 896" in text and "bench 1.07x" in text
     assert "Expected: at most" in text and "upper bound" in text
+    assert "residual stream   fp32\n" in text  # gpu_run()'s; a bf16 stream says evaluation keeps float32:
+    text = format_summary(seed, 398_492_544, 353_420_160, gpu_run(residual_dtype="bf16"), lookup_peaks("NVIDIA H200"))
+    assert "residual stream   bf16 while training (evaluation float32)" in text
 
 
 def test_gains_are_those_of_the_compile_mode_fp8_runs_with(tmp_path, monkeypatch):

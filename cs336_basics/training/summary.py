@@ -135,6 +135,8 @@ def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: R
         f"  attention         {run.attention_backend}"
         + (" (a probe's; the kernels that ran are named after warm-up)" if run.device.type == "cuda" else ""),
         f"  grad checkpoint   {'on (per block)' if run.gradient_checkpointing else 'off'}",
+        f"  residual stream   {run.residual_dtype}" + (" while training (evaluation float32)" if run.residual_dtype == "bf16"
+                                                      and run.world_size == 1 else ""),
         f"  tokens per step   {run.batch_size} micro-batch x {run.accumulation} accumulation"
         + (f" x {run.world_size} ranks" if run.world_size > 1 else "")
         + f" x {run.context_length} context = {run.tokens_per_step:,}",
