@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--kernel_casts", default="auto", choices=("auto", "none", "inputs", "grads", "all"),
                    help="as train_h100.py's --fp8_kernel_casts (auto: all with fp8-delayed)")
     p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
+    p.add_argument("--fp8_weight_cache", action="store_true", help="as train_h100.py's")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
@@ -49,14 +50,14 @@ def main() -> None:
     spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
                      precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
                      tune_kernels=args.tune_kernels, fp8_kernel_casts=args.kernel_casts, residual_dtype=args.residual_dtype,
-                     device=device.type, inductor=parse_inductor(args.inductor))
+                     fp8_weight_cache=args.fp8_weight_cache, device=device.type, inductor=parse_inductor(args.inductor))
     cfg = PRESETS[args.preset]
     model, _ = build_model(cfg, device, spec.fp8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, TrainConfig(batch_size=args.batch_size, compile_model=spec.compiled, gradient_checkpointing=False,
                                          compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, use_flash_attn=True,
-                                         residual_dtype=spec.residual_dtype),
+                                         residual_dtype=spec.residual_dtype, fp8_weight_cache=spec.fp8_weight_cache),
                       RandomWindows(tokens, args.batch_size, cfg.context_length, 0, ctx.rank, ctx.world_size),
                       tokens[: 4 * cfg.context_length], device, args.out, log=lambda s: None, ctx=ctx)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -234,3 +234,41 @@ def test_compiled_graph_hands_scaled_mm_scales_that_cublaslt_takes(monkeypatch):
     model(x, y).backward()
     assert len(seen) >= 2 * 3 * 5 * CFG.n_layers  # three products per layer ran through the compiled graph
     assert set(seen) == {(0, 0)}, sorted(set(seen))
+
+
+@pytest.mark.parametrize("fused, compiled", [(False, False), (None, False), (None, True)],
+                         ids=["layers-eager", "fused-swiglu-eager", "fused-swiglu-compiled"])
+def test_weights_cast_once_per_step_train_as_the_per_micro_batch_casts_do(tmp_path, fused, compiled):
+    """--fp8_weight_cache: the weights cast once per optimizer step (DelayedScaling.cast_weights) and read by
+    every micro-batch give the losses and weights of casting them in each forward, over steps whose optimizer
+    changes the weights (so a stale cast would show), with gradient accumulation, in the layers one by one and
+    the fused SwiGLU, eager and compiled."""
+    tokens = (np.arange(16384) * 7 % 509).astype(np.uint16)
+    results = {}
+    for cache in (False, True):
+        torch.manual_seed(0)
+        model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fused_swiglu=fused),
+                               log=lambda s: None)
+        trainer = Trainer(model, TrainConfig(batch_size=2, gradient_accumulation_steps=2, max_steps=3, warmup_steps=0,
+                                             compile_model=compiled, gradient_checkpointing=False, fp8_weight_cache=cache),
+                          RandomWindows(tokens, 2, CFG.context_length, 0), tokens[:256], torch.device("cpu"),
+                          tmp_path / str(cache), log=lambda s: None)
+        assert trainer.fp8_scales.cache_weights == cache
+        losses = [float(trainer.train_step(3e-3)[0]) for _ in range(3)]
+        results[cache] = losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+        if cache:  # column-major buffers, not saved in checkpoints (they follow from the weights)
+            layer = trainer.fp8_scales.layers[0]
+            assert layer.w8_columns.stride() == (1, layer.out_features)
+            assert not any(key.endswith(("w8", "w8_columns", "inv_w")) for key in model.state_dict())
+    (plain_losses, plain_weights), (cached_losses, cached_weights) = results[False], results[True]
+    assert cached_losses == pytest.approx(plain_losses, rel=1e-6, abs=0)
+    for name, weight in plain_weights.items():
+        torch.testing.assert_close(cached_weights[name], weight, rtol=1e-6, atol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_weight_cache_needs_the_delayed_layers(tmp_path):
+    model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True), log=lambda s: None)
+    tokens = np.arange(4096, dtype=np.uint16) % 509
+    with pytest.raises(UserError, match="--fp8_weight_cache casts the weights of the delayed recipe's layers"):
+        Trainer(model, TrainConfig(batch_size=2, max_steps=1, fp8_weight_cache=True),
+                RandomWindows(tokens, 2, CFG.context_length, 0), tokens, torch.device("cpu"), tmp_path, log=lambda s: None)

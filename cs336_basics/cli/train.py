@@ -47,7 +47,7 @@ from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
 SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention",
-               "residual_dtype")
+               "residual_dtype", "fp8_weight_cache")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
 
 
@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the residual stream's dtype while training (default auto: bf16 on a GPU, float32 on CPU); "
                         "bf16 measured 2-4%% faster steps in both precisions than fp32, validation within 0.5%% at the "
                         "small and seed sizes (benchmarks/NOTES.md 49, 55); evaluation keeps float32")
+    s.add_argument("--fp8_weight_cache", action=yes_no,
+                   help="with the delayed fp8 recipe: cast the weights to float8 once per optimizer step instead of in "
+                        "every micro-batch (the same numbers on CPU; pays with --gradient_accumulation_steps > 1: "
+                        "+2.8%% in the seed guide's training on an H200, benchmarks/NOTES.md 65; off by default until a "
+                        "longer paired run shows the same losses on the GPU)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "

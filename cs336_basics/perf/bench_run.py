@@ -51,6 +51,7 @@ class BenchSpec:
     fp8_head_kernel: bool = False  # as Fp8Options.head_kernel (mode suffix -headkernel)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     residual_dtype: str = "auto"  # as TrainConfig.residual_dtype (mode suffixes -bf16res, -fp32res)
+    fp8_weight_cache: bool = False  # as TrainConfig.fp8_weight_cache (mode suffix -wcache)
     device: str = "cuda"
     inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}
 
@@ -74,7 +75,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     train_cfg = TrainConfig(batch_size=spec.batch_size, max_steps=10**6, warmup_steps=0, compile_model=spec.compiled,
                             compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, gradient_checkpointing=spec.checkpointing,
                             use_flash_attn=spec.flash, fused_attention=spec.fused_attention, gc_interval=spec.gc_interval,
-                            residual_dtype=spec.residual_dtype)
+                            residual_dtype=spec.residual_dtype, fp8_weight_cache=spec.fp8_weight_cache)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_cfg, RandomWindows(tokens, spec.batch_size, T, 0), tokens[: 2 * T], device,
                           Path(tmp), log=lambda s: print(s, file=sys.stderr))
@@ -101,8 +102,8 @@ def run(spec: BenchSpec) -> dict[str, Any]:
         tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu),
         fused_swiglu_kernels_checked=report.kernels_checked if report else "",
         fp8_kernel_casts=report.kernel_casts if report else "none", fp8_head_kernel=spec.fp8_head_kernel,
-        residual_dtype=trainer.cfg.residual_dtype, flash=spec.flash, checkpointing=spec.checkpointing,
-        attention_backend=backend, batch_size=spec.batch_size, seq=T,
+        residual_dtype=trainer.cfg.residual_dtype, fp8_weight_cache=spec.fp8_weight_cache, flash=spec.flash,
+        checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],
         step_ms_mean=round(step_mean * 1e3, 2), step_ms_each=[round(t * 1e3, 2) for t in step_seconds],

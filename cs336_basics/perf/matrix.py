@@ -59,17 +59,18 @@ def parse_mode(mode: str) -> dict[str, Any]:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
                                                                        "castnone", "castinputs", "castgrads", "castall", "headkernel",
-                                                                       "bf16res", "fp32res"}:
+                                                                       "bf16res", "fp32res", "wcache"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res], e.g. "
-                        f"fp8-rowwise-compile-ac")
+                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache], "
+                        f"e.g. fp8-rowwise-compile-ac")
     if {"bf16res", "fp32res"} <= set(parts[1:]):
         raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
     if len({"castnone", "castinputs", "castgrads", "castall"} & set(parts[1:])) > 1:
         raise UserError(f"mode {mode!r}: name one of -castnone, -castinputs, -castgrads, -castall")
     for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castnone", "inductor's casts, not our kernel"),
                          ("castinputs", "our cast kernel for inputs"),
-                         ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast")):
+                         ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast"),
+                         ("wcache", "weights cast once per step")):
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
     if "headkernel" in parts[1:] and (not precision.startswith("fp8") or "bf16head" in parts[1:]):
@@ -80,7 +81,8 @@ def parse_mode(mode: str) -> dict[str, Any]:
                 fp8_fused_swiglu=False if "unfused" in parts[1:] else None,
                 fp8_kernel_casts=next((c for c in ("none", "inputs", "grads", "all") if f"cast{c}" in parts[1:]), "auto"),
                 fp8_head_kernel="headkernel" in parts[1:],
-                residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"))
+                residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"),
+                fp8_weight_cache="wcache" in parts[1:])
 
 
 def parse_inductor(text: str) -> dict[str, Any]:
@@ -115,12 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=int)
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                                   f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res] "
-                                   f"(attention kernel; activation checkpointing; the output head in bf16; fp8-delayed's "
-                                   f"SwiGLU as three layers; which of fp8-delayed's casts our kernel does, by default all; "
-                                   f"the head's gradient by our kernel; the residual stream's dtype, by default the "
-                                   f"trainer's: bf16 on GPU, float32 on CPU), or 'all' "
-                                   f"({len(all_modes())}, without the last five suffixes); precisions: "
+                                   f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res]"
+                                   f"[-wcache] (attention kernel; activation checkpointing; the output head in bf16; "
+                                   f"fp8-delayed's SwiGLU as three layers; which of fp8-delayed's casts our kernel does, by "
+                                   f"default all; the head's gradient by our kernel; the residual stream's dtype, by default "
+                                   f"the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's weights cast once per step), "
+                                   f"or 'all' ({len(all_modes())}, without the last six suffixes); precisions: "
                                    f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")
@@ -253,7 +255,7 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
             f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "") + (
             " (head kernel)" if r.get("fp8_head_kernel") else "") + (
-            f" ({r.get('residual_dtype', 'fp32')} residual)")
+            f" ({r.get('residual_dtype', 'fp32')} residual)") + (" (weights cast per step)" if r.get("fp8_weight_cache") else "")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",

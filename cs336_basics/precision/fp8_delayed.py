@@ -13,6 +13,12 @@ largest value / the history's max. Casts saturate, so a value above the history'
 inf. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
 whose gradients are thrown away (the scales start unknown).
 
+With `cache_weights` (`--fp8_weight_cache`) the weights are cast once per optimizer step instead of in every
+micro-batch's forward (and their column-major copy once instead of in every backward): `DelayedScaling.
+cast_weights()` writes each layer's float8 weight, its column-major copy and its scale into buffers the layers
+read. The weights do not change between micro-batches, so the numbers are the same; the casts' time is
+divided by the gradient accumulation steps.
+
 The history is saved in checkpoints (`state_dict`), so a resumed run scales as the uninterrupted one would
 have. `emulate=True` computes each
 product as a float32 matmul of the dequantised fp8 values (exact fp8 numerics on any device, for tests).
@@ -29,12 +35,33 @@ from cs336_basics.precision.fp8_cast import KERNEL_CASTS, amax, cast_both_layout
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
 
 
+# A weight cast to float8: (w8 (N, K) e4m3 row-major, the same column-major, 1 / its scale).
+WeightCast = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def cast_weight(weight: torch.Tensor) -> WeightCast:
+    """The weight's dynamic tensorwise e4m3 cast in both layouts the products need: row-major (forward, as
+    the transposed operand) and column-major (the input gradient's product)."""
+    w8, inv_w = to_fp8(weight)
+    return w8, column_major(w8), inv_w
+
+
+def weight_fp8(cast: WeightCast | None, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(w8, 1 / scale, what backward keeps): from the cast made once this step, whose column-major copy backward
+    keeps, or cast here, keeping w8 for backward to copy (ctx.weights_cached says which)."""
+    if cast is not None:
+        return cast[0], cast[2], cast[1]
+    w8, inv_w = to_fp8(weight)
+    return w8, inv_w, w8
+
+
 class _DelayedFloat8Matmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, g_scale: torch.Tensor,
-                g_sink: torch.Tensor, emulate: bool, calibrating: bool, kernel_x: bool, kernel_g: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """kernel_x, kernel_g: x, and in backward the output gradient, cast by our kernel (fp8_cast.py)."""
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, weight_cast: WeightCast | None, x_scale: torch.Tensor,
+                g_scale: torch.Tensor, g_sink: torch.Tensor, emulate: bool, calibrating: bool, kernel_x: bool,
+                kernel_g: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """weight_cast: the weight cast once this step (DelayedScaling.cast_weights), or None to cast it here.
+        kernel_x, kernel_g: x, and in backward the output gradient, cast by our kernel (fp8_cast.py)."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
@@ -45,10 +72,11 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
             x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
         else:
             x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
-        w8, inv_w = to_fp8(weight)  # (N, K), dynamic scale
+        w8, inv_w, w_kept = weight_fp8(weight_cast, weight)  # (N, K), dynamic scale
         y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate)  # (M, N)
         x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
-        ctx.save_for_backward(x8_columns, w8, x_scale, inv_w, g_scale)
+        ctx.save_for_backward(x8_columns, w_kept, x_scale, inv_w, g_scale)
+        ctx.weights_cached = weight_cast is not None
         ctx.emulate, ctx.calibrating, ctx.kernel_g = emulate, calibrating, kernel_g
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         ctx.mark_non_differentiable(x_amax)
@@ -56,7 +84,8 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, _grad_amax: torch.Tensor):
-        x8, w8, x_scale, inv_w, g_scale = ctx.saved_tensors
+        x8, w_kept, x_scale, inv_w, g_scale = ctx.saved_tensors
+        w_columns = w_kept if ctx.weights_cached else column_major(w_kept)
         g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         if ctx.calibrating:
             g_scale = E5M2_MAX / amax(g2).clamp(min=1e-12)
@@ -66,10 +95,10 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
             g8, g_amax = cast_to(g2, g_scale, E5M2, E5M2_MAX), amax(g2)
             g8_t = g8.t().contiguous()
         inv_g = g_scale.reciprocal()
-        grad_x = scaled_mm(g8, column_major(w8), inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
+        grad_x = scaled_mm(g8, w_columns, inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
         grad_w = scaled_mm(g8_t, column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
                            ctx.emulate)  # (N, M) @ (M, K)
-        return grad_x.reshape(ctx.x_shape), grad_w, None, None, g_amax, None, None, None, None
+        return grad_x.reshape(ctx.x_shape), grad_w, None, None, None, g_amax, None, None, None, None
 
 
 class Float8DelayedLinear(nn.Module):
@@ -85,6 +114,7 @@ class Float8DelayedLinear(nn.Module):
             raise ValueError(f"kernel_casts must be one of {KERNEL_CASTS}, got {kernel_casts!r}")
         self.kernel_casts = kernel_casts  # which casts go through our kernel (fp8_cast.py), not inductor's code
         self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
+        self.cache_weights = False  # set by DelayedScaling(cache_weights=True): read the weight cast once per step
         self.weight = linear.weight
         device = linear.weight.device
         for name in ("x_scale", "g_scale"):
@@ -93,9 +123,16 @@ class Float8DelayedLinear(nn.Module):
         # Not a parameter or buffer: backward writes the output gradient's amax into its .grad.
         self.g_amax_sink = torch.zeros((), device=device, requires_grad=True)
 
+    def weight_cast(self) -> WeightCast | None:
+        """The weight as cast once this step (buffers DelayedScaling.cast_weights writes), or None: cast it in
+        the forward. Calibration casts dynamically, before the first cast_weights."""
+        if not self.cache_weights or self.calibrating:
+            return None
+        return self.w8, self.w8_columns, self.inv_w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.x_scale, self.g_scale, self.g_amax_sink, self.emulate,
-                                                  self.calibrating, *self.kernel_cast_flags)
+        y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.weight_cast(), self.x_scale, self.g_scale,
+                                                  self.g_amax_sink, self.emulate, self.calibrating, *self.kernel_cast_flags)
         self.x_amax.copy_(torch.maximum(self.x_amax, x_amax))
         return y
 
@@ -112,11 +149,15 @@ class Float8DelayedLinear(nn.Module):
 class DelayedScaling:
     """The amax histories and scales of every Float8DelayedLinear of a model, updated in a few batched ops."""
 
-    def __init__(self, model: nn.Module, history: int = 16) -> None:
+    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False) -> None:
         self.layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
         if not self.layers:
             raise ValueError("the model has no Float8DelayedLinear layers")
         device = self.layers[0].weight.device
+        self.cache_weights = cache_weights
+        if cache_weights:
+            self._allocate_weight_casts()
+        self._cast_weights = self._cast_weights_eager  # compile_weight_casts() swaps in a compiled version
         self.history = torch.zeros(len(self.layers), 2, history, device=device)  # (layer, input/gradient, step)
         self._fp8_max = torch.tensor([E4M3_MAX, E5M2_MAX], device=device)
         self._x_amax = [m.x_amax for m in self.layers]
@@ -127,6 +168,36 @@ class DelayedScaling:
         # backward records 0; a CUDA-graph output installed as .grad would be overwritten by the next replay).
         for m in self.layers:
             m.g_amax_sink.grad = torch.zeros_like(m.g_amax_sink)
+
+    def _allocate_weight_casts(self) -> None:
+        """Each layer's float8 weight, its column-major copy and 1 / scale as buffers (not saved: they follow
+        from the weight), at fixed addresses for CUDA graphs, which replay the blocks reading them."""
+        for m in self.layers:
+            n, k = m.weight.shape
+            m.register_buffer("w8", m.weight.new_empty(n, k, dtype=E4M3), persistent=False)
+            m.register_buffer("w8_columns", m.weight.new_empty(k, n, dtype=E4M3).t(), persistent=False)
+            m.register_buffer("inv_w", m.weight.new_ones(()), persistent=False)
+            for buffer in (m.w8, m.w8_columns, m.inv_w):
+                torch._dynamo.mark_static_address(buffer)
+            m.cache_weights = True
+
+    @torch.no_grad()
+    def _cast_weights_eager(self) -> None:
+        for m in self.layers:
+            w8, w8_columns, inv_w = cast_weight(m.weight)
+            m.w8.copy_(w8)
+            m.w8_columns.copy_(w8_columns)
+            m.inv_w.copy_(inv_w)
+
+    def compile_weight_casts(self, **options) -> None:
+        """Run cast_weights as one compiled graph (fused amax and cast kernels) instead of ~8 eager ops a layer."""
+        self._cast_weights = torch.compile(self._cast_weights_eager, fullgraph=True, **options)
+
+    def cast_weights(self) -> None:
+        """At the start of an optimizer step, with cache_weights: cast every layer's weight for all of the step's
+        micro-batches. Without: nothing (each forward casts its weight)."""
+        if self.cache_weights:
+            self._cast_weights()
 
     def _sink_grads(self) -> list[torch.Tensor]:
         return [m.g_amax_sink.grad for m in self.layers]

@@ -33,8 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cs336_basics.precision.fp8_cast import Config, amax, cast_both_layouts, check_2d, compare_fp8, launch
-from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
-from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
+from cs336_basics.precision.fp8_delayed import Float8DelayedLinear, WeightCast, weight_fp8
+from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -161,11 +161,13 @@ class _Float8SwiGLU(torch.autograd.Function):
     call 32 failed so)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, x_scale: torch.Tensor,
+    def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor,
+                casts: tuple[WeightCast | None, WeightCast | None, WeightCast | None], x_scale: torch.Tensor,
                 g_scale: torch.Tensor, d1_scale: torch.Tensor, d3_scale: torch.Tensor, dy_scale: torch.Tensor,
                 sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool, kernel_x: bool,
                 kernel_g: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x_scale: w1's (and w3's) input scale; g_scale: w2's input scale; d1, d3, dy: the scales of the
+        """casts: w1's, w3's and w2's weights cast once this step (all or none), or None to cast them here;
+        x_scale: w1's (and w3's) input scale; g_scale: w2's input scale; d1, d3, dy: the scales of the
         gradients of w1's, w3's and w2's outputs; kernel_x, kernel_g: x, and w2's output gradient, cast by our
         kernel (fp8_cast.py) instead of inductor's code."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -174,23 +176,26 @@ class _Float8SwiGLU(torch.autograd.Function):
             x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
         else:
             x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
-        (w1_8, inv_w1), (w3_8, inv_w3), (w2_8, inv_w2) = to_fp8(w1), to_fp8(w3), to_fp8(w2)
+        (w1_8, inv_w1, w1_kept), (w3_8, inv_w3, w3_kept), (w2_8, inv_w2, w2_kept) = (
+            weight_fp8(cast, w) for cast, w in zip(casts, (w1, w3, w2)))
         h1 = scaled_mm(x8, w1_8.t(), x_scale.reciprocal(), inv_w1, out_dtype, emulate)  # (M, F)
         h3 = scaled_mm(x8, w3_8.t(), x_scale.reciprocal(), inv_w3, out_dtype, emulate)
         g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, g_scale)  # (M, F), (F, M)
         y = scaled_mm(g8, w2_8.t(), g_scale.reciprocal(), inv_w2, out_dtype, emulate)  # (M, D)
         x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
-        ctx.save_for_backward(x8_columns, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w1, inv_w3, inv_w2, x_scale, g_scale,
-                              d1_scale, d3_scale, dy_scale)
+        ctx.save_for_backward(x8_columns, g8_t, h1, h3, w1_kept, w3_kept, w2_kept, inv_w1, inv_w3, inv_w2, x_scale,
+                              g_scale, d1_scale, d3_scale, dy_scale)
         ctx.emulate, ctx.kernel_g, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, kernel_g, x.shape, x.dtype, w1.dtype
+        ctx.weights_cached = casts[0] is not None
         amaxes = torch.stack([x_amax, g_amax])
         ctx.mark_non_differentiable(amaxes)
         return y.reshape(*x.shape[:-1], y.shape[-1]), amaxes
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, _grad_amaxes: torch.Tensor):
-        (x8, g8_t, h1, h3, w1_8, w3_8, w2_8, inv_w1, inv_w3, inv_w2, x_scale, g_scale, d1_scale, d3_scale,
+        (x8, g8_t, h1, h3, w1_kept, w3_kept, w2_kept, inv_w1, inv_w3, inv_w2, x_scale, g_scale, d1_scale, d3_scale,
          dy_scale) = ctx.saved_tensors
+        w1_cols, w3_cols, w2_cols = (w if ctx.weights_cached else column_major(w) for w in (w1_kept, w3_kept, w2_kept))
         mm = functools.partial(scaled_mm, emulate=ctx.emulate)
         d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
         if ctx.kernel_g:
@@ -198,15 +203,15 @@ class _Float8SwiGLU(torch.autograd.Function):
         else:
             d8, d_amax = cast_to(d2, dy_scale, E5M2, E5M2_MAX), amax(d2)
             d8_t = d8.t().contiguous()
-        dg = mm(d8, column_major(w2_8), dy_scale.reciprocal(), inv_w2, h1.dtype)  # (M, F)
+        dg = mm(d8, w2_cols, dy_scale.reciprocal(), inv_w2, h1.dtype)  # (M, F)
         grad_w2 = mm(d8_t, g8_t.t(), dy_scale.reciprocal(), g_scale.reciprocal(), ctx.w_dtype)  # (D, M) @ (M, F)
         dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, torch.stack([d1_scale, d3_scale]))
-        grad_x = (mm(dh1, column_major(w1_8), d1_scale.reciprocal(), inv_w1, ctx.x_dtype)
-                  + mm(dh3, column_major(w3_8), d3_scale.reciprocal(), inv_w3, ctx.x_dtype))
+        grad_x = (mm(dh1, w1_cols, d1_scale.reciprocal(), inv_w1, ctx.x_dtype)
+                  + mm(dh3, w3_cols, d3_scale.reciprocal(), inv_w3, ctx.x_dtype))
         x8_columns = column_major(x8)
         grad_w1 = mm(dh1_t, x8_columns, d1_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)  # (F, M) @ (M, D)
         grad_w3 = mm(dh3_t, x8_columns, d3_scale.reciprocal(), x_scale.reciprocal(), ctx.w_dtype)
-        return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, None, None, None,
+        return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, None, None, None, None,
                 grad_amaxes[0], grad_amaxes[1], d_amax, None, None, None)
 
 
@@ -223,9 +228,10 @@ class Float8DelayedSwiGLU(nn.Module):
         w1, w3, w2 = self.w1, self.w3, self.w2
         if w1.calibrating or w3.calibrating or w2.calibrating:
             return w2(F.silu(w1(x)) * w3(x))
-        y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, w1.x_scale, w2.x_scale, w1.g_scale,
-                                        w3.g_scale, w2.g_scale, w1.g_amax_sink, w3.g_amax_sink, w2.g_amax_sink,
-                                        w1.emulate, *w1.kernel_cast_flags)
+        casts = (w1.weight_cast(), w3.weight_cast(), w2.weight_cast())
+        y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, casts, w1.x_scale, w2.x_scale,
+                                        w1.g_scale, w3.g_scale, w2.g_scale, w1.g_amax_sink, w3.g_amax_sink,
+                                        w2.g_amax_sink, w1.emulate, *w1.kernel_cast_flags)
         for m, seen in ((w1, amaxes[0]), (w3, amaxes[0]), (w2, amaxes[1])):
             m.x_amax.copy_(torch.maximum(m.x_amax, seen))
         return y

@@ -68,6 +68,7 @@ class TrainConfig:
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
     gc_interval: int = 50  # Python's automatic GC off while training, a young collection every N steps; 0: automatic
     residual_dtype: str = "auto"  # "bf16" (auto on CUDA): the stream in bf16 while training (transforms.cast_residual_stream)
+    fp8_weight_cache: bool = False  # delayed fp8: cast the weights once per optimizer step (fp8_delayed.DelayedScaling)
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -133,7 +134,10 @@ class Trainer:
         self.model = model
         self.fp8 = is_float8_model(model)
         self.fp8_head = has_fp8_head(model)
-        self.fp8_scales = DelayedScaling(model) if has_delayed_fp8(model) else None
+        if cfg.fp8_weight_cache and not has_delayed_fp8(model):
+            raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
+                            "--fp8_recipe delayed (the default on one GPU), or drop it")
+        self.fp8_scales = DelayedScaling(model, cache_weights=cfg.fp8_weight_cache) if has_delayed_fp8(model) else None
         if self.fp8:
             self.log(FP8_DELAYED_MODE_MESSAGE if self.fp8_scales else FP8_MODE_MESSAGE)
         # Evaluation runs every model in one precision (bf16 autocast on CUDA, fp32 on CPU) so that fp8 and
@@ -161,6 +165,8 @@ class Trainer:
             compile_model(model, self.compile_mode, cfg.tune_kernels)
             if self.eval_model is not model:  # untuned: evaluation is too small a share of a run to pay for tuning
                 compile_model(self.eval_model, self.compile_mode)
+            if self.fp8_scales is not None and self.fp8_scales.cache_weights:
+                self.fp8_scales.compile_weight_casts()
         if ctx.enabled:
             apply_fsdp(model, ctx, device)
         self._fp8_fsdp_scales = self.fp8 and ctx.enabled and uses_fp8_all_gather(model)
@@ -329,6 +335,8 @@ class Trainer:
             group["lr"] = lr
         if self.fp8_scales is not None and not self.fp8_scales.calibrated:
             self._calibrate_fp8_scales()
+        if self.fp8_scales is not None:
+            self.fp8_scales.cast_weights()  # with --fp8_weight_cache: once for all of this step's micro-batches
         loss_sum = torch.zeros((), device=self.device)
         accumulation = self.cfg.gradient_accumulation_steps
         for micro_batch in range(accumulation):
