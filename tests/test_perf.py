@@ -162,6 +162,22 @@ def test_verify_kernel_checks_catch_a_broken_kernel(monkeypatch, check_name):
     assert broken.passed is False and "relative error" in broken.figure
 
 
+def test_verify_delayed_layer_check_runs_our_cast_kernel(monkeypatch):
+    """The delayed layer's check runs the default path, casts through our kernel: a kernel writing a wrong
+    transposed copy (as call 40 found ours on the GPU once) fails it through the weight gradient."""
+    from cs336_basics.precision import fp8_cast, verify
+
+    right = fp8_cast.cast_both
+
+    def transposed_wrong(x, scale, e5m2, config=None):
+        q, qt, amax = right(x, scale, e5m2)
+        return q, qt.view(torch.uint8).flip(0).view(qt.dtype), amax  # the features' order reversed
+
+    monkeypatch.setattr(fp8_cast, "cast_both", transposed_wrong)
+    broken = verify.check_delayed_layer(torch.device("cpu"))
+    assert broken.passed is False and "casts by our kernel" in broken.figure
+
+
 def test_attention_kernel_names_name_the_backend_that_ran():
     from cs336_basics.training.attention import attention_kernels
 
