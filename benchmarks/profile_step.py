@@ -33,6 +33,7 @@ def main() -> None:
                    help="as train_h100.py's --fp8_kernel_casts (auto: all with fp8-delayed)")
     p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
     p.add_argument("--fp8_weight_cache", action="store_true", help="as train_h100.py's")
+    p.add_argument("--fp8_fast_accum", action="store_true", help="as train_h100.py's")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))
@@ -50,7 +51,8 @@ def main() -> None:
     spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
                      precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
                      tune_kernels=args.tune_kernels, fp8_kernel_casts=args.kernel_casts, residual_dtype=args.residual_dtype,
-                     fp8_weight_cache=args.fp8_weight_cache, device=device.type, inductor=parse_inductor(args.inductor))
+                     fp8_weight_cache=args.fp8_weight_cache, fp8_fast_accum=args.fp8_fast_accum, device=device.type,
+                     inductor=parse_inductor(args.inductor))
     cfg = PRESETS[args.preset]
     model, _ = build_model(cfg, device, spec.fp8)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)

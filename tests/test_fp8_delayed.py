@@ -272,3 +272,86 @@ def test_weight_cache_needs_the_delayed_layers(tmp_path):
     with pytest.raises(UserError, match="--fp8_weight_cache casts the weights of the delayed recipe's layers"):
         Trainer(model, TrainConfig(batch_size=2, max_steps=1, fp8_weight_cache=True),
                 RandomWindows(tokens, 2, CFG.context_length, 0), tokens, torch.device("cpu"), tmp_path, log=lambda s: None)
+
+
+def _record_scaled_mm(monkeypatch) -> list[bool]:
+    """Each torch._scaled_mm call's use_fast_accum, in call order (the real CPU kernel still computes)."""
+    seen, real = [], torch._scaled_mm
+
+    def recording(a, b, **kwargs):
+        seen.append(kwargs.get("use_fast_accum", False))
+        return real(a, b, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", recording)
+    return seen
+
+
+@pytest.mark.parametrize("fast_accum", [False, True])
+def test_fast_accumulation_reaches_the_forward_products_only(monkeypatch, fast_accum):
+    """--fp8_fast_accum: the forward products (one a layer, three in the fused SwiGLU) ask cuBLAS for fast
+    accumulation, as TorchAO's Float8Linear does; every gradient product keeps the promoted accumulation."""
+    from cs336_basics.model.transformer import FeedForward
+    from cs336_basics.precision.fp8_delayed import convert_to_delayed_float8
+    from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
+
+    seen = _record_scaled_mm(monkeypatch)
+    layer = Float8DelayedLinear(nn.Linear(32, 48, bias=False), emulate=False)
+    layer.fast_accum = fast_accum
+    x = torch.randn(16, 32).bfloat16().requires_grad_()
+    layer(x).float().sum().backward()
+    assert seen == [fast_accum, False, False]  # y; grad_x, grad_w
+
+    seen.clear()
+    ffn = nn.Sequential(FeedForward(ModelConfig(dim=32, intermediate_size=64)))
+    convert_to_delayed_float8(ffn, {"0.w1", "0.w3", "0.w2"}, emulate=False)
+    for m in ffn.modules():
+        if isinstance(m, Float8DelayedLinear):
+            m.fast_accum = fast_accum
+    assert fuse_float8_swiglu(ffn) == 1
+    ffn(x).float().sum().backward()
+    assert seen[:3] == [fast_accum] * 3 and seen[3:] == [False] * 6  # h1, h3, y; dg, grad_w2, grad_x (2), grad_w1, grad_w3
+
+
+def test_fast_accumulation_option_is_set_reported_and_refused_for_other_recipes():
+    from cs336_basics.perf.matrix import parse_mode
+
+    model, report = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fast_accum=True),
+                                log=lambda s: None)
+    layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
+    assert layers and all(m.fast_accum for m in layers) and report.fast_accum
+    assert "fast accumulation, as TorchAO's (--fp8_fast_accum)" in report.summary()
+    _, plain = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), log=lambda s: None)
+    assert not plain.fast_accum and "fast accumulation" not in plain.summary()
+    with pytest.raises(UserError, match="use --fp8_recipe delayed"):
+        build_model(CFG, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, fast_accum=True))
+    assert parse_mode("fp8-delayed-compile-fastacc")["fp8_fast_accum"] is True
+    assert parse_mode("fp8-delayed-compile")["fp8_fast_accum"] is False
+    with pytest.raises(UserError, match="fp8-delayed only"):
+        parse_mode("fp8-tensorwise-compile-fastacc")
+
+
+def test_fast_accumulation_trainer_flag_recorded_kept_on_resume_and_refused_without_fp8(tmp_path, capsys):
+    import json
+
+    from cs336_basics.cli import run_main
+    from cs336_basics.cli.train import main as train_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    base = ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--batch_size", 2,
+            "--eval_interval", 2, "--eval_steps", 1, "--sample_tokens", 0, "--vocab_size", 288]
+
+    def train(argv):
+        return run_main(train_main, [str(a) for a in argv])
+
+    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate", "--fp8_fast_accum"]) == 0
+    assert "(--fp8_fast_accum)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_fast_accum"] is True
+    assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
+                  "--sample_tokens", 0]) == 0
+    assert "(--fp8_fast_accum)" in capsys.readouterr().out
+    assert train(base + ["--out_dir", tmp_path / "b", "--max_steps", 1, "--fp8_fast_accum"]) == 2
+    assert "--fp8_fast_accum / --no-fp8_fast_accum only apply with --use_fp8" in capsys.readouterr().err
+    assert train(base + ["--out_dir", tmp_path / "c", "--max_steps", 1, "--use_fp8", "--fp8_emulate", "--fp8_recipe",
+                         "tensorwise", "--fp8_fast_accum"]) == 2
+    assert "--fp8_fast_accum sets the delayed recipe's layers" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_mode_parsing():
     assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
         precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True,
         fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="auto", fp8_head_kernel=False,
-        residual_dtype="auto", fp8_weight_cache=False)  # the trainer's default stream
+        residual_dtype="auto", fp8_weight_cache=False, fp8_fast_accum=False)  # the trainer's default stream
     assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8_head"] is False  # the head kept in bf16
     assert parse_mode("bf16-compile-bf16res")["residual_dtype"] == parse_mode("fp8-delayed-compile-bf16res")["residual_dtype"] == "bf16"
     assert parse_mode("fp8-delayed-compile-fp32res")["residual_dtype"] == "fp32"
@@ -156,8 +156,8 @@ def test_verify_kernel_checks_catch_a_broken_kernel(monkeypatch, check_name):
     check = getattr(verify, check_name)
     assert check(torch.device("cpu")).passed
     real = torch._scaled_mm
-    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, out_dtype: real(
-        a, b, scale_a=scale_a, scale_b=torch.ones_like(scale_b), out_dtype=out_dtype))  # one scale dropped
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, **kwargs: real(
+        a, b, scale_a=scale_a, scale_b=torch.ones_like(scale_b), **kwargs))  # one scale dropped
     broken = check(torch.device("cpu"))
     assert broken.passed is False and "relative error" in broken.figure
 

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "one pass) instead of the compiler's code fused into their producers: none, the layers' inputs, "
                         "their output gradients, or all (default auto: all with the delayed recipe, measured fastest, "
                         "benchmarks/NOTES.md 62; none with TorchAO's recipes)")
+    s.add_argument("--fp8_fast_accum", action=yes_no,
+                   help="with the delayed recipe, experimental: the layers' forward products with cuBLAS's fast "
+                        "accumulation, as TorchAO's Float8Linear does; the gradients' keep full accumulation (default "
+                        "off; benchmarks/NOTES.md 67)")
     s.add_argument("--fp8_head_kernel", action=yes_no,
                    help="experimental: the float8 head's logit gradient by our Triton kernel instead of the compiler's "
                         "code (default off; benchmarks/NOTES.md 46)")
@@ -304,10 +308,10 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
                          fused_swiglu=recipe == "delayed" and flag("fp8_fused_swiglu", True),
                          kernel_casts=resolve_kernel_casts(args.fp8_kernel_casts or saved.get("fp8_kernel_casts") or "auto",
                                                            recipe),
-                         head_kernel=flag("fp8_head_kernel", False))
+                         head_kernel=flag("fp8_head_kernel", False), fast_accum=flag("fp8_fast_accum", False))
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
-    for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel"):
+    for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel", "fp8_fast_accum"):
         if getattr(args, name) is not None and not use_fp8:
             raise UserError(f"--{name} / --no-{name} only apply with --use_fp8")
     if args.fp8_kernel_casts is not None and not use_fp8:
@@ -315,6 +319,9 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
     check_fused_swiglu(args.fp8_fused_swiglu, recipe)  # here too: before the data is prepared
     if use_fp8 and options.kernel_casts != "none" and recipe != "delayed":
         raise UserError(f"--fp8_kernel_casts {options.kernel_casts} casts the delayed recipe's layers: use --fp8_recipe delayed")
+    if use_fp8 and options.fast_accum and recipe != "delayed":
+        raise UserError("--fp8_fast_accum sets the delayed recipe's layers (TorchAO's recipes already use it in their "
+                        "forward): use --fp8_recipe delayed")
     if use_fp8 and options.head_kernel and not options.head:
         raise UserError("--fp8_head_kernel computes the float8 head's gradient: drop --no-fp8_head")
     if use_fp8 and recipe == "delayed" and distributed:
@@ -363,6 +370,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                 "fp8_fused_swiglu": bool(fp8_report.fused_swiglu) if fp8_report else None,
                 "fp8_kernel_casts": fp8_report.kernel_casts if fp8_report else None,
                 "fp8_head_kernel": fp8_report.head_kernel if fp8_report else None,
+                "fp8_fast_accum": fp8_report.fast_accum if fp8_report else None,
                 "compile_mode": run_shape.compile_mode if train_cfg.compile_model else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)

@@ -59,9 +59,9 @@ def parse_mode(mode: str) -> dict[str, Any]:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
                                                                        "castnone", "castinputs", "castgrads", "castall", "headkernel",
-                                                                       "bf16res", "fp32res", "wcache"}:
+                                                                       "bf16res", "fp32res", "wcache", "fastacc"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache], "
+                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache][-fastacc], "
                         f"e.g. fp8-rowwise-compile-ac")
     if {"bf16res", "fp32res"} <= set(parts[1:]):
         raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
@@ -70,7 +70,7 @@ def parse_mode(mode: str) -> dict[str, Any]:
     for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castnone", "inductor's casts, not our kernel"),
                          ("castinputs", "our cast kernel for inputs"),
                          ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast"),
-                         ("wcache", "weights cast once per step")):
+                         ("wcache", "weights cast once per step"), ("fastacc", "fast accumulation")):
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
     if "headkernel" in parts[1:] and (not precision.startswith("fp8") or "bf16head" in parts[1:]):
@@ -82,7 +82,7 @@ def parse_mode(mode: str) -> dict[str, Any]:
                 fp8_kernel_casts=next((c for c in ("none", "inputs", "grads", "all") if f"cast{c}" in parts[1:]), "auto"),
                 fp8_head_kernel="headkernel" in parts[1:],
                 residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"),
-                fp8_weight_cache="wcache" in parts[1:])
+                fp8_weight_cache="wcache" in parts[1:], fp8_fast_accum="fastacc" in parts[1:])
 
 
 def parse_inductor(text: str) -> dict[str, Any]:
@@ -118,11 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
                                    f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res]"
-                                   f"[-wcache] (attention kernel; activation checkpointing; the output head in bf16; "
+                                   f"[-wcache][-fastacc] (attention kernel; activation checkpointing; the output head in bf16; "
                                    f"fp8-delayed's SwiGLU as three layers; which of fp8-delayed's casts our kernel does, by "
                                    f"default all; the head's gradient by our kernel; the residual stream's dtype, by default "
-                                   f"the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's weights cast once per step), "
-                                   f"or 'all' ({len(all_modes())}, without the last six suffixes); precisions: "
+                                   f"the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's weights cast once per step; "
+                                   f"its forward products with fast accumulation), or 'all' ({len(all_modes())}, without "
+                                   f"the last seven suffixes); precisions: "
                                    f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
     p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")
@@ -255,7 +256,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
             f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "") + (
             " (head kernel)" if r.get("fp8_head_kernel") else "") + (
-            f" ({r.get('residual_dtype', 'fp32')} residual)") + (" (weights cast per step)" if r.get("fp8_weight_cache") else "")
+            f" ({r.get('residual_dtype', 'fp32')} residual)") + (" (weights cast per step)" if r.get("fp8_weight_cache") else "") + (
+            " (fast accumulation)" if r.get("fp8_fast_accum") else "")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",

@@ -53,10 +53,10 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
 def _compiled_fp8(row: dict[str, Any]) -> bool:
     """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing, its casts
     those a default run has made (inductor's until call 55, our kernel's for all since; not the experiments), and
-    not the weights-cast-per-step option (opt-in, which no gains entry tells apart yet)."""
+    none of the opt-in options (weights cast per step, fast accumulation), which no gains entry tells apart yet."""
     return (row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
             and _default_casts(row.get("fp8_kernel_casts")) and not row.get("fp8_head_kernel")
-            and not row.get("fp8_weight_cache"))
+            and not row.get("fp8_weight_cache") and not row.get("fp8_fast_accum"))
 
 
 def _default_casts(kernel_casts: str | None) -> bool:
@@ -128,7 +128,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     bf16 = {key: (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]
             for key in pairing_keys(run)}
     for run, tokens_per_second, name in runs:
-        if (run["fp8"] and not run["train_config"].get("fp8_weight_cache")  # an experiment, as in _compiled_fp8
+        if (run["fp8"] and not run["train_config"].get("fp8_weight_cache") and not run.get("fp8_fast_accum")  # experiments
                 and (pair := next((bf16[k] for k in pairing_keys(run) if k in bf16), None))):
             train = run["train_config"]
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],

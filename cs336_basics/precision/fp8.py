@@ -41,6 +41,7 @@ class ConversionReport:
     fused_swiglu: int = 0  # SwiGLU blocks whose three layers run as one function (swiglu_fp8.py)
     kernel_casts: str = "none"  # which delayed-layer casts our Triton kernel does (fp8_cast.py)
     head_kernel: bool = False  # the float8 head's logit gradient by our Triton kernel (head_grad_fp8.py)
+    fast_accum: bool = False  # the delayed layers' forward products with cuBLAS's fast accumulation
     kernels_checked: str = ""  # where the fused SwiGLU's kernels were checked before training ("16384 tokens x 3584")
 
     @property
@@ -60,6 +61,8 @@ class ConversionReport:
                          f"(--fp8_kernel_casts {self.kernel_casts})")
         if self.head_kernel:
             lines.append("  the head's logit gradient: our Triton kernel, both layouts in one pass (--fp8_head_kernel)")
+        if self.fast_accum:
+            lines.append("  the layers' forward products: cuBLAS's fast accumulation, as TorchAO's (--fp8_fast_accum)")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)

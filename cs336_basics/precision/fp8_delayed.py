@@ -59,9 +59,10 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, weight_cast: WeightCast | None, x_scale: torch.Tensor,
                 g_scale: torch.Tensor, g_sink: torch.Tensor, emulate: bool, calibrating: bool, kernel_x: bool,
-                kernel_g: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                kernel_g: bool, fast_accum: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """weight_cast: the weight cast once this step (DelayedScaling.cast_weights), or None to cast it here.
-        kernel_x, kernel_g: x, and in backward the output gradient, cast by our kernel (fp8_cast.py)."""
+        kernel_x, kernel_g: x, and in backward the output gradient, cast by our kernel (fp8_cast.py).
+        fast_accum: the forward product with cuBLAS's fast accumulation (the gradients' products never)."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
@@ -73,7 +74,7 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         else:
             x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
         w8, inv_w, w_kept = weight_fp8(weight_cast, weight)  # (N, K), dynamic scale
-        y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate)  # (M, N)
+        y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate, fast_accum)  # (M, N)
         x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
         ctx.save_for_backward(x8_columns, w_kept, x_scale, inv_w, g_scale)
         ctx.weights_cached = weight_cast is not None
@@ -98,7 +99,7 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         grad_x = scaled_mm(g8, w_columns, inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
         grad_w = scaled_mm(g8_t, column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
                            ctx.emulate)  # (N, M) @ (M, K)
-        return grad_x.reshape(ctx.x_shape), grad_w, None, None, None, g_amax, None, None, None, None
+        return grad_x.reshape(ctx.x_shape), grad_w, None, None, None, g_amax, None, None, None, None, None
 
 
 class Float8DelayedLinear(nn.Module):
@@ -115,6 +116,7 @@ class Float8DelayedLinear(nn.Module):
         self.kernel_casts = kernel_casts  # which casts go through our kernel (fp8_cast.py), not inductor's code
         self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
         self.cache_weights = False  # set by DelayedScaling(cache_weights=True): read the weight cast once per step
+        self.fast_accum = False  # set by build_model (Fp8Options.fast_accum): the forward product's accumulation
         self.weight = linear.weight
         device = linear.weight.device
         for name in ("x_scale", "g_scale"):
@@ -132,7 +134,8 @@ class Float8DelayedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.weight_cast(), self.x_scale, self.g_scale,
-                                                  self.g_amax_sink, self.emulate, self.calibrating, *self.kernel_cast_flags)
+                                                  self.g_amax_sink, self.emulate, self.calibrating, *self.kernel_cast_flags,
+                                                  self.fast_accum)
         self.x_amax.copy_(torch.maximum(self.x_amax, x_amax))
         return y
 

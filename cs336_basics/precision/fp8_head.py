@@ -40,11 +40,13 @@ def to_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scaled_mm(a: torch.Tensor, b: torch.Tensor, inv_a: torch.Tensor, inv_b: torch.Tensor,
-              out_dtype: torch.dtype, emulate: bool) -> torch.Tensor:
-    """(a * inv_a) @ (b * inv_b) for fp8 a (M, K) row-major and b (K, N) column-major, in out_dtype."""
+              out_dtype: torch.dtype, emulate: bool, fast_accum: bool = False) -> torch.Tensor:
+    """(a * inv_a) @ (b * inv_b) for fp8 a (M, K) row-major and b (K, N) column-major, in out_dtype.
+    fast_accum: cuBLAS's fast accumulation (the tensor cores' own accumulator, without its periodic promotion to
+    float32), as TorchAO's Float8Linear uses for the forward product; emulation computes in float32 either way."""
     if emulate:
         return ((a.float() @ b.float()) * (inv_a * inv_b)).to(out_dtype)
-    return torch._scaled_mm(a, b, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype)
+    return torch._scaled_mm(a, b, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype, use_fast_accum=fast_accum)
 
 
 def column_major(t: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,9 @@ class Fp8Options:
     # the float8 head's logit gradient (softmax - onehot in e5m2, both layouts) by our Triton kernel
     # (head_grad_fp8.py) instead of inductor's code; experimental (bench suffix -headkernel)
     head_kernel: bool = False
+    # the delayed layers' forward products with cuBLAS's fast accumulation, as TorchAO's Float8Linear does
+    # (gemm_config_output); the gradients' products keep the promoted accumulation; experimental (bench -fastacc)
+    fast_accum: bool = False
 
 
 def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
@@ -57,6 +60,9 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8.kernel_casts not in ("auto", *KERNEL_CASTS):
         raise UserError(f"kernel casts {fp8.kernel_casts!r}: expected auto or one of {', '.join(KERNEL_CASTS)}")
     kernel_casts = resolve_kernel_casts(fp8.kernel_casts, fp8.recipe)
+    if fp8.fast_accum and fp8.recipe != "delayed":
+        raise UserError("fast accumulation is set on the delayed recipe's layers (TorchAO's recipes already use it "
+                        "in their forward): use --fp8_recipe delayed")
     if kernel_casts != "none" and fp8.recipe != "delayed":
         raise UserError("the fp8 cast kernel is for the delayed recipe's layers: use --fp8_recipe delayed")
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
@@ -84,6 +90,13 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         report.kernel_casts = kernel_casts
         if micro_batch_tokens:
             check_kernel_casts(layers, micro_batch_tokens, device, log)
+    if fp8.fast_accum:
+        from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
+
+        for module in model.modules():
+            if isinstance(module, Float8DelayedLinear):
+                module.fast_accum = True
+        report.fast_accum = True
     if fp8.head_kernel:
         from cs336_basics.precision.fp8_head import Float8OutputHead
 
