@@ -97,6 +97,9 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
             if isinstance(module, Float8DelayedLinear):
                 module.fast_accum = True
         report.fast_accum = True
+        if fp8.emulate:
+            log("--fp8_fast_accum: emulated float8 products compute in float32, so it changes nothing in this run; "
+                "it applies to a GPU's float8 tensor cores")
     if fp8.head_kernel:
         from cs336_basics.precision.fp8_head import Float8OutputHead
 
