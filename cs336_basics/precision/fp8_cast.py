@@ -11,9 +11,9 @@ in 2-D tiles, each tile loaded once and stored both ways with coalesced stores, 
 tile. The producer then writes its bf16 result plainly, and the op reads it once more: more bytes, fewer
 wasted cycles. Fp8Options.kernel_casts chooses which casts (bench suffixes -castnone, -castinputs, -castgrads,
 -castall); the delayed recipe's default is all of them since call 55 measured it on the bf16 residual stream:
-+3.0% a seed step, +1.5% at 1B over inductor's casts (benchmarks/NOTES.md 62). The layers hand it bf16 under autocast (a float32 RMSNorm output
-is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs take a slower path in the kernel, the
-only one right on the H200's Triton (NOTES 42).
++3.0% a seed step, +1.5% at 1B over inductor's casts (benchmarks/NOTES.md 62). The layers hand it bf16 under
+autocast (a float32 RMSNorm output is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs
+take a slower path in the kernel, the only one right on the H200's Triton (NOTES 42).
 
 The `_reference` function is the same computation in PyTorch ops: the CPU path, and what the kernel is
 checked against on the GPU (benchmarks/kernel_swiglu_fp8.py).
