@@ -179,7 +179,7 @@ class DelayedScaling:
             n, k = m.weight.shape
             m.register_buffer("w8", m.weight.new_empty(n, k, dtype=E4M3), persistent=False)
             m.register_buffer("w8_columns", m.weight.new_empty(k, n, dtype=E4M3).t(), persistent=False)
-            m.register_buffer("inv_w", m.weight.new_ones(()), persistent=False)
+            m.register_buffer("inv_w", m.weight.new_ones((), dtype=torch.float32), persistent=False)  # as to_fp8's
             for buffer in (m.w8, m.w8_columns, m.inv_w):
                 torch._dynamo.mark_static_address(buffer)
             m.cache_weights = True
