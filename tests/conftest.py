@@ -31,3 +31,22 @@ def small_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("<|endoftext|>".join(docs), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def tiny_cli(tmp_path: Path):
+    """(train(argv) -> exit code, base arguments) for CLI tests of the training flags: the test preset on a tiny
+    repeated corpus, 2-sequence micro-batches, an evaluation every 2 steps, a 288-token vocabulary (16 divides
+    it, as the float8 head needs); each test adds --out_dir, --max_steps and the flags under test."""
+    from cs336_basics.cli import run_main
+    from cs336_basics.cli.train import main as train_main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    base = ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--batch_size", 2,
+            "--eval_interval", 2, "--eval_steps", 1, "--sample_tokens", 0, "--vocab_size", 288]
+
+    def train(argv: list) -> int:
+        return run_main(train_main, [str(a) for a in argv])
+
+    return train, base

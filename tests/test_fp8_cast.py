@@ -269,21 +269,12 @@ def test_kernels_compile_for_hopper():
         assert compiled.asm["cubin"], (kernel.fn.__name__, in_type, constants)
 
 
-def test_trainer_flag_runs_recorded_and_kept_on_resume(tmp_path, capsys):
+def test_trainer_flag_runs_recorded_and_kept_on_resume(tmp_path, capsys, tiny_cli):
     """--fp8_kernel_casts: the configuration summary says it, run.json records it, --resume keeps it; refused
     without --use_fp8 and with a recipe other than delayed."""
     import json
 
-    from cs336_basics.cli.train import main as train_main
-    from cs336_basics.cli import run_main
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    base = ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--batch_size", 2,
-            "--eval_interval", 2, "--eval_steps", 1, "--sample_tokens", 0, "--vocab_size", 300]
-
-    def train(argv):
-        return run_main(train_main, [str(a) for a in argv])
+    train, base = tiny_cli
 
     assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate",
                          "--fp8_kernel_casts", "inputs"]) == 0

@@ -332,19 +332,10 @@ def test_fast_accumulation_option_is_set_reported_and_refused_for_other_recipes(
         parse_mode("fp8-tensorwise-compile-fastacc")
 
 
-def test_fast_accumulation_trainer_flag_recorded_kept_on_resume_and_refused_without_fp8(tmp_path, capsys):
+def test_fast_accumulation_trainer_flag_recorded_kept_on_resume_and_refused_without_fp8(tmp_path, capsys, tiny_cli):
     import json
 
-    from cs336_basics.cli import run_main
-    from cs336_basics.cli.train import main as train_main
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    base = ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--batch_size", 2,
-            "--eval_interval", 2, "--eval_steps", 1, "--sample_tokens", 0, "--vocab_size", 288]
-
-    def train(argv):
-        return run_main(train_main, [str(a) for a in argv])
+    train, base = tiny_cli
 
     assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate", "--fp8_fast_accum"]) == 0
     assert "(--fp8_fast_accum)" in capsys.readouterr().out

@@ -152,19 +152,10 @@ def test_head_gradient_kernel_option_gives_the_same_numbers_and_is_checked(monke
                     log=lambda s: None)
 
 
-def test_head_kernel_trainer_flag_recorded_kept_on_resume_and_refused_without_the_fp8_head(tmp_path, capsys):
+def test_head_kernel_trainer_flag_recorded_kept_on_resume_and_refused_without_the_fp8_head(tmp_path, capsys, tiny_cli):
     import json
 
-    from cs336_basics.cli import run_main
-    from cs336_basics.cli.train import main as train_main
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    base = ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--batch_size", 2,
-            "--eval_interval", 2, "--eval_steps", 1, "--sample_tokens", 0, "--vocab_size", 288]  # fp8 head: 16 | V
-
-    def train(argv):
-        return run_main(train_main, [str(a) for a in argv])
+    train, base = tiny_cli
 
     assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate", "--fp8_head_kernel"]) == 0
     out = capsys.readouterr().out
