@@ -39,7 +39,7 @@ from cs336_basics.training.attention import FUSED_ORDERS, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
                                                shutdown)
-from cs336_basics.training.setup import Fp8Options, build_model, check_fused_swiglu
+from cs336_basics.training.setup import Fp8Options, build_model, check_delayed_only, check_fused_swiglu
 from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
 from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode, resolve_residual_dtype
@@ -317,11 +317,8 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
     if args.fp8_kernel_casts is not None and not use_fp8:
         raise UserError("--fp8_kernel_casts only applies with --use_fp8")
     check_fused_swiglu(args.fp8_fused_swiglu, recipe)  # here too: before the data is prepared
-    if use_fp8 and options.kernel_casts != "none" and recipe != "delayed":
-        raise UserError(f"--fp8_kernel_casts {options.kernel_casts} casts the delayed recipe's layers: use --fp8_recipe delayed")
-    if use_fp8 and options.fast_accum and recipe != "delayed":
-        raise UserError("--fp8_fast_accum sets the delayed recipe's layers (TorchAO's recipes already use it in their "
-                        "forward): use --fp8_recipe delayed")
+    if use_fp8:
+        check_delayed_only(options.kernel_casts, options.fast_accum, recipe)
     if use_fp8 and options.head_kernel and not options.head:
         raise UserError("--fp8_head_kernel computes the float8 head's gradient: drop --no-fp8_head")
     if use_fp8 and recipe == "delayed" and distributed:

@@ -41,6 +41,18 @@ def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
                         "--fp8_recipe delayed")
 
 
+def check_delayed_only(kernel_casts: str, fast_accum: bool, recipe: str) -> None:
+    """Our cast kernel (kernel_casts, resolved) and fast accumulation set the delayed recipe's layers: asking for
+    them with another recipe is an error (checked by build_model, and by the CLI before the data is prepared)."""
+    if recipe == "delayed":
+        return
+    if kernel_casts != "none":
+        raise UserError(f"--fp8_kernel_casts {kernel_casts} casts the delayed recipe's layers: use --fp8_recipe delayed")
+    if fast_accum:
+        raise UserError("--fp8_fast_accum sets the delayed recipe's layers (TorchAO's recipes already use it in their "
+                        "forward): use --fp8_recipe delayed")
+
+
 def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
                 micro_batch_tokens: int = 0, log=print) -> tuple[Transformer, ConversionReport | None]:
     """1. build the plain model with fp32 weights (the optimizer's master copy; compute runs in bf16 under
@@ -60,11 +72,7 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8.kernel_casts not in ("auto", *KERNEL_CASTS):
         raise UserError(f"kernel casts {fp8.kernel_casts!r}: expected auto or one of {', '.join(KERNEL_CASTS)}")
     kernel_casts = resolve_kernel_casts(fp8.kernel_casts, fp8.recipe)
-    if fp8.fast_accum and fp8.recipe != "delayed":
-        raise UserError("fast accumulation is set on the delayed recipe's layers (TorchAO's recipes already use it "
-                        "in their forward): use --fp8_recipe delayed")
-    if kernel_casts != "none" and fp8.recipe != "delayed":
-        raise UserError("the fp8 cast kernel is for the delayed recipe's layers: use --fp8_recipe delayed")
+    check_delayed_only(kernel_casts, fp8.fast_accum, fp8.recipe)
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
     speedups = None
     if fp8.filter == "auto":
@@ -81,25 +89,17 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
     report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
-    if kernel_casts != "none":
-        from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
+    from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
 
-        layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
-        for module in layers:
-            module.kernel_casts = kernel_casts
-        report.kernel_casts = kernel_casts
-        if micro_batch_tokens:
-            check_kernel_casts(layers, micro_batch_tokens, device, log)
-    if fp8.fast_accum:
-        from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
-
-        for module in model.modules():
-            if isinstance(module, Float8DelayedLinear):
-                module.fast_accum = True
-        report.fast_accum = True
-        if fp8.emulate:
-            log("--fp8_fast_accum: emulated float8 products compute in float32, so it changes nothing in this run; "
-                "it applies to a GPU's float8 tensor cores")
+    delayed = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]  # none with TorchAO's recipes
+    for module in delayed:
+        module.kernel_casts, module.fast_accum = kernel_casts, fp8.fast_accum
+    report.kernel_casts, report.fast_accum = kernel_casts, fp8.fast_accum
+    if kernel_casts != "none" and micro_batch_tokens:
+        check_kernel_casts(delayed, micro_batch_tokens, device, log)
+    if fp8.fast_accum and fp8.emulate:
+        log("--fp8_fast_accum: emulated float8 products compute in float32, so it changes nothing in this run; "
+            "it applies to a GPU's float8 tensor cores")
     if fp8.head_kernel:
         from cs336_basics.precision.fp8_head import Float8OutputHead
 
