@@ -51,18 +51,16 @@ def _shape(model: dict[str, Any], batch_size: int) -> dict[str, int]:
 
 
 def _compiled_fp8(row: dict[str, Any]) -> bool:
-    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing, its casts
-    those a default run has made (inductor's until call 55, our kernel's for all since; not the experiments), and
-    none of the opt-in options (weights cast per step, fast accumulation), which no gains entry tells apart yet."""
-    return (row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"]
-            and _default_casts(row.get("fp8_kernel_casts")) and not row.get("fp8_head_kernel")
-            and not row.get("fp8_weight_cache") and not row.get("fp8_fast_accum"))
+    """A bench row of the path fp8 gains are quoted for: compiled, without activation checkpointing, no experiment."""
+    return row["precision"].startswith("fp8") and row["compiled"] and not row["checkpointing"] and not _experiment(row)
 
 
-def _default_casts(kernel_casts: str | None) -> bool:
-    """Whether a row or run cast as a default run has: inductor's code (none; before the field: None) or all
-    through our kernel (the delayed recipe's default since call 55). "inputs" and "grads" are experiments."""
-    return kernel_casts in (None, "none", "all")
+def _experiment(settings: dict[str, Any]) -> bool:
+    """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
+    which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
+    None, until call 55; ours for "all" since), the head kernel, weights cast per step, fast accumulation."""
+    return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
+            or bool(settings.get("fp8_weight_cache")) or bool(settings.get("fp8_fast_accum")))
 
 
 def _residual(config: dict[str, Any]) -> str:
@@ -112,7 +110,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         summary = json.loads(s.read_text()) if (s := run_json.parent / "summary.json").is_file() else {}
         run = json.loads(run_json.read_text())
         if (summary.get("tokens_per_second") and summary.get("world_size", 1) == 1
-                and _default_casts(run.get("fp8_kernel_casts")) and not run.get("fp8_head_kernel")):  # experiments
+                and not _experiment({**run["train_config"], **run})):
             runs.append((run, summary["tokens_per_second"], run_json.parent.name))
 
     def ran(run: dict[str, Any]) -> str:
@@ -128,8 +126,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
     bf16 = {key: (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]
             for key in pairing_keys(run)}
     for run, tokens_per_second, name in runs:
-        if (run["fp8"] and not run["train_config"].get("fp8_weight_cache") and not run.get("fp8_fast_accum")  # experiments
-                and (pair := next((bf16[k] for k in pairing_keys(run) if k in bf16), None))):
+        if run["fp8"] and (pair := next((bf16[k] for k in pairing_keys(run) if k in bf16), None)):
             train = run["train_config"]
             gains.append(dict(_shape(run["model_config"], train["batch_size"]), kind="training", recipe=run["fp8_recipe"],
                               compile_mode=ran(run),  # what ran, where recorded
