@@ -55,6 +55,29 @@ def weight_fp8(cast: WeightCast | None, weight: torch.Tensor) -> tuple[torch.Ten
     return w8, inv_w, w8
 
 
+def cast_input(x2: torch.Tensor, scale: torch.Tensor, kernel: bool, out_dtype: torch.dtype
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x2 in e4m3 for the forward product, what backward keeps for the weight gradient's, amax of x2). kernel:
+    our kernel writes both layouts and backward keeps the transposed one as a column-major view; under autocast
+    x2 is rounded to bf16 first, as TorchAO's Float8Linear does (RMSNorm's float32 output is then written and
+    read in 2 bytes, and our kernel sees the dtype its GPU checks cover best). Otherwise backward keeps x8 and
+    makes it column-major there."""
+    if kernel:
+        x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), scale, e5m2=False)
+        return x8, x8_t.t(), x_amax
+    x8 = cast_to(x2, scale, E4M3, E4M3_MAX)
+    return x8, x8, amax(x2)
+
+
+def cast_grad(g2: torch.Tensor, scale: torch.Tensor, kernel: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(an output gradient g2 (M, N) in e5m2, the same transposed (N, M), amax of g2): by our kernel in one pass,
+    or by the compiler's code."""
+    if kernel:
+        return cast_both_layouts(g2, scale, e5m2=True)
+    g8 = cast_to(g2, scale, E5M2, E5M2_MAX)
+    return g8, g8.t().contiguous(), amax(g2)
+
+
 class _DelayedFloat8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, weight_cast: WeightCast | None, x_scale: torch.Tensor,
@@ -67,16 +90,10 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
             x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
-        if kernel_x:  # our kernel writes both layouts; the weight gradient's (transposed) one is saved.
-            # Under autocast x is rounded to bf16 first, as TorchAO's Float8Linear does: RMSNorm's float32 output
-            # is then written and read in 2 bytes, and our kernel sees the dtype its GPU checks cover best.
-            x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
-        else:
-            x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
+        x8, x8_kept, x_amax = cast_input(x2, x_scale, kernel_x, out_dtype)
         w8, inv_w, w_kept = weight_fp8(weight_cast, weight)  # (N, K), dynamic scale
         y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate, fast_accum)  # (M, N)
-        x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
-        ctx.save_for_backward(x8_columns, w_kept, x_scale, inv_w, g_scale)
+        ctx.save_for_backward(x8_kept, w_kept, x_scale, inv_w, g_scale)
         ctx.weights_cached = weight_cast is not None
         ctx.emulate, ctx.calibrating, ctx.kernel_g = emulate, calibrating, kernel_g
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
@@ -90,11 +107,7 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         g2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         if ctx.calibrating:
             g_scale = E5M2_MAX / amax(g2).clamp(min=1e-12)
-        if ctx.kernel_g:
-            g8, g8_t, g_amax = cast_both_layouts(g2, g_scale, e5m2=True)
-        else:
-            g8, g_amax = cast_to(g2, g_scale, E5M2, E5M2_MAX), amax(g2)
-            g8_t = g8.t().contiguous()
+        g8, g8_t, g_amax = cast_grad(g2, g_scale, ctx.kernel_g)
         inv_g = g_scale.reciprocal()
         grad_x = scaled_mm(g8, w_columns, inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
         grad_w = scaled_mm(g8_t, column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,

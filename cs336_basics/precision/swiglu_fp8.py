@@ -26,14 +26,13 @@ the GPU.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_cast import Config, amax, cast_both_layouts, check_2d, compare_fp8, launch
-from cs336_basics.precision.fp8_delayed import Float8DelayedLinear, WeightCast, weight_fp8
+from cs336_basics.precision.fp8_cast import Config, amax, check_2d, compare_fp8, launch
+from cs336_basics.precision.fp8_delayed import Float8DelayedLinear, WeightCast, cast_grad, cast_input, weight_fp8
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -173,18 +172,14 @@ class _Float8SwiGLU(torch.autograd.Function):
         accumulation (as Float8DelayedLinear)."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, D)
-        if kernel_x:  # our kernel writes both layouts (from x in bf16 under autocast, as Float8DelayedLinear)
-            x8, x8_t, x_amax = cast_both_layouts(x2.to(out_dtype), x_scale, e5m2=False)
-        else:
-            x8, x_amax = cast_to(x2, x_scale, E4M3, E4M3_MAX), amax(x2)
+        x8, x8_kept, x_amax = cast_input(x2, x_scale, kernel_x, out_dtype)
         (w1_8, inv_w1, w1_kept), (w3_8, inv_w3, w3_kept), (w2_8, inv_w2, w2_kept) = (
             weight_fp8(cast, w) for cast, w in zip(casts, (w1, w3, w2)))
         h1 = scaled_mm(x8, w1_8.t(), x_scale.reciprocal(), inv_w1, out_dtype, emulate, fast_accum)  # (M, F)
         h3 = scaled_mm(x8, w3_8.t(), x_scale.reciprocal(), inv_w3, out_dtype, emulate, fast_accum)
         g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, g_scale)  # (M, F), (F, M)
         y = scaled_mm(g8, w2_8.t(), g_scale.reciprocal(), inv_w2, out_dtype, emulate, fast_accum)  # (M, D)
-        x8_columns = x8_t.t() if kernel_x else x8  # made column-major in backward if not yet
-        ctx.save_for_backward(x8_columns, g8_t, h1, h3, w1_kept, w3_kept, w2_kept, inv_w1, inv_w3, inv_w2, x_scale,
+        ctx.save_for_backward(x8_kept, g8_t, h1, h3, w1_kept, w3_kept, w2_kept, inv_w1, inv_w3, inv_w2, x_scale,
                               g_scale, d1_scale, d3_scale, dy_scale)
         ctx.emulate, ctx.kernel_g, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, kernel_g, x.shape, x.dtype, w1.dtype
         ctx.weights_cached = casts[0] is not None
@@ -199,11 +194,7 @@ class _Float8SwiGLU(torch.autograd.Function):
         w1_cols, w3_cols, w2_cols = (w if ctx.weights_cached else column_major(w) for w in (w1_kept, w3_kept, w2_kept))
         mm = functools.partial(scaled_mm, emulate=ctx.emulate)
         d2 = grad_y.reshape(-1, grad_y.shape[-1])  # (M, D)
-        if ctx.kernel_g:
-            d8, d8_t, d_amax = cast_both_layouts(d2, dy_scale, e5m2=True)
-        else:
-            d8, d_amax = cast_to(d2, dy_scale, E5M2, E5M2_MAX), amax(d2)
-            d8_t = d8.t().contiguous()
+        d8, d8_t, d_amax = cast_grad(d2, dy_scale, ctx.kernel_g)
         dg = mm(d8, w2_cols, dy_scale.reciprocal(), inv_w2, h1.dtype)  # (M, F)
         grad_w2 = mm(d8_t, g8_t.t(), dy_scale.reciprocal(), g_scale.reciprocal(), ctx.w_dtype)  # (D, M) @ (M, F)
         dh1, dh1_t, dh3, dh3_t, grad_amaxes = _swiglu_backward_fp8_op(dg, h1, h3, torch.stack([d1_scale, d3_scale]))
