@@ -32,8 +32,8 @@ def main() -> None:
     p.add_argument("--kernel_casts", default="auto", choices=("auto", "none", "inputs", "grads", "all"),
                    help="as train_h100.py's --fp8_kernel_casts (auto: all with fp8-delayed)")
     p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
-    p.add_argument("--fp8_weight_cache", action="store_true", help="as train_h100.py's")
-    p.add_argument("--fp8_fast_accum", action="store_true", help="as train_h100.py's")
+    p.add_argument("--fp8_weight_cache", action=argparse.BooleanOptionalAction, help="as train_h100.py's")
+    p.add_argument("--fp8_fast_accum", action=argparse.BooleanOptionalAction, help="as train_h100.py's")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("profile"))

@@ -266,12 +266,26 @@ def test_weights_cast_once_per_step_train_as_the_per_micro_batch_casts_do(tmp_pa
         torch.testing.assert_close(cached_weights[name], weight, rtol=1e-6, atol=0, msg=lambda m: f"{name}: {m}")
 
 
-def test_weight_cache_needs_the_delayed_layers(tmp_path):
-    model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True), log=lambda s: None)
+def test_weight_cache_default_follows_the_recipe_and_asking_for_it_needs_the_delayed_layers(tmp_path):
+    """Unset (None): on with the delayed recipe's layers, off with TorchAO's or in bf16, and the Trainer's config
+    records what it resolved; asked for by name without delayed layers: an error; --no-fp8_weight_cache: off."""
     tokens = np.arange(4096, dtype=np.uint16) % 509
+
+    def trainer(fp8: Fp8Options | None, cache: bool | None) -> Trainer:
+        model, _ = build_model(CFG, torch.device("cpu"), fp8, log=lambda s: None)
+        return Trainer(model, TrainConfig(batch_size=2, max_steps=1, fp8_weight_cache=cache),
+                       RandomWindows(tokens, 2, CFG.context_length, 0), tokens, torch.device("cpu"), tmp_path,
+                       log=lambda s: None)
+
+    delayed, tensorwise = Fp8Options(recipe="delayed", emulate=True), Fp8Options(recipe="tensorwise", emulate=True)
+    on = trainer(delayed, None)
+    assert on.cfg.fp8_weight_cache is True and on.fp8_scales.cache_weights
+    off = trainer(delayed, False)
+    assert off.cfg.fp8_weight_cache is False and not off.fp8_scales.cache_weights
+    assert trainer(tensorwise, None).cfg.fp8_weight_cache is False
+    assert trainer(None, None).cfg.fp8_weight_cache is False
     with pytest.raises(UserError, match="--fp8_weight_cache casts the weights of the delayed recipe's layers"):
-        Trainer(model, TrainConfig(batch_size=2, max_steps=1, fp8_weight_cache=True),
-                RandomWindows(tokens, 2, CFG.context_length, 0), tokens, torch.device("cpu"), tmp_path, log=lambda s: None)
+        trainer(tensorwise, True)
 
 
 def _record_scaled_mm(monkeypatch) -> list[bool]:
@@ -322,27 +336,47 @@ def test_fast_accumulation_option_is_set_reported_and_refused_for_other_recipes(
     layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
     assert layers and all(m.fast_accum for m in layers) and report.fast_accum
     assert "fast accumulation, as TorchAO's (--fp8_fast_accum)" in report.summary()
-    _, plain = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), log=lambda s: None)
+    seen.clear()  # unset: on with the delayed recipe, without the line for asking for it under emulation
+    model, default = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), log=seen.append)
+    assert default.fast_accum and all(m.fast_accum for m in model.modules() if isinstance(m, Float8DelayedLinear))
+    assert not any("changes nothing" in line for line in seen)
+    _, plain = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fast_accum=False),
+                           log=lambda s: None)
     assert not plain.fast_accum and "fast accumulation" not in plain.summary()
+    _, torchao = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True), log=lambda s: None)
+    assert not torchao.fast_accum  # TorchAO's layers choose their own (fast in the forward)
     with pytest.raises(UserError, match="use --fp8_recipe delayed"):
         build_model(CFG, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, fast_accum=True))
     assert parse_mode("fp8-delayed-compile-fastacc")["fp8_fast_accum"] is True
-    assert parse_mode("fp8-delayed-compile")["fp8_fast_accum"] is False
+    assert parse_mode("fp8-delayed-compile-nofastacc")["fp8_fast_accum"] is False
+    assert parse_mode("fp8-delayed-compile")["fp8_fast_accum"] is None
     with pytest.raises(UserError, match="fp8-delayed only"):
         parse_mode("fp8-tensorwise-compile-fastacc")
+    with pytest.raises(UserError, match="contradict each other"):
+        parse_mode("fp8-delayed-compile-fastacc-nofastacc")
 
 
-def test_fast_accumulation_trainer_flag_recorded_kept_on_resume_and_refused_without_fp8(tmp_path, capsys, tiny_cli):
+def test_fast_accumulation_and_weight_cache_flags_default_recorded_kept_on_resume_and_refused_without_fp8(tmp_path, capsys, tiny_cli):
     import json
 
     train, base = tiny_cli
 
-    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate", "--fp8_fast_accum"]) == 0
-    assert "(--fp8_fast_accum)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_fast_accum"] is True
-    assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
+    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate"]) == 0
+    out = capsys.readouterr().out
+    assert "(--fp8_fast_accum)" in out and "once per optimizer step (--fp8_weight_cache)" in out  # the defaults
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["fp8_fast_accum"] is True and run["train_config"]["fp8_weight_cache"] is True
+    assert train(base + ["--out_dir", tmp_path / "off", "--max_steps", 2, "--use_fp8", "--fp8_emulate",
+                         "--no-fp8_fast_accum", "--no-fp8_weight_cache"]) == 0
+    assert "(--fp8_fast_accum)" not in capsys.readouterr().out
+    run = json.loads((tmp_path / "off" / "run.json").read_text())
+    assert run["fp8_fast_accum"] is False and run["train_config"]["fp8_weight_cache"] is False
+    assert train(["--resume", tmp_path / "off", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
                   "--sample_tokens", 0]) == 0
-    assert "(--fp8_fast_accum)" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the checkpoint's choices, not the defaults
+    assert "(--fp8_fast_accum)" not in out and "(--fp8_weight_cache)" not in out
+    assert train(base + ["--out_dir", tmp_path / "bf16", "--max_steps", 1]) == 0
+    assert json.loads((tmp_path / "bf16" / "run.json").read_text())["train_config"]["fp8_weight_cache"] is False
     assert train(base + ["--out_dir", tmp_path / "b", "--max_steps", 1, "--fp8_fast_accum"]) == 2
     assert "--fp8_fast_accum / --no-fp8_fast_accum only apply with --use_fp8" in capsys.readouterr().err
     assert train(base + ["--out_dir", tmp_path / "c", "--max_steps", 1, "--use_fp8", "--fp8_emulate", "--fp8_recipe",

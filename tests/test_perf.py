@@ -72,11 +72,13 @@ def test_mode_parsing():
     assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
         precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True,
         fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="auto", fp8_head_kernel=False,
-        residual_dtype="auto", fp8_weight_cache=False, fp8_fast_accum=False)  # the trainer's default stream
+        residual_dtype="auto", fp8_weight_cache=None, fp8_fast_accum=None)  # the trainer's defaults
     assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8_head"] is False  # the head kept in bf16
     assert parse_mode("bf16-compile-bf16res")["residual_dtype"] == parse_mode("fp8-delayed-compile-bf16res")["residual_dtype"] == "bf16"
     assert parse_mode("fp8-delayed-compile-fp32res")["residual_dtype"] == "fp32"
-    assert parse_mode("fp8-delayed-compile-wcache")["fp8_weight_cache"] and not parse_mode("fp8-delayed-compile")["fp8_weight_cache"]
+    assert parse_mode("fp8-delayed-compile-wcache")["fp8_weight_cache"] is True
+    assert parse_mode("fp8-delayed-compile-nowcache")["fp8_weight_cache"] is False
+    assert parse_mode("fp8-delayed-compile")["fp8_weight_cache"] is None
     with pytest.raises(UserError, match="applies to fp8-delayed only"):
         parse_mode("fp8-tensorwise-compile-wcache")
     with pytest.raises(UserError, match="keep one"):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE THIRTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~8.5 min). NOTES 67.
+# Prepared in the thirteenth session; run as call 57 (fourteenth session, ~6.5 min). NOTES 67, 68.
 # --fp8_fast_accum: the delayed layers' and the fused SwiGLU's forward products with cuBLAS's fast accumulation,
 # as TorchAO's Float8Linear does by default (our recipe never asked for it).
 #  1. the blocks' forward products alone at the seed and 1B shapes: bf16, fp8, fp8 fast; their errors;

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# PREPARED IN THE THIRTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~9.5 min). NOTES 65.
+# Prepared in the thirteenth session; run as call 58 (fourteenth session, ~8 min) with its fourth run changed just
+# before the call from the cache + head kernel to the cache + fast accumulation (call 57 had just measured it). NOTES 65, 68.
 # --fp8_weight_cache (merged into main, off by default) gained 2.8% in the seed guide's training in call 54, but
 # a 60-step pair cannot show its losses equal (same-command spread 2.5%). The seed guide's command at 120 steps
 # on gutenberg, where call 50's four runs lay within 0.44%: fp8 default (our cast kernels), fp8 with the weight
 # cache, then bf16 for the ratio. Make it the default only if its final val loss is within that spread of the
-# default's and its tokens/s hold the gain. Then, while time allows: the cache with the head kernel too (-0.4 ms
-# a seed step in call 55, 3.8 GiB less memory), and a profile of the new default's seed fp8 step (our cast
-# kernels: no profile of it yet).
+# default's and its tokens/s hold the gain. Then, while time allows: the cache with fast accumulation too (call
+# 57's option), and a profile of the new default's seed fp8 step (our cast kernels: no profile of it yet).
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_wcache120; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
@@ -21,8 +21,8 @@ run guide-fp8 165 $G --use_fp8
 left=$(( 575 - $(date +%s) + T0 ))
 if (( left > 120 )); then run guide-bf16 $(( left < 165 ? left : 165 )) $G; else echo "guide-bf16 SKIPPED ($left s left)"; fi
 left=$(( 575 - $(date +%s) + T0 ))
-if (( left > 120 )); then run guide-fp8-wcache-headkernel $(( left < 165 ? left : 165 )) $G --use_fp8 --fp8_weight_cache --fp8_head_kernel
-else echo "guide-fp8-wcache-headkernel SKIPPED ($left s left)"; fi
+if (( left > 120 )); then run guide-fp8-wcache-fastacc $(( left < 165 ? left : 165 )) $G --use_fp8 --fp8_weight_cache --fp8_fast_accum
+else echo "guide-fp8-wcache-fastacc SKIPPED ($left s left)"; fi
 kill $SMI; pack
 left=$(( 585 - $(date +%s) + T0 ))
 if (( left > 45 )); then profile profile-seed-fp8 $left --precision fp8-delayed; else echo "profile SKIPPED ($left s left)"; fi

@@ -93,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "their output gradients, or all (default auto: all with the delayed recipe, measured fastest, "
                         "benchmarks/NOTES.md 62; none with TorchAO's recipes)")
     s.add_argument("--fp8_fast_accum", action=yes_no,
-                   help="with the delayed recipe, experimental: the layers' forward products with cuBLAS's fast "
-                        "accumulation, as TorchAO's Float8Linear does; the gradients' keep full accumulation (default "
-                        "off; benchmarks/NOTES.md 67)")
+                   help="with the delayed recipe: the layers' forward products with cuBLAS's fast accumulation, as "
+                        "TorchAO's Float8Linear does; the gradients' keep full accumulation (default on with the "
+                        "delayed recipe: +0.9%% seed steps on an H200, the same losses, benchmarks/NOTES.md 68)")
     s.add_argument("--fp8_head_kernel", action=yes_no,
                    help="experimental: the float8 head's logit gradient by our Triton kernel instead of the compiler's "
                         "code (default off; benchmarks/NOTES.md 46)")
@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "small and seed sizes (benchmarks/NOTES.md 49, 55); evaluation keeps float32")
     s.add_argument("--fp8_weight_cache", action=yes_no,
                    help="with the delayed fp8 recipe: cast the weights to float8 once per optimizer step instead of in "
-                        "every micro-batch (the same numbers on CPU; pays with --gradient_accumulation_steps > 1: "
-                        "+2.8%% in the seed guide's training on an H200, benchmarks/NOTES.md 65; off by default until a "
-                        "longer paired run shows the same losses on the GPU)")
+                        "every micro-batch (the same numbers; pays with --gradient_accumulation_steps > 1: +1.6-2.8%% "
+                        "in the seed guide's training on an H200, benchmarks/NOTES.md 65, 68; default on with the "
+                        "delayed recipe)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "
@@ -300,7 +300,7 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
     default = "tensorwise" if distributed or args.fp8_filter == "auto" else "delayed"
     recipe = args.fp8_recipe or saved.get("fp8_recipe") or default
 
-    def flag(name: str, saved_default: bool) -> bool:  # a yes/no flag, else the checkpoint's, else the default
+    def flag(name: str, saved_default: bool | None) -> bool | None:  # a yes/no flag, else the checkpoint's, else the default
         value = getattr(args, name)
         return value if value is not None else (saved.get(name) if saved.get(name) is not None else saved_default)
 
@@ -308,7 +308,7 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
                          fused_swiglu=recipe == "delayed" and flag("fp8_fused_swiglu", True),
                          kernel_casts=resolve_kernel_casts(args.fp8_kernel_casts or saved.get("fp8_kernel_casts") or "auto",
                                                            recipe),
-                         head_kernel=flag("fp8_head_kernel", False), fast_accum=flag("fp8_fast_accum", False))
+                         head_kernel=flag("fp8_head_kernel", False), fast_accum=flag("fp8_fast_accum", None))
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
     for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel", "fp8_fast_accum"):
@@ -377,7 +377,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
         print(f"resumed from {resumed['path']} at step {trainer.step}")
     elif ctx.is_main:
         (out_dir / "run.json").write_text(json.dumps(
-            {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg), **run_info,
+            {"model_config": model_cfg.to_dict(), "train_config": asdict(trainer.cfg), **run_info,
              "fp8": use_fp8}, indent=1))
     summary = trainer.train()
     if ctx.is_main:

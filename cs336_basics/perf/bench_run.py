@@ -49,10 +49,10 @@ class BenchSpec:
     fp8_fused_swiglu: bool | None = None  # as Fp8Options.fused_swiglu (mode suffix -unfused: False)
     fp8_kernel_casts: str = "auto"  # as Fp8Options.kernel_casts (mode suffixes -castnone, -castinputs, -castgrads, -castall)
     fp8_head_kernel: bool = False  # as Fp8Options.head_kernel (mode suffix -headkernel)
-    fp8_fast_accum: bool = False  # as Fp8Options.fast_accum (mode suffix -fastacc)
+    fp8_fast_accum: bool | None = None  # as Fp8Options.fast_accum (mode suffixes -fastacc, -nofastacc)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     residual_dtype: str = "auto"  # as TrainConfig.residual_dtype (mode suffixes -bf16res, -fp32res)
-    fp8_weight_cache: bool = False  # as TrainConfig.fp8_weight_cache (mode suffix -wcache)
+    fp8_weight_cache: bool | None = None  # as TrainConfig.fp8_weight_cache (mode suffixes -wcache, -nowcache)
     device: str = "cuda"
     inductor: dict[str, Any] = field(default_factory=dict)  # torch._inductor.config overrides, e.g. {"coordinate_descent_tuning": True}
 
@@ -105,7 +105,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
         fused_swiglu_kernels_checked=report.kernels_checked if report else "",
         fp8_kernel_casts=report.kernel_casts if report else "none", fp8_head_kernel=spec.fp8_head_kernel,
         fp8_fast_accum=bool(report and report.fast_accum),
-        residual_dtype=trainer.cfg.residual_dtype, fp8_weight_cache=spec.fp8_weight_cache, flash=spec.flash,
+        residual_dtype=trainer.cfg.residual_dtype, fp8_weight_cache=trainer.cfg.fp8_weight_cache, flash=spec.flash,
         checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,
         params=model.num_params(), fp8_layers=len(report.converted) if report else 0,
         step_ms=round(step * 1e3, 2), step_ms_spread=[round(min(step_seconds) * 1e3, 2), round(max(step_seconds) * 1e3, 2)],

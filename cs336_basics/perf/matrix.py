@@ -59,18 +59,24 @@ def parse_mode(mode: str) -> dict[str, Any]:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
                                                                        "castnone", "castinputs", "castgrads", "castall", "headkernel",
-                                                                       "bf16res", "fp32res", "wcache", "fastacc"}:
+                                                                       "bf16res", "fp32res", "wcache", "nowcache",
+                                                                       "fastacc", "nofastacc"}:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache][-fastacc], "
+                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache|-nowcache]"
+                        f"[-fastacc|-nofastacc], "
                         f"e.g. fp8-rowwise-compile-ac")
     if {"bf16res", "fp32res"} <= set(parts[1:]):
         raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
+    for name in ("wcache", "fastacc"):
+        if {name, f"no{name}"} <= set(parts[1:]):
+            raise UserError(f"mode {mode!r}: -{name} and -no{name} contradict each other; keep one")
     if len({"castnone", "castinputs", "castgrads", "castall"} & set(parts[1:])) > 1:
         raise UserError(f"mode {mode!r}: name one of -castnone, -castinputs, -castgrads, -castall")
     for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castnone", "inductor's casts, not our kernel"),
                          ("castinputs", "our cast kernel for inputs"),
                          ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast"),
-                         ("wcache", "weights cast once per step"), ("fastacc", "fast accumulation")):
+                         ("wcache", "weights cast once per step"), ("nowcache", "weights cast in every micro-batch"),
+                         ("fastacc", "fast accumulation"), ("nofastacc", "without fast accumulation")):
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
     if "headkernel" in parts[1:] and (not precision.startswith("fp8") or "bf16head" in parts[1:]):
@@ -82,7 +88,12 @@ def parse_mode(mode: str) -> dict[str, Any]:
                 fp8_kernel_casts=next((c for c in ("none", "inputs", "grads", "all") if f"cast{c}" in parts[1:]), "auto"),
                 fp8_head_kernel="headkernel" in parts[1:],
                 residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"),
-                fp8_weight_cache="wcache" in parts[1:], fp8_fast_accum="fastacc" in parts[1:])
+                fp8_weight_cache=_yes_no(parts[1:], "wcache"), fp8_fast_accum=_yes_no(parts[1:], "fastacc"))
+
+
+def _yes_no(suffixes: list[str], name: str) -> bool | None:
+    """-name: True, -noname: False, neither: None (the default for the recipe)."""
+    return True if name in suffixes else False if f"no{name}" in suffixes else None
 
 
 def parse_inductor(text: str) -> dict[str, Any]:

@@ -58,9 +58,9 @@ def _compiled_fp8(row: dict[str, Any]) -> bool:
 def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
-    None, until call 55; ours for "all" since), the head kernel, weights cast per step, fast accumulation."""
-    return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
-            or bool(settings.get("fp8_weight_cache")) or bool(settings.get("fp8_fast_accum")))
+    None, until call 55; ours for "all" since) or the head kernel. Weights cast per step and fast accumulation
+    (defaults since call 59) are recorded in each entry instead."""
+    return settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
 
 
 def _residual(config: dict[str, Any]) -> str:
@@ -78,7 +78,9 @@ def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], bas
     """One bench row's gain over its bf16 + compile row, mean step to mean step."""
     return dict(_shape(model, batch_size), kind="bench", recipe=row["precision"].split("-", 1)[1],
                 compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), fused_swiglu=_fused(row),
-                residual_dtype=_residual(row), kernel_casts=row.get("fp8_kernel_casts") or "none", ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
+                residual_dtype=_residual(row), kernel_casts=row.get("fp8_kernel_casts") or "none",
+                weight_cache=bool(row.get("fp8_weight_cache")), fast_accum=bool(row.get("fp8_fast_accum")),
+                ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
 def _bench_run_rows(call: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -133,6 +135,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
                               tune_kernels=train.get("tune_kernels", False),
                               fused_swiglu=bool(run.get("fp8_fused_swiglu")), residual_dtype=_residual(train),
                               kernel_casts=run.get("fp8_kernel_casts") or "none",
+                              weight_cache=bool(train.get("fp8_weight_cache")), fast_accum=bool(run.get("fp8_fast_accum")),
                               ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)

@@ -30,8 +30,10 @@ class Fp8Options:
     # (head_grad_fp8.py) instead of inductor's code; experimental (bench suffix -headkernel)
     head_kernel: bool = False
     # the delayed layers' forward products with cuBLAS's fast accumulation, as TorchAO's Float8Linear does
-    # (gemm_config_output); the gradients' products keep the promoted accumulation; experimental (bench -fastacc)
-    fast_accum: bool = False
+    # (gemm_config_output); the gradients' products keep the promoted accumulation. None: on with the delayed
+    # recipe (measured faster at the seed size, the same losses: benchmarks/NOTES.md 68), off otherwise (bench
+    # suffixes -fastacc, -nofastacc)
+    fast_accum: bool | None = None
 
 
 def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
@@ -41,7 +43,7 @@ def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
                         "--fp8_recipe delayed")
 
 
-def check_delayed_only(kernel_casts: str, fast_accum: bool, recipe: str) -> None:
+def check_delayed_only(kernel_casts: str, fast_accum: bool | None, recipe: str) -> None:
     """Our cast kernel (kernel_casts, resolved) and fast accumulation set the delayed recipe's layers: asking for
     them with another recipe is an error (checked by build_model, and by the CLI before the data is prepared)."""
     if recipe == "delayed":
@@ -73,6 +75,7 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         raise UserError(f"kernel casts {fp8.kernel_casts!r}: expected auto or one of {', '.join(KERNEL_CASTS)}")
     kernel_casts = resolve_kernel_casts(fp8.kernel_casts, fp8.recipe)
     check_delayed_only(kernel_casts, fp8.fast_accum, fp8.recipe)
+    fast_accum = fp8.recipe == "delayed" if fp8.fast_accum is None else fp8.fast_accum
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
     speedups = None
     if fp8.filter == "auto":
@@ -93,11 +96,11 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
 
     delayed = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]  # none with TorchAO's recipes
     for module in delayed:
-        module.kernel_casts, module.fast_accum = kernel_casts, fp8.fast_accum
-    report.kernel_casts, report.fast_accum = kernel_casts, fp8.fast_accum
+        module.kernel_casts, module.fast_accum = kernel_casts, fast_accum
+    report.kernel_casts, report.fast_accum = kernel_casts, fast_accum
     if kernel_casts != "none" and micro_batch_tokens:
         check_kernel_casts(delayed, micro_batch_tokens, device, log)
-    if fp8.fast_accum and fp8.emulate:
+    if fp8.fast_accum and fp8.emulate:  # asked for by name: say it is moot here
         log("--fp8_fast_accum: emulated float8 products compute in float32, so it changes nothing in this run; "
             "it applies to a GPU's float8 tensor cores")
     if fp8.head_kernel:

@@ -68,7 +68,9 @@ class TrainConfig:
     fused_attention: str = "auto"  # fused SDPA kernels in PyTorch's order ("auto") or "flash" / "cudnn" first
     gc_interval: int = 50  # Python's automatic GC off while training, a young collection every N steps; 0: automatic
     residual_dtype: str = "auto"  # "bf16" (auto on CUDA): the stream in bf16 while training (transforms.cast_residual_stream)
-    fp8_weight_cache: bool = False  # delayed fp8: cast the weights once per optimizer step (fp8_delayed.DelayedScaling)
+    # delayed fp8: cast the weights once per optimizer step (fp8_delayed.DelayedScaling); None: on with the delayed
+    # recipe's layers (the Trainer records what it resolved)
+    fp8_weight_cache: bool | None = None
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -124,8 +126,14 @@ class Trainer:
         ctx: DistributedContext = DistributedContext(),
     ) -> None:
         cfg = cfg.validate()
-        # "auto" resolved for this device (as the CLI already did for its runs), so checkpoints record what ran
-        cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False))
+        delayed = has_delayed_fp8(model)
+        if cfg.fp8_weight_cache and not delayed:
+            raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
+                            "--fp8_recipe delayed (the default on one GPU), or drop it")
+        # "auto" settings resolved for this device and model (as the CLI already did for its runs), so checkpoints
+        # record what ran
+        cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False),
+                      fp8_weight_cache=delayed and cfg.fp8_weight_cache is not False)
         self.cfg, self.device, self.out_dir, self.ctx = cfg, device, out_dir, ctx
         self.log = log if ctx.is_main else (lambda message: None)
         self.train_data, self.val_tokens = train_data, val_tokens
@@ -134,12 +142,10 @@ class Trainer:
         self.model = model
         self.fp8 = is_float8_model(model)
         self.fp8_head = has_fp8_head(model)
-        if cfg.fp8_weight_cache and not has_delayed_fp8(model):
-            raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
-                            "--fp8_recipe delayed (the default on one GPU), or drop it")
-        self.fp8_scales = DelayedScaling(model, cache_weights=cfg.fp8_weight_cache) if has_delayed_fp8(model) else None
+        self.fp8_scales = DelayedScaling(model, cache_weights=cfg.fp8_weight_cache) if delayed else None
         if self.fp8:
-            self.log(FP8_DELAYED_MODE_MESSAGE if self.fp8_scales else FP8_MODE_MESSAGE)
+            self.log(FP8_DELAYED_MODE_MESSAGE + ("; weights cast to float8 once per optimizer step (--fp8_weight_cache)"
+                                                 if cfg.fp8_weight_cache else "") if self.fp8_scales else FP8_MODE_MESSAGE)
         # Evaluation runs every model in one precision (bf16 autocast on CUDA, fp32 on CPU) so that fp8 and
         # bf16 runs report comparable validation losses: a plain model that shares the trained weights.
         # (Sharded parameters cannot be shared that way: under FSDP an fp8 run evaluates in fp8.)
