@@ -170,7 +170,8 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batc
     residual stream's dtype; fp8 and bf16 with the same stream) at the measured width nearest to `dim` (within a
     factor NEAR), those of micro-batch `batch_size` if that was measured there; or []. Entries with inductor's
     casts and with our cast kernel (each records kernel_casts) are pooled: ~3% apart where both were measured
-    (call 55), while most widths were measured with inductor's only."""
+    (call 55), while most widths were measured with inductor's only; so are those with and without the weight
+    cache and fast accumulation (each recorded too; 1-2% apart, calls 57-58)."""
     try:
         gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode
                  and g.get("tune_kernels", False) == tune_kernels and g.get("fused_swiglu", False) == fused_swiglu

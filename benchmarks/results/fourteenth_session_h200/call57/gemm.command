@@ -1,0 +1,1 @@
+python3 benchmarks/gemm_fast_accum.py --out $OUT/gemm.json
