@@ -15,9 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main(out: str, *runs: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run, color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+    names = [Path(run).name for run in runs]
+    if len(set(names)) < len(names):  # runs of several calls: name each by its call's folder too
+        names = [f"{Path(run).parent.name}/{Path(run).name}" for run in runs]
+    for run, name, color in zip(runs, names, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-        name = Path(run).name
         ax.plot(*zip(*[(r["step"], r["loss"]) for r in records if "loss" in r]), color=color, lw=1, alpha=0.6,
                 label=f"{name} train")
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
