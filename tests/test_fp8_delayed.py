@@ -335,7 +335,7 @@ def test_fast_accumulation_option_is_set_reported_and_refused_for_other_recipes(
     assert any("emulated float8 products compute in float32, so it changes nothing" in line for line in seen)
     layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
     assert layers and all(m.fast_accum for m in layers) and report.fast_accum
-    assert "fast accumulation, as TorchAO's (--fp8_fast_accum)" in report.summary()
+    assert "fast accumulation on a GPU, as TorchAO's (--fp8_fast_accum)" in report.summary()
     seen.clear()  # unset: on with the delayed recipe, without the line for asking for it under emulation
     model, default = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), log=seen.append)
     assert default.fast_accum and all(m.fast_accum for m in model.modules() if isinstance(m, Float8DelayedLinear))

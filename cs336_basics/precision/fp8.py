@@ -62,7 +62,7 @@ class ConversionReport:
         if self.head_kernel:
             lines.append("  the head's logit gradient: our Triton kernel, both layouts in one pass (--fp8_head_kernel)")
         if self.fast_accum:
-            lines.append("  the layers' forward products: cuBLAS's fast accumulation, as TorchAO's (--fp8_fast_accum)")
+            lines.append("  the layers' forward products: cuBLAS's fast accumulation on a GPU, as TorchAO's (--fp8_fast_accum)")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)
