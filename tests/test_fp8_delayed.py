@@ -236,13 +236,15 @@ def test_compiled_graph_hands_scaled_mm_scales_that_cublaslt_takes(monkeypatch):
     assert set(seen) == {(0, 0)}, sorted(set(seen))
 
 
-@pytest.mark.parametrize("fused, compiled", [(False, False), (None, False), (None, True)],
-                         ids=["layers-eager", "fused-swiglu-eager", "fused-swiglu-compiled"])
-def test_weights_cast_once_per_step_train_as_the_per_micro_batch_casts_do(tmp_path, fused, compiled):
+@pytest.mark.parametrize("fused, compiled, checkpointing", [(False, False, False), (None, False, False),
+                                                            (None, True, False), (None, True, True)],
+                         ids=["layers-eager", "fused-swiglu-eager", "fused-swiglu-compiled", "compiled-checkpointed"])
+def test_weights_cast_once_per_step_train_as_the_per_micro_batch_casts_do(tmp_path, fused, compiled, checkpointing):
     """--fp8_weight_cache: the weights cast once per optimizer step (DelayedScaling.cast_weights) and read by
     every micro-batch give the losses and weights of casting them in each forward, over steps whose optimizer
     changes the weights (so a stale cast would show), with gradient accumulation, in the layers one by one and
-    the fused SwiGLU, eager and compiled."""
+    the fused SwiGLU, eager and compiled, and with activation checkpointing (on for a new run unless
+    --no_gradient_checkpointing), whose recomputed forward reads the cast again."""
     tokens = (np.arange(16384) * 7 % 509).astype(np.uint16)
     results = {}
     for cache in (False, True):
@@ -250,7 +252,8 @@ def test_weights_cast_once_per_step_train_as_the_per_micro_batch_casts_do(tmp_pa
         model, _ = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fused_swiglu=fused),
                                log=lambda s: None)
         trainer = Trainer(model, TrainConfig(batch_size=2, gradient_accumulation_steps=2, max_steps=3, warmup_steps=0,
-                                             compile_model=compiled, gradient_checkpointing=False, fp8_weight_cache=cache),
+                                             compile_model=compiled, gradient_checkpointing=checkpointing,
+                                             fp8_weight_cache=cache),
                           RandomWindows(tokens, 2, CFG.context_length, 0), tokens[:256], torch.device("cpu"),
                           tmp_path / str(cache), log=lambda s: None)
         assert trainer.fp8_scales.cache_weights == cache
