@@ -134,8 +134,9 @@ def check_fp8_head(device: torch.device) -> Check:
 
 def check_delayed_layer(device: torch.device) -> Check:
     """Our delayed-scaling float8 linear (fp8_delayed.py) as training runs it by default, its casts through our
-    kernel (fp8_cast.py; on CPU its PyTorch reference) and its products through torch._scaled_mm, against the
-    reference (PyTorch casts, float32 products), on fresh random bf16 inputs with scales learned from them."""
+    kernel (fp8_cast.py; on CPU its PyTorch reference) and its products through torch._scaled_mm, the forward one
+    with fast accumulation, against the reference (PyTorch casts, float32 products), on fresh random bf16 inputs
+    with scales learned from them."""
     import torch.nn as nn
 
     from cs336_basics.precision.fp8_cast import resolve_kernel_casts
@@ -155,6 +156,7 @@ def check_delayed_layer(device: torch.device) -> Check:
         convert_to_delayed_float8(model, {"0"}, emulate)
         layer = model[0]
         layer.kernel_casts = "none" if emulate else resolve_kernel_casts("auto", "delayed")  # the default: all
+        layer.fast_accum = not emulate  # the default with the delayed recipe (setup.build_model)
         xe = x.clone().requires_grad_()
         DelayedScaling(model).calibrate(lambda: layer(xe).backward(grad_y), [layer.weight])
         xe.grad = None
@@ -164,7 +166,7 @@ def check_delayed_layer(device: torch.device) -> Check:
 
     return kernels_vs_reference("delayed float8 layer: kernels vs reference", device, run,
                                 ("output", "input gradient", "weight gradient"), (2e-2, 2e-2, 2e-2),
-                                f"{n} tokens, {k} -> {m}, casts by our kernel (seed {seed})")
+                                f"{n} tokens, {k} -> {m}, casts by our kernel, fast accumulation (seed {seed})")
 
 
 def check_swiglu_kernels(device: torch.device) -> Check:
