@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # PREPARED IN THE FOURTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~6.5 min). NOTES 71.
 # First verify_fp8_compilation.py (its delayed-layer check now runs the forward product with fast accumulation,
-# as training does by default: its first GPU run), and benchmarks/weight_cast_cost.py (what bf16 pays each
-# micro-batch to cast its float32 weights, the asymmetry NOTES 71 estimates at ~0.6% of the seed guide's step). Then:
+# as training does by default: its first GPU run). Then:
 # Where a 1B step goes with today's defaults (never profiled with our cast kernels, the weight cache or fast
 # accumulation; call 49 was the last 1B profile): benchmarks/profile_step.py at micro-batch 8 x 2048, fp8 (the
 # delayed recipe's defaults) and bf16, 3 profiled steps each after warm-up; breakdown.json lists every kernel.
@@ -14,9 +13,6 @@ source benchmarks/scripts/lib_single.sh
 echo "python3 verify_fp8_compilation.py" > $R/verify.command
 timeout 150 python3 verify_fp8_compilation.py > $R/verify.log 2>&1
 echo "verify rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "PASS\|FAIL\|SKIP\|passed" $R/verify.log | cut -c1-160; pack
-echo "python3 benchmarks/weight_cast_cost.py --out \$OUT/weight_cast_cost.json" > $R/weight_cast_cost.command
-timeout 90 python3 benchmarks/weight_cast_cost.py --out $R/weight_cast_cost.json > $R/weight_cast_cost.log 2>&1
-echo "weight_cast_cost rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "seed\|1b" $R/weight_cast_cost.log; pack
 for precision in fp8-delayed bf16; do
   name=profile-1b-$precision
   left=$(( 440 - $(date +%s) + T0 ))

@@ -47,7 +47,7 @@ from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
 SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention",
-               "residual_dtype", "fp8_weight_cache")
+               "residual_dtype", "fp8_weight_cache", "bf16_weight_cache")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
 
 
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every micro-batch (the same numbers; pays with --gradient_accumulation_steps > 1: +1.6-2.8%% "
                         "in the seed guide's training on an H200, benchmarks/NOTES.md 65, 68; default on with the "
                         "delayed recipe)")
+    s.add_argument("--bf16_weight_cache", action=yes_no,
+                   help="experimental, bf16 runs on one GPU: cast the weights to bf16 once per optimizer step instead "
+                        "of by autocast in every micro-batch (the same numbers; the fp8 weight cache's counterpart, for "
+                        "a like-for-like ratio; not yet measured, benchmarks/NOTES.md 71; default off)")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "

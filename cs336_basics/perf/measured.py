@@ -58,9 +58,11 @@ def _compiled_fp8(row: dict[str, Any]) -> bool:
 def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
-    None, until call 55; ours for "all" since) or the head kernel. Weights cast per step and fast accumulation
-    (defaults since call 59) are recorded in each entry instead."""
-    return settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
+    None, until call 55; ours for "all" since), the head kernel, or bf16 weights cast per step (a bf16 run's
+    experiment, which would otherwise pair with the fp8 runs as their bf16). Fp8 weights cast per step and fast
+    accumulation (defaults since call 59) are recorded in each entry instead."""
+    return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
+            or bool(settings.get("bf16_weight_cache")))
 
 
 def _residual(config: dict[str, Any]) -> str:

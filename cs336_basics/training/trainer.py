@@ -24,6 +24,7 @@ from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import (has_fp8_head, is_float8_model, precompute_float8_dynamic_scale_for_fsdp,
                                         uses_fp8_all_gather)
+from cs336_basics.precision.bf16_cache import Bf16WeightCache, cache_bf16_weights
 from cs336_basics.precision.fp8_delayed import DelayedScaling, has_delayed_fp8
 from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context
 from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
@@ -71,6 +72,9 @@ class TrainConfig:
     # delayed fp8: cast the weights once per optimizer step (fp8_delayed.DelayedScaling); None: on with the delayed
     # recipe's layers (the Trainer records what it resolved)
     fp8_weight_cache: bool | None = None
+    # bf16 runs on a GPU, experimental: every nn.Linear's bf16 weight cast once per optimizer step instead of by
+    # autocast in every micro-batch (precision/bf16_cache.py; the fp8 weight cache's counterpart, NOTES 71)
+    bf16_weight_cache: bool = False
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -130,6 +134,9 @@ class Trainer:
         if cfg.fp8_weight_cache and not delayed:
             raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
                             "--fp8_recipe delayed (the default on one GPU), or drop it")
+        if cfg.bf16_weight_cache and (is_float8_model(model) or device.type != "cuda" or ctx.enabled):
+            raise UserError("--bf16_weight_cache applies to bf16 training under autocast on one GPU (float8 runs have "
+                            "--fp8_weight_cache; CPU training is float32): drop it")
         # "auto" settings resolved for this device and model (as the CLI already did for its runs), so checkpoints
         # record what ran
         cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False),
@@ -151,9 +158,16 @@ class Trainer:
         # (Sharded parameters cannot be shared that way: under FSDP an fp8 run evaluates in fp8.)
         # A bf16 residual stream is a training setting too: evaluation keeps float32's.
         bf16_residual = cfg.residual_dtype == "bf16"
-        self.eval_model = self._plain_view(model) if (self.fp8 or bf16_residual) and not ctx.enabled else model
-        # Transformations, in order, after any float8 conversion: the residual stream's dtype, activation
-        # checkpointing, then compile, then FSDP2 sharding when several processes run.
+        # (With the bf16 weight cache the training model's casts are a step old after the optimizer's update.)
+        plain_eval = self.fp8 or bf16_residual or cfg.bf16_weight_cache
+        self.eval_model = self._plain_view(model) if plain_eval and not ctx.enabled else model
+        # Transformations, in order, after any float8 conversion: bf16 weights cast once per step, the residual
+        # stream's dtype, activation checkpointing, then compile, then FSDP2 sharding when several processes run.
+        self.bf16_cache = None
+        if cfg.bf16_weight_cache:
+            layers = cache_bf16_weights(model)
+            self.bf16_cache = Bf16WeightCache(model)
+            self.log(f"bf16 weights of {layers} linear layers cast once per optimizer step (--bf16_weight_cache)")
         if bf16_residual:
             cast_residual_stream(model)
             self.log("residual stream in bf16 (FSDP's bf16 parameters), in evaluation too" if ctx.enabled else
@@ -343,6 +357,8 @@ class Trainer:
             self._calibrate_fp8_scales()
         if self.fp8_scales is not None:
             self.fp8_scales.cast_weights()  # with --fp8_weight_cache: once for all of this step's micro-batches
+        if self.bf16_cache is not None:
+            self.bf16_cache.cast_weights()
         loss_sum = torch.zeros((), device=self.device)
         accumulation = self.cfg.gradient_accumulation_steps
         for micro_batch in range(accumulation):

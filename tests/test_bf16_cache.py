@@ -1,0 +1,83 @@
+"""--bf16_weight_cache (precision/bf16_cache.py): bf16 weights cast once per optimizer step give autocast's numbers."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cs336_basics.model.transformer import ModelConfig, Transformer
+from cs336_basics.perf.measured import _experiment
+from cs336_basics.precision.bf16_cache import Bf16WeightCache, CachedCastLinear, cache_bf16_weights
+from cs336_basics.training.transforms import compile_model
+
+CFG = ModelConfig(vocab_size=512, context_length=32, dim=64, n_layers=2, n_heads=4, intermediate_size=128)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_cached_layer_computes_what_autocast_linear_does(x_dtype):
+    """Output, input gradient and the float32 weight's gradient of nn.Linear under bf16 autocast, bit for bit,
+    from a float32 stream's input (the norm's output) and from a bf16 one."""
+    torch.manual_seed(0)
+    plain = nn.Linear(64, 96, bias=False)
+    cached = CachedCastLinear(copy.deepcopy(plain))
+    x = torch.randn(2, 8, 64).to(x_dtype)
+    results = []
+    for layer in (plain, cached):
+        xe = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16):
+            y = layer(xe)
+        (y.float() ** 2).sum().backward()
+        results.append((y, xe.grad, layer.weight.grad))
+    for got, want in zip(results[1], results[0]):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_weights_cast_once_per_step_train_as_autocast_does(compiled):
+    """A model whose linear layers read casts refreshed once per step trains as the plain model under bf16
+    autocast: the same losses and weights over optimizer steps that change the weights (a stale cast would
+    show), with two micro-batches a step; parameter names and state-dict keys are the plain model's."""
+    torch.manual_seed(0)
+    plain = Transformer(CFG)
+    cached = copy.deepcopy(plain)
+    assert cache_bf16_weights(cached) == 5 * CFG.n_layers + 1  # qkv, out, w1, w3, w2 a block; the head
+    assert cache_bf16_weights(cached) == 0  # already swapped: nothing left to swap
+    assert list(cached.state_dict()) == list(plain.state_dict())
+    cache = Bf16WeightCache(cached)
+    tokens = torch.from_numpy((np.arange(4 * 2 * 3 * 33) * 7 % 509).astype(np.int64)).view(3, 2, 4, 33)
+    losses = {}
+    for name, model in (("plain", plain), ("cached", cached)):
+        if compiled:
+            compile_model(model, "default")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        losses[name] = []
+        for step in range(3):
+            if model is cached:
+                cache.cast_weights()
+            for micro in range(2):
+                batch = tokens[step, micro]
+                with torch.autocast("cpu", torch.bfloat16):
+                    loss = model(batch[:, :-1], batch[:, 1:])
+                (loss / 2).backward()
+                losses[name].append(loss.item())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    assert losses["cached"] == pytest.approx(losses["plain"], rel=1e-6, abs=0)
+    for (name, want), got in zip(plain.state_dict().items(), cached.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_bf16_cache_is_refused_off_a_gpu_and_left_out_of_the_gains(tmp_path, capsys, tiny_cli):
+    """CPU training is float32 (no autocast): the option is refused with a one-line error, not ignored; a bf16
+    run with it is an experiment that must not pair with fp8 runs as their bf16 baseline."""
+    train, base = tiny_cli
+    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 1, "--bf16_weight_cache"]) == 2
+    assert "--bf16_weight_cache applies to bf16 training under autocast on one GPU" in capsys.readouterr().err
+    assert _experiment({"bf16_weight_cache": True}) and not _experiment({"bf16_weight_cache": False})
+    with pytest.raises(ValueError, match="no CachedCastLinear"):
+        Bf16WeightCache(Transformer(CFG))
