@@ -122,14 +122,19 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     return model, report
 
 
+def _refuse_if_wrong(kernel: str, problems: list[str], way_around: str, where: str = "") -> None:
+    """A kernel's run-time check before training: what it found wrong refuses the run, with the way around it
+    (a wrong kernel is never trained with)."""
+    if problems:
+        raise UserError(f"{kernel} computed wrong results on this machine{where} ({'; '.join(problems)}): "
+                        f"{way_around}, and report it")
+
+
 def check_head_kernel(M: int, V: int, device: torch.device, log=print) -> None:
     """The float8 head's logit-gradient kernel checked at this run's shape before it trains; a wrong one refused."""
     from cs336_basics.precision.head_grad_fp8 import check_head_grad
 
-    problems = check_head_grad(M, V, device)
-    if problems:
-        raise UserError(f"our fp8 head-gradient kernel computed wrong results on this machine ({'; '.join(problems)}): "
-                        "run without it, and report it")
+    _refuse_if_wrong("our fp8 head-gradient kernel", check_head_grad(M, V, device), "run without it")
     log(f"fp8 head-gradient kernel checked at {M} tokens x {V}: both layouts as the reference's")
 
 
@@ -140,10 +145,8 @@ def check_kernel_casts(layers: list, M: int, device: torch.device, log=print) ->
 
     shapes = sorted({(m.in_features, False) for m in layers if m.kernel_cast_flags[0]}
                     | {(m.out_features, True) for m in layers if m.kernel_cast_flags[1]})
-    problems = [p for n, e5m2 in shapes for p in check_cast(M, n, e5m2, device)]
-    if problems:
-        raise UserError(f"our fp8 cast kernel computed wrong results on this machine ({'; '.join(problems)}): "
-                        "run without kernel casts, and report it")
+    _refuse_if_wrong("our fp8 cast kernel", [p for n, e5m2 in shapes for p in check_cast(M, n, e5m2, device)],
+                    "run without kernel casts")
     widths = ", ".join(f"{n} ({'e5m2' if e5m2 else 'e4m3'})" for n, e5m2 in shapes)
     log(f"fp8 cast kernel checked at {M} tokens x {widths}: both layouts and amaxes as the reference's")
 
@@ -153,9 +156,7 @@ def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) 
     a wrong kernel is refused with the way around it, never trained with. Returns the shape checked."""
     from cs336_basics.precision.swiglu_fp8 import check_kernels
 
-    problems = check_kernels(M, N, device)
-    if problems:
-        raise UserError(f"the fused SwiGLU's Triton kernels computed wrong results on this machine at {M} x {N} "
-                        f"({'; '.join(problems)}): train with --no-fp8_fused_swiglu, and report it")
+    _refuse_if_wrong("the fused SwiGLU's Triton kernels", check_kernels(M, N, device), "train with --no-fp8_fused_swiglu",
+                    where=f" at {M} x {N}")
     log(f"fused SwiGLU kernels checked at {M} tokens x {N}: both layouts and amaxes as their references")
     return f"{M} tokens x {N}"

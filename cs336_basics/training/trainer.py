@@ -130,11 +130,11 @@ class Trainer:
         ctx: DistributedContext = DistributedContext(),
     ) -> None:
         cfg = cfg.validate()
-        delayed = has_delayed_fp8(model)
+        fp8, delayed = is_float8_model(model), has_delayed_fp8(model)
         if cfg.fp8_weight_cache and not delayed:
             raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
                             "--fp8_recipe delayed (the default on one GPU), or drop it")
-        if cfg.bf16_weight_cache and (is_float8_model(model) or device.type != "cuda" or ctx.enabled):
+        if cfg.bf16_weight_cache and (fp8 or device.type != "cuda" or ctx.enabled):
             raise UserError("--bf16_weight_cache applies to bf16 training under autocast on one GPU (float8 runs have "
                             "--fp8_weight_cache; CPU training is float32): drop it")
         # "auto" settings resolved for this device and model (as the CLI already did for its runs), so checkpoints
@@ -147,7 +147,7 @@ class Trainer:
         self.run_info = run_info or {}
         self.model_cfg = model.cfg
         self.model = model
-        self.fp8 = is_float8_model(model)
+        self.fp8 = fp8
         self.fp8_head = has_fp8_head(model)
         self.fp8_scales = DelayedScaling(model, cache_weights=cfg.fp8_weight_cache) if delayed else None
         if self.fp8:
