@@ -4,7 +4,7 @@ and our bf16 path lacks (benchmarks/NOTES.md 71).
 
     python benchmarks/weight_cast_cost.py --out $OUT/weight_cast_cost.json
 
-For each model: one block's weights (qkv, out, w1, w3, w2) cast by a compiled function, as each compiled block
+For each model: one block's linear weights (qkv, out, w1, w3, w2) cast by a compiled function, as each compiled block
 casts them, times the layers, plus the output head's weight; each replayed from a CUDA graph. Then what casting
 once per step would save a step of A micro-batches: (A - 1) x that time.
 """
@@ -21,13 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cs336_basics.model.transformer import PRESETS  # noqa: E402
+from cs336_basics.model.transformer import PRESETS, Block, OutputHead  # noqa: E402
 from kernel_swiglu_fp8 import time_us  # noqa: E402
-
-
-def block_weight_shapes(dim: int, ffn: int) -> list[tuple[int, int]]:
-    """(out, in) of one block's linear weights: qkv, out, w1, w3, w2."""
-    return [(3 * dim, dim), (dim, dim), (ffn, dim), (ffn, dim), (dim, ffn)]
 
 
 def main() -> None:
@@ -42,8 +37,9 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         cfg = PRESETS[preset]
-        block = [torch.randn(shape, device="cuda") for shape in block_weight_shapes(cfg.dim, cfg.intermediate_size)]
-        head = torch.randn(cfg.vocab_size, cfg.dim, device="cuda")
+        with torch.device("cuda"):  # the model's own layers: one block's linear weights, and the head's
+            block = [m.weight.detach() for m in Block(cfg).modules() if isinstance(m, torch.nn.Linear)]
+            head = OutputHead(cfg).proj.weight.detach()
         cast = torch.compile(lambda ws: [w.to(torch.bfloat16) for w in ws], fullgraph=True)
         block_us = time_us(lambda: cast(block), args.iters)
         head_us = time_us(lambda: cast([head]), args.iters)
