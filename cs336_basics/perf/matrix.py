@@ -129,11 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
                                    f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res]"
-                                   f"[-wcache][-fastacc] (attention kernel; activation checkpointing; the output head in bf16; "
-                                   f"fp8-delayed's SwiGLU as three layers; which of fp8-delayed's casts our kernel does, by "
-                                   f"default all; the head's gradient by our kernel; the residual stream's dtype, by default "
-                                   f"the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's weights cast once per step; "
-                                   f"its forward products with fast accumulation), or 'all' ({len(all_modes())}, without "
+                                   f"[-wcache|-nowcache][-fastacc|-nofastacc] (attention kernel; activation checkpointing; "
+                                   f"the output head in bf16; fp8-delayed's SwiGLU as three layers; which of fp8-delayed's "
+                                   f"casts our kernel does, by default all; the head's gradient by our kernel; the residual "
+                                   f"stream's dtype, by default the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's "
+                                   f"weights cast once per step or in every micro-batch, by default once; its forward "
+                                   f"products with fast accumulation or without, by default with), or 'all' ({len(all_modes())}, without "
                                    f"the last seven suffixes); precisions: "
                                    f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
