@@ -44,6 +44,15 @@ BASELINE = "bf16-compile"
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "anchor_bench.py"
 
 
+# Mode suffixes that set the delayed recipe's own options, with what each does (in parse_mode's errors).
+DELAYED_SUFFIXES = {"unfused": "SwiGLU's three layers one by one", "castnone": "inductor's casts, not our kernel",
+                    "castinputs": "our cast kernel for inputs", "castgrads": "our cast kernel for gradients",
+                    "castall": "our cast kernel for every cast", "wcache": "weights cast once per step",
+                    "nowcache": "weights cast in every micro-batch", "fastacc": "fast accumulation",
+                    "nofastacc": "without fast accumulation"}
+SUFFIXES = {"math", "flash", "cudnn", "ac", "bf16head", "headkernel", "bf16res", "fp32res", *DELAYED_SUFFIXES}
+
+
 def all_modes() -> list[str]:
     return [f"{p}-{c}{a}{ac}" for p, c, a, ac in
             itertools.product(PRECISIONS, ("eager", "compile"), ("", "-flash", "-cudnn", "-math"), ("", "-ac"))]
@@ -57,10 +66,7 @@ def parse_mode(mode: str) -> dict[str, Any]:
             break
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
-    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= {"math", "flash", "cudnn", "ac", "bf16head", "unfused",
-                                                                       "castnone", "castinputs", "castgrads", "castall", "headkernel",
-                                                                       "bf16res", "fp32res", "wcache", "nowcache",
-                                                                       "fastacc", "nofastacc"}:
+    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= SUFFIXES:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
                         f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache|-nowcache]"
                         f"[-fastacc|-nofastacc], "
@@ -72,11 +78,7 @@ def parse_mode(mode: str) -> dict[str, Any]:
             raise UserError(f"mode {mode!r}: -{name} and -no{name} contradict each other; keep one")
     if len({"castnone", "castinputs", "castgrads", "castall"} & set(parts[1:])) > 1:
         raise UserError(f"mode {mode!r}: name one of -castnone, -castinputs, -castgrads, -castall")
-    for suffix, what in (("unfused", "SwiGLU's three layers one by one"), ("castnone", "inductor's casts, not our kernel"),
-                         ("castinputs", "our cast kernel for inputs"),
-                         ("castgrads", "our cast kernel for gradients"), ("castall", "our cast kernel for every cast"),
-                         ("wcache", "weights cast once per step"), ("nowcache", "weights cast in every micro-batch"),
-                         ("fastacc", "fast accumulation"), ("nofastacc", "without fast accumulation")):
+    for suffix, what in DELAYED_SUFFIXES.items():
         if suffix in parts[1:] and precision != "fp8-delayed":
             raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
     if "headkernel" in parts[1:] and (not precision.startswith("fp8") or "bf16head" in parts[1:]):
