@@ -88,9 +88,40 @@ def test_scales_follow_the_amax_history_and_saturate_above_it():
     for _ in range(3):  # the calibration's amaxes leave the 4-step history
         step(1.0, 0.25)
     assert layer.x_scale.item() == pytest.approx(E4M3_MAX) and layer.g_scale.item() == pytest.approx(E5M2_MAX / 0.25)
+    assert scales.take_saturation()[0] == 0  # nothing grew past its range yet
     out = step(1e4, 0.25)  # far above the history: saturates instead of overflowing
     assert torch.isfinite(out).all() and torch.isfinite(layer.weight.grad).all()
     assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 1e4)  # and the next step's scale has learned it
+    count, ratio, name = scales.take_saturation()  # and the clipped cast was counted
+    assert (count, name) == (1, "0 input") and ratio == pytest.approx(1e4)
+    assert scales.take_saturation() == (0, 0.0, "0 input")  # counting starts afresh
+    step(1e4, 0.5)  # the gradient doubled: its cast clipped at half its amax
+    count, ratio, name = scales.take_saturation()
+    assert (count, name) == (1, "0 gradient") and ratio == pytest.approx(2.0)
+
+
+def test_margin_leaves_headroom_and_counts_only_what_still_clips():
+    torch.manual_seed(0)
+    layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)
+    scales = DelayedScaling(nn.Sequential(layer), history=4, margin=2)
+
+    def step(x_amax: float) -> None:
+        x = torch.zeros(8, 32)
+        x[0, 0] = x_amax
+        layer(x).backward(torch.ones(8, 16))
+        scales.update()
+
+    scales.calibrated = True  # the history starts at zero: scale from the steps below
+    step(1.0)
+    scales.take_saturation()
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 4.0)  # 2^2 above the history's max
+    step(3.0)  # 3x the history's max: inside the headroom
+    assert scales.take_saturation()[0] == 0
+    step(13.0)  # 13 / (3 x 4) > 1: clipped, and counted
+    count, ratio, _ = scales.take_saturation()
+    assert count == 1 and ratio == pytest.approx(13 / 12)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        DelayedScaling(nn.Sequential(layer), margin=-1)
 
 
 def test_amax_history_round_trips_and_refuses_other_layers():
@@ -289,6 +320,35 @@ def test_weight_cache_default_follows_the_recipe_and_asking_for_it_needs_the_del
     assert trainer(None, None).cfg.fp8_weight_cache is False
     with pytest.raises(UserError, match="--fp8_weight_cache casts the weights of the delayed recipe's layers"):
         trainer(tensorwise, True)
+
+
+def test_trainer_logs_fp8_saturation_and_refuses_a_margin_without_delayed_layers(tmp_path):
+    """Each log record of a delayed-fp8 run counts its clipped casts (metrics.jsonl, summary); --fp8_margin reaches
+    the scales, and is an error for TorchAO's recipes or a negative number."""
+    import json
+
+    tokens = np.arange(4096, dtype=np.uint16) % 509
+
+    def trainer(fp8: Fp8Options, **cfg) -> Trainer:
+        model, _ = build_model(CFG, torch.device("cpu"), fp8, log=lambda s: None)
+        return Trainer(model, TrainConfig(batch_size=2, max_steps=4, log_interval=2, eval_interval=4, eval_steps=1,
+                                          **cfg),
+                       RandomWindows(tokens, 2, CFG.context_length, 0), tokens, torch.device("cpu"), tmp_path,
+                       log=lambda s: None)
+
+    delayed = Fp8Options(recipe="delayed", emulate=True)
+    run = trainer(delayed, fp8_margin=1)
+    assert run.fp8_scales.margin == 1
+    summary = run.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "loss" in r]
+    assert [r["step"] for r in logged] == [2, 4]
+    assert all(isinstance(r["fp8_saturated"], int) and r["fp8_overflow"] >= 0 for r in logged)
+    assert summary["fp8_saturated"] == sum(r["fp8_saturated"] for r in logged)
+    with pytest.raises(UserError, match="--fp8_margin sets the headroom of the delayed recipe's scales"):
+        trainer(Fp8Options(recipe="tensorwise", emulate=True), fp8_margin=1)
+    with pytest.raises(UserError, match="--fp8_margin must be >= 0"):
+        trainer(delayed, fp8_margin=-1)
 
 
 def _record_scaled_mm(monkeypatch) -> list[bool]:

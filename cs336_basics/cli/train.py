@@ -47,7 +47,7 @@ from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
 SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention",
-               "residual_dtype", "fp8_weight_cache", "bf16_weight_cache")
+               "residual_dtype", "fp8_weight_cache", "fp8_margin", "bf16_weight_cache")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
 
 
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every micro-batch (the same numbers; pays with --gradient_accumulation_steps > 1: +1.6-2.8%% "
                         "in the seed guide's training on an H200, benchmarks/NOTES.md 65, 68; default on with the "
                         "delayed recipe)")
+    s.add_argument("--fp8_margin", type=int,
+                   help="with the delayed recipe: scale each input and gradient to 2^N times its amax history's max, "
+                        "headroom for tensors that grow faster than the history follows (default 0; the training log "
+                        "counts the casts that clipped)")
     s.add_argument("--bf16_weight_cache", action=yes_no,
                    help="experimental, bf16 runs on one GPU: cast the weights to bf16 once per optimizer step instead "
                         "of by autocast in every micro-batch (the same numbers; the fp8 weight cache's counterpart, for "
@@ -416,6 +420,8 @@ def report_results(summary: dict[str, Any], out_dir: Path, resumed: bool = False
         parts.append(f"{100 * summary['fraction_of_roofline']:.0f}% of the roofline bound")
     if "peak_memory_gib" in summary:
         parts.append(f"peak memory {summary['peak_memory_gib']:.1f} GiB")
+    if "fp8_saturated" in summary:
+        parts.append(f"{summary['fp8_saturated']} fp8 casts clipped")
     print("; ".join(parts))
     print(f"run directory: {out_dir} (metrics.jsonl, loss.png, checkpoints/, tokenizer.json)")
 

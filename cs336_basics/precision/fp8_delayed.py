@@ -9,8 +9,9 @@ Each step every layer records the amax of its input (a buffer, maxed over micro-
 gradient (returned by backward as the "gradient" of a 0-dim sink tensor; `after_backward()` between
 micro-batches keeps their max, where autograd would add them up). `DelayedScaling.update()` after the
 backward passes moves them into a history of the last `history` steps and sets each scale to float8's
-largest value / the history's max. Casts saturate, so a value above the history's max is clipped, never
-inf. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
+largest value / (the history's max x 2^margin). Casts saturate, so a value above that range is clipped, never
+inf; `update()` counts the casts that were (a tensor whose amax this step exceeded its scale's range) and
+`take_saturation()` reports them, so a run shows when its scales lagged its tensors. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
 whose gradients are thrown away (the scales start unknown).
 
 With `cache_weights` (`--fp8_weight_cache`) the weights are cast once per optimizer step instead of in every
@@ -165,10 +166,15 @@ class Float8DelayedLinear(nn.Module):
 class DelayedScaling:
     """The amax histories and scales of every Float8DelayedLinear of a model, updated in a few batched ops."""
 
-    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
-        if not self.layers:
+    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False, margin: int = 0) -> None:
+        named = [(n, m) for n, m in model.named_modules() if isinstance(m, Float8DelayedLinear)]
+        if not named:
             raise ValueError("the model has no Float8DelayedLinear layers")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0 (powers of two of headroom), got {margin}")
+        self.names = [n for n, _ in named]
+        self.layers = [m for _, m in named]
+        self.margin = margin
         device = self.layers[0].weight.device
         self.cache_weights = cache_weights
         if cache_weights:
@@ -179,6 +185,10 @@ class DelayedScaling:
         self._x_amax = [m.x_amax for m in self.layers]
         self._x_scale, self._g_scale = [m.x_scale for m in self.layers], [m.g_scale for m in self.layers]
         self._g_amax = torch.zeros(len(self.layers), device=device)  # this step's max over micro-batches
+        # Since the last take_saturation(): per (layer, input/gradient), the largest amax / its scale's range, and
+        # how many steps that ratio exceeded 1 (the cast clipped values).
+        self._overflow = torch.zeros(len(self.layers), 2, device=device)
+        self._saturated = torch.zeros(len(self.layers), 2, dtype=torch.int64, device=device)
         self.calibrated = False
         # Each sink gets its own zero .grad now, so backward adds into memory we own (a layer that saw no
         # backward records 0; a CUDA-graph output installed as .grad would be overwritten by the next replay).
@@ -231,17 +241,37 @@ class DelayedScaling:
         """After a step's backward passes: record this step's amaxes, set the scales for the next step.
         A handful of batched kernels over all layers (the host is on the critical path at small sizes)."""
         self.after_backward()  # the last (or only) micro-batch
+        now = torch.stack([torch.stack(self._x_amax), self._g_amax], dim=1)  # (layer, 2)
+        if self.calibrated:  # this step's casts saturated at the range the scales gave them
+            ratio = now / self._ranges()
+            torch.maximum(self._overflow, ratio, out=self._overflow)
+            self._saturated += ratio > 1
         self.history = self.history.roll(1, dims=-1)
-        self.history[:, 0, 0] = torch.stack(self._x_amax)
-        self.history[:, 1, 0] = self._g_amax
+        self.history[:, :, 0] = now
         self._set_scales()
         torch._foreach_zero_(self._x_amax)
         self._g_amax.zero_()
 
+    def _ranges(self) -> torch.Tensor:
+        """(layer, 2) the largest magnitude the current scales cast without clipping: the history's max x 2^margin."""
+        return self.history.amax(dim=-1).clamp(min=1e-12) * 2.0 ** self.margin
+
     def _set_scales(self) -> None:
-        scales = self._fp8_max / self.history.amax(dim=-1).clamp(min=1e-12)  # (layer, 2)
+        scales = self._fp8_max / self._ranges()  # (layer, 2)
         torch._foreach_copy_(self._x_scale, scales[:, 0].unbind())
         torch._foreach_copy_(self._g_scale, scales[:, 1].unbind())
+
+    def take_saturation(self) -> tuple[int, float, str]:
+        """Since the last call: (how many casts saturated, counting one per tensor and step; the largest amax /
+        scale range seen; which tensor it was, e.g. "layers.3.ffn.w2 gradient"), and start counting afresh.
+        Reads the device (a synchronisation): call it at log intervals, not every step."""
+        count = int(self._saturated.sum())
+        worst = int(self._overflow.argmax())
+        ratio = float(self._overflow.flatten()[worst])
+        name = f"{self.names[worst // 2]} {('input', 'gradient')[worst % 2]}"
+        self._saturated.zero_()
+        self._overflow.zero_()
+        return count, ratio, name
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The amax history, from which the scales follow: checkpointed, so a resumed run scales its next step

@@ -39,6 +39,7 @@ from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, R
                                               compile_model, resolve_compile_mode, resolve_residual_dtype)
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
+SATURATION_WARNING = 2.0  # a delayed-fp8 cast whose amax was over 2x its scale's range is reported as it happens
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
 
 
@@ -72,6 +73,8 @@ class TrainConfig:
     # delayed fp8: cast the weights once per optimizer step (fp8_delayed.DelayedScaling); None: on with the delayed
     # recipe's layers (the Trainer records what it resolved)
     fp8_weight_cache: bool | None = None
+    # delayed fp8: scales leave 2^fp8_margin of headroom above the amax history's max (fp8_delayed.DelayedScaling)
+    fp8_margin: int = 0
     # bf16 runs on a GPU, experimental: every nn.Linear's bf16 weight cast once per optimizer step instead of by
     # autocast in every micro-batch (precision/bf16_cache.py; the fp8 weight cache's counterpart, NOTES 71)
     bf16_weight_cache: bool = False
@@ -86,6 +89,8 @@ class TrainConfig:
             raise UserError(f"--gc_interval must be >= 0 (0 leaves Python's automatic collection on), got {self.gc_interval}")
         if self.grad_clip < 0:
             raise UserError(f"--grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.fp8_margin < 0:
+            raise UserError(f"--fp8_margin must be >= 0 (powers of two of headroom for the delayed scales), got {self.fp8_margin}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -134,6 +139,9 @@ class Trainer:
         if cfg.fp8_weight_cache and not delayed:
             raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
                             "--fp8_recipe delayed (the default on one GPU), or drop it")
+        if cfg.fp8_margin and not delayed:
+            raise UserError("--fp8_margin sets the headroom of the delayed recipe's scales (TorchAO's recipes scale each "
+                            "tensor by its own amax): add --use_fp8 with --fp8_recipe delayed, or drop it")
         if cfg.bf16_weight_cache and (fp8 or device.type != "cuda" or ctx.enabled):
             raise UserError("--bf16_weight_cache applies to bf16 training under autocast on one GPU (float8 runs have "
                             "--fp8_weight_cache; CPU training is float32): drop it")
@@ -149,7 +157,8 @@ class Trainer:
         self.model = model
         self.fp8 = fp8
         self.fp8_head = has_fp8_head(model)
-        self.fp8_scales = DelayedScaling(model, cache_weights=cfg.fp8_weight_cache) if delayed else None
+        self.fp8_scales = (DelayedScaling(model, cache_weights=cfg.fp8_weight_cache, margin=cfg.fp8_margin)
+                            if delayed else None)
         if self.fp8:
             self.log(FP8_DELAYED_MODE_MESSAGE + ("; weights cast to float8 once per optimizer step (--fp8_weight_cache)"
                                                  if cfg.fp8_weight_cache else "") if self.fp8_scales else FP8_MODE_MESSAGE)
@@ -405,6 +414,7 @@ class Trainer:
 
     def _train_loop(self) -> None:
         cfg = self.cfg
+        self._logged_through = self.step  # the last step whose fp8 saturation was reported
         # The first steps (compilation, allocator and kernel warm-up) are excluded from tokens/s.
         throughput = Throughput(warmup_steps=3 if cfg.compile_model else 1, sync=self._sync)
         if self.fp8_scales is not None and not self.fp8_scales.calibrated:
@@ -504,6 +514,20 @@ class Trainer:
                 record["mfu_bf16_peak"] = round(self.mfu(tokens_per_second), 4)
         if self.device.type == "cuda":
             record["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        if self.fp8_scales is not None:
+            self._log_saturation(record, bar)
         if self.ctx.is_main:
             self.metrics.write(record)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=record.get("tokens_per_second", "warm-up"), lr=f"{lr:.1e}")
+
+    def _log_saturation(self, record: dict[str, Any], bar: tqdm) -> None:
+        """Delayed fp8 scales come from earlier steps: record the casts that clipped since the last log, and say so
+        when one clipped at over SATURATION_WARNING x its range (a few percent over is routine while tensors grow)."""
+        count, ratio, name = self.fp8_scales.take_saturation()
+        first, self._logged_through = self._logged_through + 1, self.step
+        record["fp8_saturated"], record["fp8_overflow"] = count, round(ratio, 3)
+        self.summary["fp8_saturated"] = self.summary.get("fp8_saturated", 0) + count
+        self.summary["fp8_overflow_max"] = max(self.summary.get("fp8_overflow_max", 0.0), ratio)
+        if ratio > SATURATION_WARNING and self.ctx.is_main:
+            bar.write(f"fp8: {count} casts clipped in steps {first}-{self.step}, the largest {name} at "
+                      f"{ratio:.2f}x its scale's range (delayed scales lag growing tensors; --fp8_margin adds headroom)")
