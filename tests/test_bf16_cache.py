@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.perf.measured import _experiment
 from cs336_basics.precision.bf16_cache import Bf16WeightCache, CachedCastLinear, cache_bf16_weights
-from cs336_basics.training.transforms import compile_model
+from cs336_basics.training.trainer import resolve_bf16_weight_cache
+from cs336_basics.training.transforms import apply_activation_checkpointing, compile_model
 
 CFG = ModelConfig(vocab_size=512, context_length=32, dim=64, n_layers=2, n_heads=4, intermediate_size=128)
 
@@ -37,11 +39,12 @@ def test_cached_layer_computes_what_autocast_linear_does(x_dtype):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_weights_cast_once_per_step_train_as_autocast_does(compiled):
+@pytest.mark.parametrize("mode", ["eager", "compiled", "checkpointed"])
+def test_weights_cast_once_per_step_train_as_autocast_does(mode):
     """A model whose linear layers read casts refreshed once per step trains as the plain model under bf16
     autocast: the same losses and weights over optimizer steps that change the weights (a stale cast would
-    show), with two micro-batches a step; parameter names and state-dict keys are the plain model's."""
+    show), with two micro-batches a step, compiled or with activation checkpointing (the backward's recompute
+    reads the cast too); parameter names and state-dict keys are the plain model's."""
     torch.manual_seed(0)
     plain = Transformer(CFG)
     cached = copy.deepcopy(plain)
@@ -52,7 +55,9 @@ def test_weights_cast_once_per_step_train_as_autocast_does(compiled):
     tokens = torch.from_numpy((np.arange(4 * 2 * 3 * 33) * 7 % 509).astype(np.int64)).view(3, 2, 4, 33)
     losses = {}
     for name, model in (("plain", plain), ("cached", cached)):
-        if compiled:
+        if mode == "checkpointed":
+            apply_activation_checkpointing(model)
+        if mode == "compiled":
             compile_model(model, "default")
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         losses[name] = []
@@ -72,12 +77,21 @@ def test_weights_cast_once_per_step_train_as_autocast_does(compiled):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=0, msg=lambda m: f"{name}: {m}")
 
 
-def test_bf16_cache_is_refused_off_a_gpu_and_left_out_of_the_gains(tmp_path, capsys, tiny_cli):
-    """CPU training is float32 (no autocast): the option is refused with a one-line error, not ignored; a bf16
-    run with it is an experiment that must not pair with fp8 runs as their bf16 baseline."""
+def test_bf16_cache_is_on_where_it_applies_and_refused_elsewhere(tmp_path, capsys, tiny_cli):
+    """Unset: on for bf16 on one GPU, off for float8, CPU (float32, no autocast) and torchrun; --no-bf16_weight_cache:
+    off; asked for where it does not apply: a one-line error, not ignored. A bf16 run with it is a baseline the
+    gains pair with (recorded in the entry), not an experiment left out."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_bf16_weight_cache(None, fp8=False, device=cuda, distributed=False)
+    assert not resolve_bf16_weight_cache(False, fp8=False, device=cuda, distributed=False)
+    assert resolve_bf16_weight_cache(True, fp8=False, device=cuda, distributed=False)
+    for fp8, device, distributed in ((True, cuda, False), (False, cpu, False), (False, cuda, True)):
+        assert not resolve_bf16_weight_cache(None, fp8, device, distributed)
+        with pytest.raises(UserError, match="--bf16_weight_cache applies to bf16 training under autocast on one GPU"):
+            resolve_bf16_weight_cache(True, fp8, device, distributed)
     train, base = tiny_cli
     assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 1, "--bf16_weight_cache"]) == 2
     assert "--bf16_weight_cache applies to bf16 training under autocast on one GPU" in capsys.readouterr().err
-    assert _experiment({"bf16_weight_cache": True}) and not _experiment({"bf16_weight_cache": False})
+    assert not _experiment({"bf16_weight_cache": True})
     with pytest.raises(ValueError, match="no CachedCastLinear"):
         Bf16WeightCache(Transformer(CFG))

@@ -337,6 +337,14 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     run("bf16-tuned", False, 200.0, tune_kernels=True)
     run("fp8-bf16res", True, 250.0, residual_dtype="bf16")  # bf16 residual stream: paired with bf16's of the same
     run("bf16-bf16res", False, 125.0, residual_dtype="bf16")
+    # bf16 with and without its weights cast once per step: fp8 (whose weights are) pairs with the cached one
+    run("bf16-accum-cache", False, 110.0, gradient_accumulation_steps=8, bf16_weight_cache=True)
+    run("bf16-accum", False, 100.0, gradient_accumulation_steps=8, bf16_weight_cache=False)
+    run("fp8-accum", True, 143.0, gradient_accumulation_steps=8, fp8_weight_cache=True)
+    # pairs of several seeds: each fp8 run with the bf16 run of its own seed
+    run("bf16-seed1", False, 400.0, batch_size=128, seed=1)
+    run("bf16-seed2", False, 300.0, batch_size=128, seed=2)
+    run("fp8-seed1", True, 480.0, batch_size=128, seed=1)
     def compiled(name: str, precision: str, step_ms: float, mean: float, **extra) -> dict:
         return dict(name=name, precision=precision, compiled=True, checkpointing=False, step_ms=step_ms,
                     step_ms_mean=mean, **extra)
@@ -367,15 +375,19 @@ def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(
     assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"],
              g["residual_dtype"]) for g in gains] == [
         ("training", "delayed", 0.9, 896, 16, "default", False, "fp32"),
+        ("training", "delayed", 1.3, 896, 16, "default", False, "fp32"),  # fp8-accum vs bf16-accum-cache
         ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False, "fp32"),
         ("training", "delayed", 2.0, 896, 16, "default", False, "bf16"),
         ("training", "delayed", 1.1, 896, 64, "default", False, "fp32"),
+        ("training", "delayed", 1.2, 896, 128, "default", False, "fp32"),  # fp8-seed1 vs bf16-seed1
         ("training", "delayed", 1.2, 896, 16, "default", True, "fp32"),
         ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False, "fp32"),  # bench: mean step over mean step
         ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # against bf16-compile-bf16res
         ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # matrix-auto: paired by stream
         ("bench", "delayed", 1.1, 896, 16, "reduce-overhead", False, "fp32")]
     assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")
+    assert gains[1]["source"].endswith("fp8-accum vs bf16-accum-cache") and gains[1]["bf16_weight_cache"]
+    assert not gains[0]["bf16_weight_cache"] and gains[1]["weight_cache"]
 
 
 def test_fp8_gains_from_bench_runs_alone(tmp_path):

@@ -270,7 +270,8 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
             f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "") + (
             " (head kernel)" if r.get("fp8_head_kernel") else "") + (
-            f" ({r.get('residual_dtype', 'fp32')} residual)") + (" (weights cast per step)" if r.get("fp8_weight_cache") else "") + (
+            f" ({r.get('residual_dtype', 'fp32')} residual)") + (
+            " (weights cast per step)" if r.get("fp8_weight_cache") or r.get("bf16_weight_cache") else "") + (
             " (fast accumulation)" if r.get("fp8_fast_accum") else "")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",

@@ -58,11 +58,9 @@ def _compiled_fp8(row: dict[str, Any]) -> bool:
 def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
-    None, until call 55; ours for "all" since), the head kernel, or bf16 weights cast per step (a bf16 run's
-    experiment, which would otherwise pair with the fp8 runs as their bf16). Fp8 weights cast per step and fast
-    accumulation (defaults since call 59) are recorded in each entry instead."""
-    return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
-            or bool(settings.get("bf16_weight_cache")))
+    None, until call 55; ours for "all" since) or the head kernel. Weights cast per step (fp8's, bf16's) and fast
+    accumulation (defaults since calls 59 and 66) are recorded in each entry instead."""
+    return settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
 
 
 def _residual(config: dict[str, Any]) -> str:
@@ -82,6 +80,7 @@ def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], bas
                 compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), fused_swiglu=_fused(row),
                 residual_dtype=_residual(row), kernel_casts=row.get("fp8_kernel_casts") or "none",
                 weight_cache=bool(row.get("fp8_weight_cache")), fast_accum=bool(row.get("fp8_fast_accum")),
+                bf16_weight_cache=bool(base.get("bf16_weight_cache")),
                 ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
@@ -121,14 +120,19 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         return run.get("compile_mode") or run["train_config"]["compile_mode"]
 
     def pairing_keys(run: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """An fp8 run's bf16 pair was asked for the same compile mode (auto and auto), or else ran the mode fp8 ran."""
+        """An fp8 run's bf16 pair was asked for the same compile mode (auto and auto), or else ran the mode fp8 ran;
+        of the same seed where the call trained one."""
         t = run["train_config"]
         same = (json.dumps(run["model_config"], sort_keys=True), t["batch_size"], t["gradient_accumulation_steps"],
                 t["compile_model"], t.get("tune_kernels", False), t["gradient_checkpointing"], _residual(t))
-        return [(*same, f"asked {t['compile_mode']}"), (*same, f"ran {ran(run)}")]
+        modes = [f"asked {t['compile_mode']}", f"ran {ran(run)}"]
+        return [(*same, mode, f"seed {t.get('seed', 0)}") for mode in modes] + [(*same, mode) for mode in modes]
 
-    bf16 = {key: (tokens_per_second, name) for run, tokens_per_second, name in runs if not run["fp8"]
-            for key in pairing_keys(run)}
+    # Where a call trained bf16 with and without its weights cast once per step, the fp8 runs (whose weights are)
+    # pair with the cached one: like for like.
+    bf16 = {key: (tokens_per_second, name, bool(run["train_config"].get("bf16_weight_cache")))
+            for run, tokens_per_second, name in sorted(runs, key=lambda r: bool(r[0]["train_config"].get("bf16_weight_cache")))
+            if not run["fp8"] for key in pairing_keys(run)}
     for run, tokens_per_second, name in runs:
         if run["fp8"] and (pair := next((bf16[k] for k in pairing_keys(run) if k in bf16), None)):
             train = run["train_config"]
@@ -138,7 +142,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
                               fused_swiglu=bool(run.get("fp8_fused_swiglu")), residual_dtype=_residual(train),
                               kernel_casts=run.get("fp8_kernel_casts") or "none",
                               weight_cache=bool(train.get("fp8_weight_cache")), fast_accum=bool(run.get("fp8_fast_accum")),
-                              ratio=round(tokens_per_second / pair[0], 4),
+                              bf16_weight_cache=pair[2], ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
     for model, row in alone:
@@ -173,7 +177,8 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batc
     factor NEAR), those of micro-batch `batch_size` if that was measured there; or []. Entries with inductor's
     casts and with our cast kernel (each records kernel_casts) are pooled: ~3% apart where both were measured
     (call 55), while most widths were measured with inductor's only; so are those with and without the weight
-    cache and fast accumulation (each recorded too; 1-2% apart, calls 57-58)."""
+    cache and fast accumulation (each recorded too; 1-2% apart, calls 57-58), and bf16 pairs with and without
+    bf16's weight cache (recorded as bf16_weight_cache; 0.65% apart in call 61)."""
     try:
         gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode
                  and g.get("tune_kernels", False) == tune_kernels and g.get("fused_swiglu", False) == fused_swiglu

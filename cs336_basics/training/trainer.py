@@ -75,9 +75,10 @@ class TrainConfig:
     fp8_weight_cache: bool | None = None
     # delayed fp8: scales leave 2^fp8_margin of headroom above the amax history's max (fp8_delayed.DelayedScaling)
     fp8_margin: int = 0
-    # bf16 runs on a GPU, experimental: every nn.Linear's bf16 weight cast once per optimizer step instead of by
-    # autocast in every micro-batch (precision/bf16_cache.py; the fp8 weight cache's counterpart, NOTES 71)
-    bf16_weight_cache: bool = False
+    # bf16 runs on one GPU: every nn.Linear's bf16 weight cast once per optimizer step instead of by autocast in
+    # every micro-batch (precision/bf16_cache.py; the fp8 weight cache's counterpart, NOTES 71, 73); None: on where
+    # it applies (resolve_bf16_weight_cache; the Trainer records what it resolved)
+    bf16_weight_cache: bool | None = None
     seed: int = 0
 
     def validate(self) -> "TrainConfig":
@@ -104,6 +105,16 @@ class TrainConfig:
         if self.tune_kernels and not self.compile_model:
             raise UserError("--tune_kernels tunes the compiled kernels: add --compile_model")
         return self
+
+
+def resolve_bf16_weight_cache(asked: bool | None, fp8: bool, device: torch.device, distributed: bool) -> bool:
+    """Whether a run casts its bf16 weights once per optimizer step: where bf16 autocast trains on one GPU, unless
+    asked not to (None or True); asked for where it does not apply: an error, not ignored."""
+    applies = not fp8 and device.type == "cuda" and not distributed
+    if asked and not applies:
+        raise UserError("--bf16_weight_cache applies to bf16 training under autocast on one GPU (float8 runs have "
+                        "--fp8_weight_cache; CPU training is float32): drop it")
+    return applies and asked is not False
 
 
 def rng_state() -> dict[str, Any]:
@@ -142,13 +153,11 @@ class Trainer:
         if cfg.fp8_margin and not delayed:
             raise UserError("--fp8_margin sets the headroom of the delayed recipe's scales (TorchAO's recipes scale each "
                             "tensor by its own amax): add --use_fp8 with --fp8_recipe delayed, or drop it")
-        if cfg.bf16_weight_cache and (fp8 or device.type != "cuda" or ctx.enabled):
-            raise UserError("--bf16_weight_cache applies to bf16 training under autocast on one GPU (float8 runs have "
-                            "--fp8_weight_cache; CPU training is float32): drop it")
         # "auto" settings resolved for this device and model (as the CLI already did for its runs), so checkpoints
         # record what ran
         cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False),
-                      fp8_weight_cache=delayed and cfg.fp8_weight_cache is not False)
+                      fp8_weight_cache=delayed and cfg.fp8_weight_cache is not False,
+                      bf16_weight_cache=resolve_bf16_weight_cache(cfg.bf16_weight_cache, fp8, device, ctx.enabled))
         self.cfg, self.device, self.out_dir, self.ctx = cfg, device, out_dir, ctx
         self.log = log if ctx.is_main else (lambda message: None)
         self.train_data, self.val_tokens = train_data, val_tokens
@@ -176,7 +185,8 @@ class Trainer:
         if cfg.bf16_weight_cache:
             layers = cache_bf16_weights(model)
             self.bf16_cache = Bf16WeightCache(model)
-            self.log(f"bf16 weights of {layers} linear layers cast once per optimizer step (--bf16_weight_cache)")
+            self.log(f"bf16 weights of {layers} linear layers cast once per optimizer step (--no-bf16_weight_cache: by "
+                     "autocast in every micro-batch)")
         if bf16_residual:
             cast_residual_stream(model)
             self.log("residual stream in bf16 (FSDP's bf16 parameters), in evaluation too" if ctx.enabled else
