@@ -6,6 +6,8 @@
 #  2. the seed guide's command, 120 steps on gutenberg: bf16 then fp8 (a second quality pair after call 58's,
 #     whose fp8 runs lay 1.09-1.42% above its one bf16 run);
 #  3. the small configuration, 200 steps on gutenberg: bf16 and fp8 (quality at a small size, same call).
+#  (Run again as the fifteenth session's plan, NOTES 77: the bf16 weight cache is bf16's default since f4a9f8b, so its bf16
+#  rows are the first GPU runs of that default.)
 set -u
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_new_defaults; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
