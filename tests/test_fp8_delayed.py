@@ -445,3 +445,35 @@ def test_fast_accumulation_and_weight_cache_flags_default_recorded_kept_on_resum
     assert train(base + ["--out_dir", tmp_path / "c", "--max_steps", 1, "--use_fp8", "--fp8_emulate", "--fp8_recipe",
                          "tensorwise", "--fp8_fast_accum"]) == 2
     assert "--fp8_fast_accum sets the delayed recipe's layers" in capsys.readouterr().err
+
+
+def test_blocks_kept_in_bf16_stay_plain_and_the_rest_converts(tmp_path, capsys, tiny_cli):
+    """--fp8_bf16_blocks: the named blocks' layers stay nn.Linear (not fused, no delayed scales) and say why in
+    the summary; -1 is the last block; out of range, malformed, or without --use_fp8: a one-line error."""
+    import json
+
+    from cs336_basics.perf.measured import _experiment
+    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
+    from cs336_basics.training.setup import resolve_bf16_blocks
+
+    model, report = build_model(CFG, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, bf16_blocks=(-1,)),
+                                log=lambda s: None)
+    assert all(type(m) is nn.Linear for m in model.layers[1].modules() if isinstance(m, nn.Linear))
+    assert isinstance(model.layers[0].ffn, Float8DelayedSwiGLU) and not isinstance(model.layers[1].ffn, Float8DelayedSwiGLU)
+    assert len(DelayedScaling(model).layers) == 5 and report.fused_swiglu == 1
+    assert "kept in bf16 (--fp8_bf16_blocks): layers.1.attn.qkv" in report.summary()
+    assert resolve_bf16_blocks((0, -1), 24) == {0, 23}
+    with pytest.raises(UserError, match="--fp8_bf16_blocks 24: the model has 24 blocks"):
+        resolve_bf16_blocks((0, 24), 24)
+    assert _experiment({"fp8_bf16_blocks": [0]}) and not _experiment({"fp8_bf16_blocks": []})
+    train, base = tiny_cli
+    fp8 = ["--use_fp8", "--fp8_emulate", "--max_steps", 2]
+    assert train(base + fp8 + ["--out_dir", tmp_path / "run", "--fp8_bf16_blocks", "0"]) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_bf16_blocks"] == [0]
+    capsys.readouterr()
+    assert train(base + fp8 + ["--out_dir", tmp_path / "far", "--fp8_bf16_blocks", "9"]) == 2
+    assert "--fp8_bf16_blocks 9: the model has" in capsys.readouterr().err
+    assert train(base + ["--out_dir", tmp_path / "bf16", "--max_steps", 1, "--fp8_bf16_blocks", "0"]) == 2
+    assert "--fp8_bf16_blocks only applies with --use_fp8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train(base + fp8 + ["--out_dir", tmp_path / "bad", "--fp8_bf16_blocks", "first"])

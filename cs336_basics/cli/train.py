@@ -58,6 +58,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help or "" if action.default in (None, False) else super()._get_help_string(action)
 
 
+def block_list(text: str) -> tuple[int, ...]:
+    """'0,-1' -> (0, -1): --fp8_bf16_blocks."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected block numbers separated by commas, such as 0,-1; got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=_HelpFormatter)
     m = p.add_argument_group("model (unset flags come from --preset)")
@@ -96,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with the delayed recipe: the layers' forward products with cuBLAS's fast accumulation, as "
                         "TorchAO's Float8Linear does; the gradients' keep full accumulation (default on with the "
                         "delayed recipe: +0.9%% seed steps on an H200, the same losses, benchmarks/NOTES.md 68)")
+    s.add_argument("--fp8_bf16_blocks", type=block_list, metavar="I,J",
+                   help="experimental, with --use_fp8: keep these blocks' linear layers in bf16 (0 is the first block, -1 "
+                        "the last), as some fp8 recipes keep the first and last blocks (benchmarks/NOTES.md 78)")
     s.add_argument("--fp8_head_kernel", action=yes_no,
                    help="experimental: the float8 head's logit gradient by our Triton kernel instead of the compiler's "
                         "code (default off; benchmarks/NOTES.md 46)")
@@ -317,14 +328,17 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
                          fused_swiglu=recipe == "delayed" and flag("fp8_fused_swiglu", True),
                          kernel_casts=resolve_kernel_casts(args.fp8_kernel_casts or saved.get("fp8_kernel_casts") or "auto",
                                                            recipe),
-                         head_kernel=flag("fp8_head_kernel", False), fast_accum=flag("fp8_fast_accum", None))
+                         head_kernel=flag("fp8_head_kernel", False), fast_accum=flag("fp8_fast_accum", None),
+                         bf16_blocks=tuple(args.fp8_bf16_blocks if args.fp8_bf16_blocks is not None
+                                           else saved.get("fp8_bf16_blocks") or ()))
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
     for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel", "fp8_fast_accum"):
         if getattr(args, name) is not None and not use_fp8:
             raise UserError(f"--{name} / --no-{name} only apply with --use_fp8")
-    if args.fp8_kernel_casts is not None and not use_fp8:
-        raise UserError("--fp8_kernel_casts only applies with --use_fp8")
+    for name in ("fp8_kernel_casts", "fp8_bf16_blocks"):
+        if getattr(args, name) is not None and not use_fp8:
+            raise UserError(f"--{name} only applies with --use_fp8")
     check_fused_swiglu(args.fp8_fused_swiglu, recipe)  # here too: before the data is prepared
     if use_fp8:
         check_delayed_only(options.kernel_casts, options.fast_accum, recipe)
@@ -377,6 +391,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                 "fp8_kernel_casts": fp8_report.kernel_casts if fp8_report else None,
                 "fp8_head_kernel": fp8_report.head_kernel if fp8_report else None,
                 "fp8_fast_accum": fp8_report.fast_accum if fp8_report else None,
+                "fp8_bf16_blocks": list(fp8_options.bf16_blocks) if fp8_report else None,
                 "compile_mode": run_shape.compile_mode if train_cfg.compile_model else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)

@@ -99,12 +99,14 @@ def check_fp8_device(device: torch.device, emulate: bool) -> None:
 
 
 def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float] | None,
-                fp8_head: bool = False) -> str | None:
+                fp8_head: bool = False, bf16_blocks: frozenset[int] = frozenset()) -> str | None:
     """Why a linear layer stays in bf16, or None to convert it (the head: to our float8 head, when
     `fp8_head`). `fp8_speedup` (auto filter) maps a block layer's shape to its measured bf16-time / fp8-time
-    for forward+backward."""
+    for forward+backward; `bf16_blocks`: the indices of blocks kept in bf16 whole."""
     if fqn == HEAD_FQN and not fp8_head:
         return "output head"
+    if fqn.startswith("layers.") and int(fqn.split(".")[1]) in bf16_blocks:
+        return "--fp8_bf16_blocks"
     if linear.in_features % 16 or linear.out_features % 16:
         return "dimension not divisible by 16"
     if fp8_speedup is not None and fqn != HEAD_FQN:
@@ -117,10 +119,11 @@ def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float
 def convert_model_to_fp8(
     model: nn.Module, recipe: str = "tensorwise", emulate: bool = False,
     fp8_speedup: dict[LayerShape, float] | None = None, fsdp_all_gather: bool = False, head: bool = False,
+    bf16_blocks: frozenset[int] = frozenset(),
 ) -> ConversionReport:
     """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear (recipe "delayed": for our
     Float8DelayedLinear), in place; with `head`, the output head (projection + loss) for the float8 one of
-    fp8_head.py when its dimensions allow."""
+    fp8_head.py when its dimensions allow; the blocks numbered in `bf16_blocks` stay in bf16."""
     from torchao.float8 import convert_to_float8_training
 
     from cs336_basics.precision.fp8_delayed import convert_to_delayed_float8
@@ -132,7 +135,7 @@ def convert_model_to_fp8(
     report = ConversionReport(layer="Float8DelayedLinear" if recipe == "delayed" else "Float8Linear")
     for fqn, module in model.named_modules():
         if type(module) is nn.Linear:
-            reason = skip_reason(fqn, module, fp8_speedup, head)
+            reason = skip_reason(fqn, module, fp8_speedup, head, bf16_blocks)
             if reason:
                 report.skipped[fqn] = reason
             elif fqn == HEAD_FQN:

@@ -34,6 +34,9 @@ class Fp8Options:
     # recipe (measured faster at the seed size, the same losses: benchmarks/NOTES.md 68), off otherwise (bench
     # suffixes -fastacc, -nofastacc)
     fast_accum: bool | None = None
+    # blocks (indices into model.layers; negative: from the end) whose linear layers stay in bf16, as some fp8
+    # recipes keep the first and last blocks (--fp8_bf16_blocks; experimental, benchmarks/NOTES.md 78)
+    bf16_blocks: tuple[int, ...] = ()
 
 
 def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
@@ -53,6 +56,15 @@ def check_delayed_only(kernel_casts: str, fast_accum: bool | None, recipe: str) 
     if fast_accum:
         raise UserError("--fp8_fast_accum sets the delayed recipe's layers (TorchAO's recipes already use it in their "
                         "forward): use --fp8_recipe delayed")
+
+
+def resolve_bf16_blocks(blocks: tuple[int, ...], n_layers: int) -> frozenset[int]:
+    """--fp8_bf16_blocks as block indices 0..n_layers-1 (-1 is the last block); out of range: an error."""
+    wrong = [b for b in blocks if not -n_layers <= b < n_layers]
+    if wrong:
+        raise UserError(f"--fp8_bf16_blocks {','.join(map(str, wrong))}: the model has {n_layers} blocks, numbered "
+                        f"0 to {n_layers - 1} (or -1 for the last)")
+    return frozenset(b % n_layers for b in blocks)
 
 
 def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None = None,
@@ -91,7 +103,8 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
         speedups = measure_fp8_speedups(shapes, micro_batch_tokens, fp8.recipe, device)
         for (k, n), s in speedups.items():
             log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
-    report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head)
+    report = convert_model_to_fp8(model, fp8.recipe, fp8.emulate, speedups, fp8.fsdp_all_gather, fp8.head,
+                                  resolve_bf16_blocks(fp8.bf16_blocks, cfg.n_layers))
     from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
 
     delayed = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]  # none with TorchAO's recipes
