@@ -11,8 +11,9 @@ micro-batches keeps their max, where autograd would add them up). `DelayedScalin
 backward passes moves them into a history of the last `history` steps and sets each scale to float8's
 largest value / (the history's max x 2^margin). Casts saturate, so a value above that range is clipped, never
 inf; `update()` counts the casts that were (a tensor whose amax this step exceeded its scale's range) and
-`take_saturation()` reports them, so a run shows when its scales lagged its tensors. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
-whose gradients are thrown away (the scales start unknown).
+`take_saturation()` reports them, so a run shows when its scales lagged its tensors. `calibrate()` fills the
+history once before training from one forward + backward with dynamic scales whose gradients are thrown away
+(the scales start unknown).
 
 With `cache_weights` (`--fp8_weight_cache`) the weights are cast once per optimizer step instead of in every
 micro-batch's forward (and their column-major copy once instead of in every backward): `DelayedScaling.
