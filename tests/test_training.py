@@ -68,6 +68,9 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus,
     # written on Ctrl-C: after step 7, or 6 with delayed scaling, whose calibration draws the first batch once more
     last = 6 if precision else 7
     assert [int(p.stem.split("_")[1]) for p in list_checkpoints(tmp_path / "cut")] == [5, last]
+    # and what the steps done measured: summary.json says where the run stopped
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert cut["interrupted_at_step"] == cut["steps"] == last and cut["tokens_per_second"] > 0
 
     # a hard kill after the step-7 checkpoint would leave records beyond it: the resumed run must not repeat them
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
@@ -78,6 +81,8 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus,
     assert steps == sorted(set(steps))  # each step logged once
     resumed = losses(tmp_path / "cut")
     assert sorted(resumed) == list(range(1, 11))
+    whole = json.loads((tmp_path / "cut" / "summary.json").read_text())  # the interrupted segment kept under earlier
+    assert whole["steps"] == 10 and "interrupted_at_step" not in whole and whole["earlier"][0]["interrupted_at_step"] == last
     for step in range(1, 11):
         assert resumed[step] == pytest.approx(expected[step], abs=1e-5), step
 

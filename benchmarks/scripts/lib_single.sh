@@ -14,7 +14,7 @@ run() {  # name, seconds, flags...
   echo "$(date -u +%H:%M:%S.%N) start $name" >> $R/phases.txt
   timeout $secs python3 train_h100.py $FLAGS --out_dir $R/$name "$@" 2>&1 | tr '\r' '\n' | grep -v "step/s, loss" > $R/$name.log
   echo "$(date -u +%H:%M:%S.%N) end $name" >> $R/phases.txt
-  echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - T0 )) s: $(grep -a '^trained' $R/$name.log)"
+  echo "$name rc=${PIPESTATUS[0]} at $(( $(date +%s) - T0 )) s: $(grep -a '^trained\|^interrupted after' $R/$name.log)"
   rm -rf $R/$name/checkpoints $R/$name/tokenizer.json; pack
 }
 profile() {  # name, seconds, flags...: benchmarks/profile_step.py on the seed model (the Chrome trace stays here)

@@ -403,7 +403,12 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
         (out_dir / "run.json").write_text(json.dumps(
             {"model_config": model_cfg.to_dict(), "train_config": asdict(trainer.cfg), **run_info,
              "fp8": use_fp8}, indent=1))
-    summary = trainer.train()
+    try:
+        summary = trainer.train()
+    except KeyboardInterrupt:  # what the steps done measured is kept too; the checkpoint is already written
+        if ctx.is_main and "steps" in trainer.summary:
+            report_results(trainer.summary, out_dir, resumed=resumed is not None)
+        raise
     if ctx.is_main:
         report_results(summary, out_dir, resumed=resumed is not None)
     if args.sample_tokens > 0 and not ctx.enabled:  # (sharded runs: sample with generate.py afterwards)
@@ -423,7 +428,11 @@ def report_results(summary: dict[str, Any], out_dir: Path, resumed: bool = False
     if isinstance(before, dict):
         summary = {**summary, "earlier": [*before.pop("earlier", []), before]}
     write_text_atomic(path, json.dumps(summary, indent=1))
-    parts = [f"trained {summary['steps']} steps", f"final train loss {summary['final_train_loss']:.4f}"]
+    parts = [f"interrupted after {summary['steps']} steps" if "interrupted_at_step" in summary
+             else f"trained {summary['steps']} steps"]
+    if math.isfinite(summary.get("final_train_loss") or math.nan):
+        parts.append(f"last logged train loss {summary['final_train_loss']:.4f}" if "interrupted_at_step" in summary
+                     else f"final train loss {summary['final_train_loss']:.4f}")
     if "val_loss" in summary:
         parts.append(f"val loss {summary['val_loss']:.4f}")
     if "tokens_per_second" in summary:

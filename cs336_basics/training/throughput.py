@@ -63,4 +63,9 @@ class Throughput:
 
     def overall_rate(self) -> float | None:
         self.interval_rate()
+        return self.logged_rate()
+
+    def logged_rate(self) -> float | None:
+        """Tokens/s over the intervals already closed by interval_rate(): what an interrupted run can report
+        (its last, unfinished interval would count a partial step's time without its tokens)."""
         return self.total_tokens / self.total_seconds if self.total_seconds > 0 else None

@@ -448,6 +448,10 @@ class Trainer:
                     bar.update(1)
                     throughput.step_done(self.tokens_per_step)
                     self._after_step(lr, loss_sum, grad_norm, throughput, bar)
+        except KeyboardInterrupt:  # the figures of the steps done are kept (the CLI writes them to summary.json)
+            self.summary["interrupted_at_step"] = self.step
+            self._summarize(throughput, interrupted=True)
+            raise
         finally:
             bar.close()  # before any error message, so that message is the last line
         self._summarize(throughput)
@@ -496,9 +500,9 @@ class Trainer:
                 self.save()
             throughput.resume()
 
-    def _summarize(self, throughput: Throughput) -> None:
+    def _summarize(self, throughput: Throughput, interrupted: bool = False) -> None:
         self.summary.update(final_train_loss=self._last_loss, steps=self.step)
-        rate = throughput.overall_rate()
+        rate = throughput.logged_rate() if interrupted else throughput.overall_rate()
         if rate:
             self.summary["tokens_per_second"] = rate
             self.summary["tokens_per_second_per_device"] = rate / self.ctx.world_size
