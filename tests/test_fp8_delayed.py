@@ -466,6 +466,7 @@ def test_blocks_kept_in_bf16_stay_plain_and_the_rest_converts(tmp_path, capsys, 
     with pytest.raises(UserError, match="--fp8_bf16_blocks 24: the model has 24 blocks"):
         resolve_bf16_blocks((0, 24), 24)
     assert _experiment({"fp8_bf16_blocks": [0]}) and not _experiment({"fp8_bf16_blocks": []})
+    assert _experiment({"fp8_start_step": 10}) and not _experiment({"fp8_start_step": 0})
     train, base = tiny_cli
     fp8 = ["--use_fp8", "--fp8_emulate", "--max_steps", 2]
     assert train(base + fp8 + ["--out_dir", tmp_path / "run", "--fp8_bf16_blocks", "0"]) == 0
@@ -477,3 +478,36 @@ def test_blocks_kept_in_bf16_stay_plain_and_the_rest_converts(tmp_path, capsys, 
     assert "--fp8_bf16_blocks only applies with --use_fp8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train(base + fp8 + ["--out_dir", tmp_path / "bad", "--fp8_bf16_blocks", "first"])
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_fp8_start_step_trains_the_first_steps_as_the_plain_model(tmp_path, compiled):
+    """--fp8_start_step 2: steps 1-2 compute as the plain model (the same losses as a bf16 run; float32 on CPU),
+    step 3 switches to float8 (the scales calibrated then; a compiled model recompiles once), and the losses go on
+    close to the plain run's. Asked for without delayed layers: an error."""
+    tokens = np.arange(4096, dtype=np.uint16) % 509
+
+    def losses(fp8: Fp8Options | None, **cfg) -> tuple[list[float], Trainer]:
+        torch.manual_seed(0)
+        model, _ = build_model(CFG, torch.device("cpu"), fp8, log=lambda s: None)
+        trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=compiled, gradient_checkpointing=False,
+                                             **cfg),
+                          RandomWindows(tokens, 2, CFG.context_length, 0), tokens, torch.device("cpu"), tmp_path,
+                          log=lambda s: None)
+        out = []
+        for _ in range(4):
+            out.append(float(trainer.train_step(1e-3)[0]))
+            trainer.step += 1
+        return out, trainer
+
+    delayed = Fp8Options(recipe="delayed", emulate=True)
+    plain, _ = losses(None)
+    late, trainer = losses(delayed, fp8_start_step=2)
+    assert late[:2] == pytest.approx(plain[:2], rel=1e-6, abs=0)  # the plain layers' numbers
+    assert late[2:] != pytest.approx(plain[2:], rel=1e-6, abs=0)  # float8's from step 3
+    assert late[2:] == pytest.approx(plain[2:], rel=2e-2)
+    assert trainer.fp8_scales.calibrated and not any(getattr(m, "high_precision", False) for m in trainer.model.modules())
+    early, _ = losses(delayed)
+    assert early[0] != pytest.approx(plain[0], rel=1e-6, abs=0)  # float8 from the first step by default
+    with pytest.raises(UserError, match="--fp8_start_step switches the delayed recipe's layers"):
+        losses(Fp8Options(recipe="tensorwise", emulate=True), fp8_start_step=2)

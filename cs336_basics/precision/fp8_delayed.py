@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cs336_basics.precision.fp8_cast import KERNEL_CASTS, amax, cast_both_layouts
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
@@ -132,6 +133,7 @@ class Float8DelayedLinear(nn.Module):
         self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
         self.cache_weights = False  # set by DelayedScaling(cache_weights=True): read the weight cast once per step
         self.fast_accum = False  # set by build_model (Fp8Options.fast_accum): the forward product's accumulation
+        self.high_precision = False  # set by set_float8_compute: compute as the plain layer (before --fp8_start_step)
         self.weight = linear.weight
         device = linear.weight.device
         for name in ("x_scale", "g_scale"):
@@ -148,6 +150,8 @@ class Float8DelayedLinear(nn.Module):
         return self.w8, self.w8_columns, self.inv_w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.high_precision:  # the plain layer's product (bf16 under autocast); no amax recorded
+            return F.linear(x, self.weight)
         y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.weight_cast(), self.x_scale, self.g_scale,
                                                   self.g_amax_sink, self.emulate, self.calibrating, *self.kernel_cast_flags,
                                                   self.fast_accum)
@@ -308,6 +312,17 @@ class DelayedScaling:
     def scales(self) -> torch.Tensor:
         """(layer, 2) current input and gradient scales, for inspection and tests."""
         return torch.stack([torch.stack([m.x_scale, m.g_scale]) for m in self.layers])
+
+
+def set_float8_compute(model: nn.Module, on: bool) -> None:
+    """Switch every delayed float8 layer and the float8 head of `model` between their float8 products (on) and the
+    plain layers' (off: bf16 under autocast), in place: --fp8_start_step trains its first steps so. The switch
+    is a module attribute, so a compiled model recompiles once when it flips."""
+    from cs336_basics.precision.fp8_head import Float8OutputHead
+
+    for m in model.modules():
+        if isinstance(m, (Float8DelayedLinear, Float8OutputHead)):
+            m.high_precision = not on
 
 
 def has_delayed_fp8(model: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import OutputHead
@@ -97,11 +98,14 @@ class Float8OutputHead(nn.Module):
         super().__init__()
         self.norm, self.proj, self.emulate = head.norm, head.proj, emulate
         self.kernel = False  # set by build_model (Fp8Options.head_kernel): the logit gradient by our Triton kernel
+        self.high_precision = False  # set by fp8_delayed.set_float8_compute: the plain head's loss (bf16 products)
 
     def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm(h)
         if targets is None:
             return self.proj(x)
+        if self.high_precision:  # as the plain OutputHead
+            return F.cross_entropy(self.proj(x).float().flatten(0, 1), targets.flatten())
         if not self.emulate and targets.numel() % 16:
             raise UserError(f"the float8 output head needs a multiple of 16 tokens per micro-batch, got "
                             f"{targets.numel()}: change --batch_size or --context_length, or pass --no-fp8_head")

@@ -218,7 +218,7 @@ class Float8DelayedSwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w1, w3, w2 = self.w1, self.w3, self.w2
-        if w1.calibrating or w3.calibrating or w2.calibrating:
+        if any(m.calibrating or m.high_precision for m in (w1, w3, w2)):
             return w2(F.silu(w1(x)) * w3(x))
         casts = (w1.weight_cast(), w3.weight_cast(), w2.weight_cast())
         y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, casts, w1.x_scale, w2.x_scale,

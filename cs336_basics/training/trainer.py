@@ -25,7 +25,7 @@ from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.precision.fp8 import (has_fp8_head, is_float8_model, precompute_float8_dynamic_scale_for_fsdp,
                                         uses_fp8_all_gather)
 from cs336_basics.precision.bf16_cache import Bf16WeightCache, cache_bf16_weights
-from cs336_basics.precision.fp8_delayed import DelayedScaling, has_delayed_fp8
+from cs336_basics.precision.fp8_delayed import DelayedScaling, has_delayed_fp8, set_float8_compute
 from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context
 from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, apply_fsdp,
@@ -75,6 +75,9 @@ class TrainConfig:
     fp8_weight_cache: bool | None = None
     # delayed fp8: scales leave 2^fp8_margin of headroom above the amax history's max (fp8_delayed.DelayedScaling)
     fp8_margin: int = 0
+    # delayed fp8: the steps before this one train in bf16 (the float8 layers compute as the plain ones), the
+    # float8 products start here, their scales calibrated then (experimental; 0: float8 from the first step)
+    fp8_start_step: int = 0
     # bf16 runs on one GPU: every nn.Linear's bf16 weight cast once per optimizer step instead of by autocast in
     # every micro-batch (precision/bf16_cache.py; the fp8 weight cache's counterpart, NOTES 71, 73); None: on where
     # it applies (resolve_bf16_weight_cache; the Trainer records what it resolved)
@@ -90,6 +93,8 @@ class TrainConfig:
             raise UserError(f"--gc_interval must be >= 0 (0 leaves Python's automatic collection on), got {self.gc_interval}")
         if self.grad_clip < 0:
             raise UserError(f"--grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.fp8_start_step < 0:
+            raise UserError(f"--fp8_start_step must be >= 0 (0: float8 from the first step), got {self.fp8_start_step}")
         if self.fp8_margin < 0:
             raise UserError(f"--fp8_margin must be >= 0 (powers of two of headroom for the delayed scales), got {self.fp8_margin}")
         if self.warmup_steps < 0:
@@ -150,6 +155,9 @@ class Trainer:
         if cfg.fp8_weight_cache and not delayed:
             raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
                             "--fp8_recipe delayed (the default on one GPU), or drop it")
+        if cfg.fp8_start_step and not delayed:
+            raise UserError("--fp8_start_step switches the delayed recipe's layers from bf16 to float8: add --use_fp8 "
+                            "with --fp8_recipe delayed, or drop it")
         if cfg.fp8_margin and not delayed:
             raise UserError("--fp8_margin sets the headroom of the delayed recipe's scales (TorchAO's recipes scale each "
                             "tensor by its own amax): add --use_fp8 with --fp8_recipe delayed, or drop it")
@@ -168,6 +176,7 @@ class Trainer:
         self.fp8_head = has_fp8_head(model)
         self.fp8_scales = (DelayedScaling(model, cache_weights=cfg.fp8_weight_cache, margin=cfg.fp8_margin)
                             if delayed else None)
+        self._fp8_compute_on = True  # the float8 layers' products are on (off before --fp8_start_step)
         if self.fp8:
             self.log(FP8_DELAYED_MODE_MESSAGE + ("; weights cast to float8 once per optimizer step (--fp8_weight_cache)"
                                                  if cfg.fp8_weight_cache else "") if self.fp8_scales else FP8_MODE_MESSAGE)
@@ -372,10 +381,11 @@ class Trainer:
         losses, gradient norm before clipping) as device tensors, without synchronizing."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.fp8_scales is not None and not self.fp8_scales.calibrated:
+        scales = self._active_fp8_scales()
+        if scales is not None and not scales.calibrated:
             self._calibrate_fp8_scales()
-        if self.fp8_scales is not None:
-            self.fp8_scales.cast_weights()  # with --fp8_weight_cache: once for all of this step's micro-batches
+        if scales is not None:
+            scales.cast_weights()  # with --fp8_weight_cache: once for all of this step's micro-batches
         if self.bf16_cache is not None:
             self.bf16_cache.cast_weights()
         loss_sum = torch.zeros((), device=self.device)
@@ -389,14 +399,14 @@ class Trainer:
             (loss / accumulation).backward()
             loss_sum += loss.detach()
             if micro_batch < accumulation - 1:
-                if self.fp8_scales is not None:
-                    self.fp8_scales.after_backward()  # the max of the micro-batches' gradient amaxes, not their sum
+                if scales is not None:
+                    scales.after_backward()  # the max of the micro-batches' gradient amaxes, not their sum
                 if self._cuda_graphs:
                     self._move_grads_out(first=micro_batch == 0)
         if self._cuda_graphs and accumulation > 1:
             torch._foreach_add_([p.grad for p in self._params], self._grad_sums)
-        if self.fp8_scales is not None:  # this step's amaxes set the next step's float8 scales
-            self.fp8_scales.update()
+        if scales is not None:  # this step's amaxes set the next step's float8 scales
+            scales.update()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
         if self.cfg.grad_clip > 0:
             if self._clip_in_optimizer:  # gradients are divided by max(1, norm / grad_clip) inside the step
@@ -410,6 +420,22 @@ class Trainer:
         if self._fp8_fsdp_scales:  # one all-reduce for every layer's weight scale, for the next fp8 all-gather
             precompute_float8_dynamic_scale_for_fsdp(self.model)
         return loss_sum, grad_norm
+
+    def _active_fp8_scales(self) -> DelayedScaling | None:
+        """The delayed scales when this step trains in float8: None before --fp8_start_step, whose steps run the
+        float8 layers as plain ones; at that step the layers switch (the compiled model recompiles once) and the
+        scales calibrate afresh."""
+        if self.fp8_scales is None:
+            return None
+        on = self.step >= self.cfg.fp8_start_step
+        if on == self._fp8_compute_on:
+            return self.fp8_scales if on else None
+        set_float8_compute(self.model, on)
+        self._fp8_compute_on = on
+        if on:  # the first float8 step: scales from the weights as they are now
+            self.fp8_scales.calibrated = False
+            self.log(f"\nstep {self.step + 1}: float8 products from here on (--fp8_start_step {self.cfg.fp8_start_step})")
+        return self.fp8_scales if on else None
 
     def _move_grads_out(self, first: bool) -> None:
         """Under CUDA graphs a micro-batch's gradients are the backward graph's outputs, which the next replay
@@ -427,7 +453,7 @@ class Trainer:
         self._logged_through = self.step  # the last step whose fp8 saturation was reported
         # The first steps (compilation, allocator and kernel warm-up) are excluded from tokens/s.
         throughput = Throughput(warmup_steps=3 if cfg.compile_model else 1, sync=self._sync)
-        if self.fp8_scales is not None and not self.fp8_scales.calibrated:
+        if (scales := self._active_fp8_scales()) is not None and not scales.calibrated:
             self._calibrate_fp8_scales()  # here rather than in the first step: before the progress bar
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
