@@ -64,7 +64,7 @@ def products(m: int, k: int, n: int, iters: int) -> dict[str, float]:
     try:  # float32 straight out of cuBLAS, as fp8's weight gradients are (NOTES 81); aten::mm.dtype, CUDA only
         timed["bf16 weight gradient, float32 out"] = time_us(lambda: torch.mm(g.t(), x, out_dtype=torch.float32), iters)
     except (RuntimeError, TypeError) as e:
-        print(f"  torch.mm(out_dtype=float32) unavailable: {e}".splitlines()[0])
+        print(f"  torch.mm(out_dtype=float32) unavailable: {str(e).splitlines()[0][:160]}")
     return timed
 
 
