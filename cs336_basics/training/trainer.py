@@ -39,6 +39,11 @@ from cs336_basics.training.transforms import (COMPILE_MODES, CUDA_GRAPH_MODES, R
                                               compile_model, resolve_compile_mode, resolve_residual_dtype)
 
 FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
+# Settings of the delayed recipe's layers, refused (not ignored) in a run without them, with what each does.
+DELAYED_ONLY = {"fp8_weight_cache": "casts the weights of the delayed recipe's layers",
+                "fp8_start_step": "switches the delayed recipe's layers from bf16 to float8",
+                "fp8_margin": "sets the headroom of the delayed recipe's scales (TorchAO's recipes scale each tensor "
+                              "by its own amax)"}
 SATURATION_WARNING = 2.0  # a delayed-fp8 cast whose amax was over 2x its scale's range is reported as it happens
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
 
@@ -152,15 +157,10 @@ class Trainer:
     ) -> None:
         cfg = cfg.validate()
         fp8, delayed = is_float8_model(model), has_delayed_fp8(model)
-        if cfg.fp8_weight_cache and not delayed:
-            raise UserError("--fp8_weight_cache casts the weights of the delayed recipe's layers: add --use_fp8 with "
-                            "--fp8_recipe delayed (the default on one GPU), or drop it")
-        if cfg.fp8_start_step and not delayed:
-            raise UserError("--fp8_start_step switches the delayed recipe's layers from bf16 to float8: add --use_fp8 "
-                            "with --fp8_recipe delayed, or drop it")
-        if cfg.fp8_margin and not delayed:
-            raise UserError("--fp8_margin sets the headroom of the delayed recipe's scales (TorchAO's recipes scale each "
-                            "tensor by its own amax): add --use_fp8 with --fp8_recipe delayed, or drop it")
+        for name, what in DELAYED_ONLY.items():
+            if getattr(cfg, name) and not delayed:
+                raise UserError(f"--{name} {what}: add --use_fp8 with --fp8_recipe delayed (the default on one GPU), "
+                                "or drop it")
         # "auto" settings resolved for this device and model (as the CLI already did for its runs), so checkpoints
         # record what ran
         cfg = replace(cfg, residual_dtype=resolve_residual_dtype(cfg.residual_dtype, device, ctx.enabled, asked=False),
@@ -428,13 +428,12 @@ class Trainer:
         if self.fp8_scales is None:
             return None
         on = self.step >= self.cfg.fp8_start_step
-        if on == self._fp8_compute_on:
-            return self.fp8_scales if on else None
-        set_float8_compute(self.model, on)
-        self._fp8_compute_on = on
-        if on:  # the first float8 step: scales from the weights as they are now
-            self.fp8_scales.calibrated = False
-            self.log(f"\nstep {self.step + 1}: float8 products from here on (--fp8_start_step {self.cfg.fp8_start_step})")
+        if on != self._fp8_compute_on:
+            set_float8_compute(self.model, on)
+            self._fp8_compute_on = on
+            if on:  # the first float8 step: scales from the weights as they are now
+                self.fp8_scales.calibrated = False
+                self.log(f"\nstep {self.step + 1}: float8 products from here on (--fp8_start_step {self.cfg.fp8_start_step})")
         return self.fp8_scales if on else None
 
     def _move_grads_out(self, first: bool) -> None:
