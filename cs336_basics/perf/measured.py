@@ -59,9 +59,8 @@ def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
     None, until call 55; ours for "all" since), the head kernel, blocks kept in bf16, or bf16 steps before float8's
-    (--fp8_start_step). Weights cast per step
-    (fp8's, bf16's) and fast accumulation (defaults since `69e4803` and `f4a9f8b`) are recorded in each entry
-    instead."""
+    (--fp8_start_step). Weights cast per step (fp8's, bf16's) and fast accumulation (defaults since `69e4803` and
+    `f4a9f8b`) are recorded in each entry instead."""
     return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
             or bool(settings.get("fp8_bf16_blocks")) or bool(settings.get("fp8_start_step")))
 
@@ -131,10 +130,13 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
         modes = [f"asked {t['compile_mode']}", f"ran {ran(run)}"]
         return [(*same, mode, f"seed {t.get('seed', 0)}") for mode in modes] + [(*same, mode) for mode in modes]
 
+    def cached(run: dict[str, Any]) -> bool:
+        return bool(run["train_config"].get("bf16_weight_cache"))
+
     # Where a call trained bf16 with and without its weights cast once per step, the fp8 runs (whose weights are)
-    # pair with the cached one: like for like.
-    bf16 = {key: (tokens_per_second, name, bool(run["train_config"].get("bf16_weight_cache")))
-            for run, tokens_per_second, name in sorted(runs, key=lambda r: bool(r[0]["train_config"].get("bf16_weight_cache")))
+    # pair with the cached one, written last: like for like.
+    bf16 = {key: (tokens_per_second, name, cached(run))
+            for run, tokens_per_second, name in sorted(runs, key=lambda r: cached(r[0]))
             if not run["fp8"] for key in pairing_keys(run)}
     for run, tokens_per_second, name in runs:
         if run["fp8"] and (pair := next((bf16[k] for k in pairing_keys(run) if k in bf16), None)):
