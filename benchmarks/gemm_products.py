@@ -27,14 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cs336_basics.precision.fp8_head import E5M2, E5M2_MAX, cast_to, column_major, to_fp8  # noqa: E402
+from gemm_fast_accum import MODELS, block_products  # noqa: E402  (the models, and a block's layers by shape)
 from kernel_swiglu_fp8 import time_us  # noqa: E402
-
-MODELS = (("seed", 896, 3584, 24), ("1b", 2048, 5632, 16))  # (name, dim, SwiGLU width, blocks)
-
-
-def layers(dim: int, ffn: int) -> list[tuple[str, int, int, int]]:
-    """(name, K, N, count a block) of a block's linear layers; w1 and w3 share a shape."""
-    return [("qkv", dim, 3 * dim, 1), ("out", dim, dim, 1), ("w1, w3", dim, ffn, 2), ("w2", ffn, dim, 1)]
 
 
 def products(m: int, k: int, n: int, iters: int) -> dict[str, float]:
@@ -80,7 +74,7 @@ def main() -> None:
     m, rows, steps = args.tokens, [], {}
     for model, dim, ffn, blocks in MODELS:
         step: dict[str, float] = {}
-        for name, k, n, count in layers(dim, ffn):
+        for name, k, n, count in block_products(dim, ffn):
             us = products(m, k, n, args.iters)
             tflops = {key: 2 * m * k * n / (t * 1e-6) / 1e12 for key, t in us.items()}
             rows.append(dict(model=model, layer=name, M=m, K=k, N=n, count_per_block=count, us=us, tflops=tflops))
