@@ -1,0 +1,1 @@
+python3 benchmarks/gemm_products.py --out $OUT/gemm_products.json
