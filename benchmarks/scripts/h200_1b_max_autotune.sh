@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# PREPARED IN THE FIFTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~9 min). NOTES 76-77, 79.
+# Call 69 (sixteenth session; kind nvidia-h200, one GPU alone; ~9 min, run with a 330 s limit: gemm_products.py and
+# the 1B bench ran, the max-autotune bench did not). NOTES 76-77, 79, 85 (the result).
 # Call 63's 1B profile: the fp8 products run at 69% of the fp8 peak (66.2 ms of a 132 ms step) and the fp8-only
 # work is ~9.2 ms, so 1.50x needs faster fp8 products, not only leaner casts. `--compile_mode max-autotune` lets
 # inductor time its Triton scaled_mm templates against cuBLAS for every product shape (never tried here: NOTES

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE FIFTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~8.5 min). NOTES 75-76.
+# Call 66 (sixteenth session; kind nvidia-h200, one GPU alone; ran 390 s). NOTES 75-76, 82 (the result).
 # Calls 64-65: at seed 1 every delayed-fp8 run of the seed guide's command (the default, --fp8_margin 1 and 2, the
 # defaults before call 59) jumps at step 7 (loss 12.7, gradient norm ~25) where bf16 does not (8.48, 2.9); steps
 # 1-6 agree with bf16 within 0.05. The margins removed every clipped cast of steps 1-6 and the jump stayed, so
