@@ -12,7 +12,7 @@ import torch.nn as nn
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.perf.measured import _experiment
-from cs336_basics.precision.bf16_cache import Bf16WeightCache, CachedCastLinear, cache_bf16_weights
+from cs336_basics.precision.bf16_cache import Bf16WeightCache, CachedCastLinear, cache_bf16_weights, weight_gradient
 from cs336_basics.training.trainer import resolve_bf16_weight_cache
 from cs336_basics.training.transforms import apply_activation_checkpointing, compile_model
 
@@ -95,3 +95,16 @@ def test_bf16_cache_is_on_where_it_applies_and_refused_elsewhere(tmp_path, capsy
     assert not _experiment({"bf16_weight_cache": True})
     with pytest.raises(ValueError, match="no CachedCastLinear"):
         Bf16WeightCache(Transformer(CFG))
+
+
+def test_weight_gradient_in_float32_is_the_unrounded_product():
+    """float32_out (a GPU's path, here its CPU reference): g^T x accumulated and kept in float32, ~1000x closer to
+    the exact product than autocast's bf16-rounded gradient; weights of other dtypes keep autocast's."""
+    g = torch.randn(256, 48).bfloat16()
+    x = torch.randn(256, 32).bfloat16()
+    exact = g.t().double() @ x.double()
+    error = {out: float((weight_gradient(g, x, torch.float32, out).double() - exact).norm() / exact.norm())
+             for out in (True, False)}
+    assert error[True] < 1e-6 < 1e-3 < error[False]
+    assert weight_gradient(g, x, torch.float32, True).dtype == torch.float32
+    torch.testing.assert_close(weight_gradient(g, x, torch.bfloat16, True), (g.t() @ x), rtol=0, atol=0)

@@ -137,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0: float8 from the first step)")
     s.add_argument("--bf16_weight_cache", action=yes_no,
                    help="bf16 runs on one GPU: cast the weights to bf16 once per optimizer step instead of by autocast "
-                        "in every micro-batch (the same numbers; the fp8 weight cache's counterpart, so the two precisions "
+                        "in every micro-batch (the same products; the fp8 weight cache's counterpart, so the two precisions "
                         "are compared like for like: +0.65%% in the seed guide's training on an H200, benchmarks/NOTES.md "
-                        "73; default on where it applies)")
+                        "73), the weight gradients written in float32 by cuBLAS as fp8's are (NOTES 85); default on "
+                        "where it applies")
     s.add_argument("--use_flash_attn", action=yes_no, help="fused attention kernels (cuDNN / Flash)")
     s.add_argument("--fused_attention", choices=sorted(FUSED_ORDERS),
                    help="with --use_flash_attn: PyTorch's order of the fused kernels (auto; cuDNN first on Hopper), "

@@ -5,9 +5,12 @@ Under bf16 autocast every nn.Linear casts its float32 weight to bf16 in each for
 casts every weight A times although the weights change only at the optimizer step: ~6 bytes a weight each time
 (benchmarks/NOTES.md 71). `cache_bf16_weights` swaps a model's nn.Linear layers for `CachedCastLinear`, which
 reads a bf16 buffer that `Bf16WeightCache.cast_weights()` writes once at the start of each step; the products
-and their gradients are autocast's own (bf16 inputs, bf16 output, the weight gradient computed in bf16 and
-returned in float32), so the numbers are those of the plain layers. Parameter names and state-dict keys are
-unchanged; the buffers are not saved (they follow from the weights).
+are autocast's own (bf16 inputs, bf16 output), so on a CPU the numbers are those of the plain layers. On a GPU
+the float32 weight's gradient comes out of cuBLAS in float32 (`torch.mm(..., out_dtype=torch.float32)`, as the
+fp8 layers' weight gradients do) instead of being rounded to bf16 by the product and converted by a kernel of
+its own: 0.84 ms less a seed micro-batch, 2.7 ms at 1B (call 69, benchmarks/NOTES.md 85), and no bf16 rounding
+of the gradient. Parameter names and state-dict keys are unchanged; the buffers are not saved (they follow
+from the weights).
 """
 
 from __future__ import annotations
@@ -32,8 +35,21 @@ class _CachedCastLinear(torch.autograd.Function):
         x_cast, weight_cast = ctx.saved_tensors
         g = grad_y.to(weight_cast.dtype)
         grad_x = (g @ weight_cast).to(ctx.x_dtype)
-        grad_w = (g.reshape(-1, g.shape[-1]).t() @ x_cast.reshape(-1, x_cast.shape[-1])).to(ctx.w_dtype)
+        grad_w = weight_gradient(g.reshape(-1, g.shape[-1]), x_cast.reshape(-1, x_cast.shape[-1]), ctx.w_dtype,
+                                 float32_out=g.is_cuda)
         return grad_x, grad_w, None
+
+
+def weight_gradient(g: torch.Tensor, x: torch.Tensor, dtype: torch.dtype, float32_out: bool) -> torch.Tensor:
+    """g^T x ((N, M) @ (M, K), bf16 operands) as a `dtype` weight's gradient. float32_out (for a float32 weight):
+    accumulated and written in float32, never rounded to bf16 (cuBLAS on CUDA; elsewhere the same product of the
+    operands made float32, the reference the GPU check compares with); else autocast's: the product in bf16,
+    then converted."""
+    if not (float32_out and dtype == torch.float32):
+        return (g.t() @ x).to(dtype)
+    if g.is_cuda:
+        return torch.mm(g.t(), x, out_dtype=torch.float32)
+    return g.t().float() @ x.float()
 
 
 class CachedCastLinear(nn.Module):

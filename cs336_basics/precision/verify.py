@@ -132,6 +132,25 @@ def check_fp8_head(device: torch.device) -> Check:
                                 f"{n} tokens x {v} classes (seed {seed})")
 
 
+def check_bf16_weight_gradient(device: torch.device) -> Check:
+    """bf16 runs' weight gradients (bf16_cache.weight_gradient, float32 straight out of cuBLAS on a GPU) against
+    the float64 product of the same bf16 operands, on fresh random inputs; autocast's bf16-rounded gradient for
+    comparison (it would fail the bound)."""
+    from cs336_basics.precision.bf16_cache import weight_gradient
+
+    m, n, k = (8192, 3584, 896) if device.type == "cuda" else (512, 96, 64)
+    seed = secrets.randbits(31)
+    gen = torch.Generator(device).manual_seed(seed)
+    g = (torch.randn(m, n, device=device, generator=gen) * 1e-3).bfloat16()
+    x = torch.randn(m, k, device=device, generator=gen).bfloat16()
+    want = g.t().double() @ x.double()
+    rounded = weight_gradient(g, x, torch.float32, float32_out=False)
+    rounded_error = float((rounded.double() - want).norm() / want.norm())
+    return compare_results("bf16 weight gradient in float32 vs reference", (weight_gradient(g, x, torch.float32, True),),
+                           (want,), ("weight gradient",), (1e-4,),
+                           f"{m} tokens, {n} x {k} (seed {seed}; autocast's, rounded to bf16: {rounded_error:.1e})")
+
+
 def check_delayed_layer(device: torch.device) -> Check:
     """Our delayed-scaling float8 linear (fp8_delayed.py) as training runs it by default, its casts through our
     kernel (fp8_cast.py; on CPU its PyTorch reference) and its products through torch._scaled_mm, the forward one
@@ -283,6 +302,7 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
     record(check_fp8_head(device))
     record(check_delayed_layer(device))
     record(check_swiglu_kernels(device))
+    record(check_bf16_weight_gradient(device))
 
     # Compile after conversion, then a short training run that must lower the loss.
     try:
