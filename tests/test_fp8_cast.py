@@ -190,13 +190,13 @@ s, s1, s3 = torch.tensor(30.0), torch.tensor(5e6), torch.tensor(6e6)
 for config in [(32, 32, 4), (64, 16, 4), (16, 64, 2)]:
     g8, _, g_amax = S.swiglu_forward_fp8_reference(h1, h3, s)
     out = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
-    launch("swiglu_forward", config, M, N, h1, h3, s.reshape(1), *out, FP8_MAX=S.E4M3_MAX)
+    launch("swiglu_forward", config, M, N, h1, h3, s.reshape(1), *out, N, FP8_MAX=S.E4M3_MAX)
     assert torch.equal(out[1].view(torch.uint8), out[0].t().contiguous().view(torch.uint8)), config
     torch.testing.assert_close(out[2].reshape(()), g_amax, rtol=1e-2, atol=0)
     ref = S.swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
     out = [torch.empty(M, N, dtype=S.E5M2), torch.empty(N, M, dtype=S.E5M2), torch.empty(M, N, dtype=S.E5M2),
            torch.empty(N, M, dtype=S.E5M2), torch.zeros(2)]
-    launch("swiglu_backward", config, M, N, dg, h1, h3, torch.stack([s1, s3]), *out, FP8_MAX=S.E5M2_MAX)
+    launch("swiglu_backward", config, M, N, dg, h1, h3, torch.stack([s1, s3]), *out, N, N, FP8_MAX=S.E5M2_MAX)
     for rows, cols in ((0, 1), (2, 3)):
         assert torch.equal(out[cols].view(torch.uint8), out[rows].t().contiguous().view(torch.uint8)), config
     torch.testing.assert_close(out[4], ref[4], rtol=1e-2, atol=0)
@@ -204,6 +204,23 @@ for config in [(32, 32, 4), (64, 16, 4), (16, 64, 2)]:
     for got, want, (step, smallest) in ((out[0], ref[0], (0.25, 2**-16)), (out[2], ref[2], (0.25, 2**-16))):
         gap = (got.float() - want.float()).abs() / (want.float().abs() * step).clamp(min=smallest)
         assert float(gap.max()) <= 2, (config, float(gap.max()))
+    # w1 | w3 as one product: h1 and h3 the halves of (M, 2N), the gradients into the halves of (M, 2N) and (2N, M)
+    h13 = torch.cat([h1, h3], dim=1)
+    out = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
+    launch("swiglu_forward", config, M, N, *S.split_halves(h13), s.reshape(1), *out, 2 * N, FP8_MAX=S.E4M3_MAX)
+    want = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
+    launch("swiglu_forward", config, M, N, h1, h3, s.reshape(1), *want, N, FP8_MAX=S.E4M3_MAX)
+    assert all(torch.equal(a.view(torch.uint8) if a.dtype == S.E4M3 else a, b.view(torch.uint8) if b.dtype == S.E4M3 else b)
+               for a, b in zip(out, want)), config
+    d13, d13t, amax13 = torch.empty(M, 2 * N, dtype=S.E5M2), torch.empty(2 * N, M, dtype=S.E5M2), torch.zeros(2)
+    launch("swiglu_backward", config, M, N, dg, *S.split_halves(h13), torch.stack([s1, s1]), d13[:, :N], d13t[:N],
+           d13[:, N:], d13t[N:], amax13, 2 * N, 2 * N, FP8_MAX=S.E5M2_MAX)
+    want = [torch.empty(M, N, dtype=S.E5M2), torch.empty(N, M, dtype=S.E5M2), torch.empty(M, N, dtype=S.E5M2),
+            torch.empty(N, M, dtype=S.E5M2), torch.zeros(2)]
+    launch("swiglu_backward", config, M, N, dg, h1, h3, torch.stack([s1, s1]), *want, N, N, FP8_MAX=S.E5M2_MAX)
+    assert torch.equal(d13.view(torch.uint8), torch.cat([want[0], want[2]], dim=1).view(torch.uint8)), config
+    assert torch.equal(d13t.view(torch.uint8), torch.cat([want[1], want[3]]).view(torch.uint8)), config
+    assert torch.equal(amax13, want[4]), config
     for e5m2, scale, x in ((False, s, h1), (False, s, h1.float() * 1.001), (True, s1, dg)):  # float32 in too
         want = cast_both_reference(x, scale, e5m2)
         out = [torch.empty(M, N, dtype=want[0].dtype), torch.empty(N, M, dtype=want[0].dtype), torch.zeros(1)]
@@ -262,7 +279,7 @@ def test_kernels_compile_for_hopper():
                   {"FP8_MAX": 57344.0}))
     for kernel, inputs, in_type, fp32_ptrs, outputs, out_type, constants in cases:
         signature = {**dict.fromkeys(inputs, in_type), **dict.fromkeys(fp32_ptrs, "*fp32"), **dict.fromkeys(outputs, out_type),
-                     "targets_ptr": "*i64", "M": "i32", "N": "i32", **dict.fromkeys([*constants, *tiles], "constexpr")}
+                     "targets_ptr": "*i64", "M": "i32", "N": "i32", "stride_h": "i32", "stride_d": "i32", **dict.fromkeys([*constants, *tiles], "constexpr")}
         signature = {name: signature[name] for name in kernel.arg_names}  # the kernel's argument order
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={**constants, **tiles}),
                                   target=GPUTarget("cuda", 90, 32))

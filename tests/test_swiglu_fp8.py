@@ -208,3 +208,108 @@ def test_verify_check_of_the_fused_swiglu_catches_a_broken_kernel(monkeypatch):
     broken = check_swiglu_kernels(torch.device("cpu"))
     assert broken.passed is False and "relative error" in broken.figure
 
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["cast-in-forward", "cast-once-per-step"])
+def test_merged_w13_computes_the_two_products_under_their_shared_scales(cached):
+    """--fp8_merge_w13: w1 and w3 as one product each way compute what the two products compute when those use
+    the scales the merged ones share: the weights' (one for [w1; w3]; made equal here by giving both weights
+    the same amax) and the output gradients' (the smaller of w1's and w3's, which differ here); with the weights
+    cast in the forward or once per step (DelayedScaling's buffers: [w1; w3]'s on the fused module, none on w1
+    or w3)."""
+    import copy
+
+    from cs336_basics.precision.fp8_delayed import DelayedScaling
+    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
+
+    ffn = _delayed_ffn(0)
+    with torch.no_grad():
+        ffn.w3.weight.mul_(ffn.w1.weight.abs().max() / ffn.w3.weight.abs().max())
+    ffn.w3.g_scale.fill_(E5M2_MAX / 3e-2)  # below w1's, not by a power of two: the merged products use it for both
+    two, one = copy.deepcopy(ffn), copy.deepcopy(ffn)
+    two.w1.g_scale.copy_(ffn.w3.g_scale)
+    modules = (Float8DelayedSwiGLU(two.w1, two.w3, two.w2), Float8DelayedSwiGLU(one.w1, one.w3, one.w2, merge_w13=True))
+    assert list(modules[1].state_dict()) == list(modules[0].state_dict())
+    if cached:
+        for module in modules:
+            DelayedScaling(module, cache_weights=True).cast_weights()
+        assert not hasattr(one.w1, "w8") and not hasattr(one.w3, "w8") and hasattr(one.w2, "w8")
+        assert modules[1].w13_8.shape == (160, 32) and modules[1].w13_columns.stride() == (1, 160)
+    x = torch.randn(2, 12, 32)
+    dy = torch.randn(2, 12, 32) * 1e-3
+    results = []
+    for module in modules:
+        xi = x.clone().requires_grad_()
+        y = module(xi)
+        y.backward(dy)
+        layers = (module.w1, module.w3, module.w2)
+        results.append(dict(y=y.detach(), dx=xi.grad, **{f"dw{i}": m.weight.grad for i, m in enumerate(layers)},
+                            sinks=torch.stack([m.g_amax_sink.grad for m in layers]),
+                            x_amax=torch.stack([m.x_amax for m in layers])))
+    separate, merged = results
+    assert float(separate["dw0"].abs().max()) > 0 and float(separate["sinks"].min()) > 0
+    for key in separate:
+        torch.testing.assert_close(merged[key], separate[key], rtol=1e-5, atol=1e-9, msg=lambda m: f"{key}: {m}")
+
+
+def test_merged_w13_trains_compiled_and_is_recorded(tmp_path):
+    """build_model with merge_w13: the fused SwiGLUs run w1 and w3 as one product, the report says so and its
+    kernel check covers that layout; compiled training with the weights cast once per step follows the
+    separate products' losses (the shared scales round a little differently) and keeps the state-dict keys."""
+    import numpy as np
+
+    from cs336_basics.data.batches import RandomWindows
+    from cs336_basics.model.transformer import ModelConfig
+    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
+    from cs336_basics.training.setup import Fp8Options, build_model
+    from cs336_basics.training.trainer import TrainConfig, Trainer
+
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
+    tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
+    losses, keys = {}, {}
+    for merge in (False, True):
+        torch.manual_seed(0)
+        seen = []
+        model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, merge_w13=merge),
+                                    2 * 16, log=seen.append)
+        assert report.merge_w13 == merge and ("one float8 product each way" in report.summary()) == merge
+        assert all(m.merge_w13 == merge for m in model.modules() if isinstance(m, Float8DelayedSwiGLU))
+        keys[merge] = list(model.state_dict())
+        trainer = Trainer(model, TrainConfig(batch_size=2, gradient_accumulation_steps=2, max_steps=6, compile_model=True,
+                                             fp8_weight_cache=True), RandomWindows(tokens, 2, 16, 0), tokens[:200],
+                          torch.device("cpu"), tmp_path / str(merge), log=lambda s: None)
+        losses[merge] = [float(trainer.train_step(1e-3)[0]) for _ in range(6)]
+    assert keys[True] == keys[False]
+    assert losses[True] == pytest.approx(losses[False], rel=2e-2) and losses[True][-1] < losses[True][0]
+
+
+def test_merged_w13_needs_the_fused_swiglu(tmp_path, capsys, tiny_cli):
+    """--fp8_merge_w13: refused without the fused SwiGLU, with another recipe or without --use_fp8 (one line);
+    a run says it, records it in run.json, and a resume keeps it."""
+    import json
+
+    from cs336_basics.errors import UserError
+    from cs336_basics.model.transformer import ModelConfig
+    from cs336_basics.perf.matrix import parse_mode
+    from cs336_basics.training.setup import Fp8Options, build_model
+
+    assert parse_mode("fp8-delayed-compile-w13")["fp8_merge_w13"] and not parse_mode("fp8-delayed-compile")["fp8_merge_w13"]
+    with pytest.raises(UserError, match="fp8-delayed only"):
+        parse_mode("fp8-tensorwise-compile-w13")
+    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
+    for options in (Fp8Options(recipe="delayed", emulate=True, fused_swiglu=False, merge_w13=True),
+                    Fp8Options(recipe="tensorwise", emulate=True, merge_w13=True)):
+        with pytest.raises(UserError, match="--fp8_merge_w13 runs the fused SwiGLU's w1 and w3 as one product"):
+            build_model(cfg, torch.device("cpu"), options)
+    train, base = tiny_cli
+    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate", "--fp8_merge_w13"]) == 0
+    assert "(--fp8_merge_w13, experimental)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_merge_w13"] is True
+    assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
+                  "--sample_tokens", 0]) == 0
+    assert "(--fp8_merge_w13, experimental)" in capsys.readouterr().out
+    for extra, message in ((["--use_fp8", "--fp8_emulate", "--no-fp8_fused_swiglu"], "needs --fp8_recipe delayed"),
+                           ([], "--fp8_merge_w13 / --no-fp8_merge_w13 only apply with --use_fp8")):
+        assert train(base + ["--out_dir", tmp_path / "refused", "--max_steps", 1, "--fp8_merge_w13", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -39,7 +39,8 @@ from cs336_basics.training.attention import FUSED_ORDERS, probe_backend
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
                                                shutdown)
-from cs336_basics.training.setup import Fp8Options, build_model, check_delayed_only, check_fused_swiglu
+from cs336_basics.training.setup import (Fp8Options, build_model, check_delayed_only, check_fused_swiglu,
+                                         check_merge_w13)
 from cs336_basics.training.summary import RunShape, format_summary, warnings_for
 from cs336_basics.training.trainer import TrainConfig, Trainer
 from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode, resolve_residual_dtype
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fp8_fused_swiglu", action=yes_no,
                    help="with the delayed recipe: each SwiGLU block as one function, SwiGLU and its fp8 casts as Triton "
                         "kernels (default on; --no-fp8_fused_swiglu runs its three float8 layers one by one)")
+    s.add_argument("--fp8_merge_w13", action=yes_no,
+                   help="experimental, with the fused SwiGLU: its w1 and w3 as one float8 product each way, under one "
+                        "weight scale and one gradient scale (1.12 ms less a seed micro-batch in the products alone on "
+                        "an H200, benchmarks/NOTES.md 85; default off)")
     s.add_argument("--fp8_kernel_casts", choices=("auto", *KERNEL_CASTS),
                    help="with the delayed recipe: which float8 casts our Triton kernel does (both layouts and the amax in "
                         "one pass) instead of the compiler's code fused into their producers: none, the layers' inputs, "
@@ -335,16 +340,19 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
                                                            recipe),
                          head_kernel=flag("fp8_head_kernel", False), fast_accum=flag("fp8_fast_accum", None),
                          bf16_blocks=tuple(args.fp8_bf16_blocks if args.fp8_bf16_blocks is not None
-                                           else saved.get("fp8_bf16_blocks") or ()))
+                                           else saved.get("fp8_bf16_blocks") or ()),
+                         merge_w13=bool(flag("fp8_merge_w13", False)))
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
-    for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel", "fp8_fast_accum"):
+    for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel", "fp8_fast_accum", "fp8_merge_w13"):
         if getattr(args, name) is not None and not use_fp8:
             raise UserError(f"--{name} / --no-{name} only apply with --use_fp8")
     for name in ("fp8_kernel_casts", "fp8_bf16_blocks"):
         if getattr(args, name) is not None and not use_fp8:
             raise UserError(f"--{name} only applies with --use_fp8")
     check_fused_swiglu(args.fp8_fused_swiglu, recipe)  # here too: before the data is prepared
+    if use_fp8:
+        check_merge_w13(options.merge_w13, options.fused_swiglu, recipe)
     if use_fp8:
         check_delayed_only(options.kernel_casts, options.fast_accum, recipe)
     if use_fp8 and options.head_kernel and not options.head:
@@ -397,6 +405,7 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                 "fp8_head_kernel": fp8_report.head_kernel if fp8_report else None,
                 "fp8_fast_accum": fp8_report.fast_accum if fp8_report else None,
                 "fp8_bf16_blocks": list(fp8_options.bf16_blocks) if fp8_report else None,
+                "fp8_merge_w13": fp8_report.merge_w13 if fp8_report else None,
                 "compile_mode": run_shape.compile_mode if train_cfg.compile_model else None}
     sampler = RandomWindows(train_tokens, train_cfg.batch_size, model_cfg.context_length, train_cfg.seed,
                             ctx.rank, ctx.world_size)

@@ -50,6 +50,7 @@ class BenchSpec:
     fp8_kernel_casts: str = "auto"  # as Fp8Options.kernel_casts (mode suffixes -castnone, -castinputs, -castgrads, -castall)
     fp8_head_kernel: bool = False  # as Fp8Options.head_kernel (mode suffix -headkernel)
     fp8_fast_accum: bool | None = None  # as Fp8Options.fast_accum (mode suffixes -fastacc, -nofastacc)
+    fp8_merge_w13: bool = False  # as Fp8Options.merge_w13 (mode suffix -w13)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     residual_dtype: str = "auto"  # as TrainConfig.residual_dtype (mode suffixes -bf16res, -fp32res)
     fp8_weight_cache: bool | None = None  # as TrainConfig.fp8_weight_cache (mode suffixes -wcache, -nowcache)
@@ -63,7 +64,7 @@ class BenchSpec:
         return Fp8Options(recipe=self.precision.split("-", 1)[1], filter=self.fp8_filter,
                           emulate=self.device != "cuda", head=self.fp8_head, fused_swiglu=self.fp8_fused_swiglu,
                           kernel_casts=self.fp8_kernel_casts, head_kernel=self.fp8_head_kernel,
-                          fast_accum=self.fp8_fast_accum)
+                          fast_accum=self.fp8_fast_accum, merge_w13=self.fp8_merge_w13)
 
 
 def run(spec: BenchSpec) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def run(spec: BenchSpec) -> dict[str, Any]:
         tune_kernels=spec.tune_kernels, fp8_fused_swiglu=bool(report and report.fused_swiglu),
         fused_swiglu_kernels_checked=report.kernels_checked if report else "",
         fp8_kernel_casts=report.kernel_casts if report else "none", fp8_head_kernel=spec.fp8_head_kernel,
-        fp8_fast_accum=bool(report and report.fast_accum),
+        fp8_fast_accum=bool(report and report.fast_accum), fp8_merge_w13=bool(report and report.merge_w13),
         residual_dtype=trainer.cfg.residual_dtype, fp8_weight_cache=trainer.cfg.fp8_weight_cache,
         bf16_weight_cache=trainer.cfg.bf16_weight_cache, flash=spec.flash,
         checkpointing=spec.checkpointing, attention_backend=backend, batch_size=spec.batch_size, seq=T,

@@ -42,6 +42,7 @@ class ConversionReport:
     kernel_casts: str = "none"  # which delayed-layer casts our Triton kernel does (fp8_cast.py)
     head_kernel: bool = False  # the float8 head's logit gradient by our Triton kernel (head_grad_fp8.py)
     fast_accum: bool = False  # the delayed layers' forward products with cuBLAS's fast accumulation
+    merge_w13: bool = False  # the fused SwiGLUs run w1 and w3 as one product (--fp8_merge_w13)
     kernels_checked: str = ""  # where the fused SwiGLU's kernels were checked before training ("16384 tokens x 3584")
 
     @property
@@ -55,6 +56,9 @@ class ConversionReport:
         if self.fused_swiglu:
             lines.append(f"  {self.fused_swiglu} SwiGLU blocks: one function each, SwiGLU and its fp8 casts in one pass "
                          "(Triton kernels on a GPU; --no-fp8_fused_swiglu: three layers)")
+        if self.merge_w13:
+            lines.append("  w1 and w3 of each SwiGLU block: one float8 product each way, one weight scale and one "
+                         "gradient scale for both (--fp8_merge_w13, experimental)")
         if self.kernel_casts != "none":
             casts = {"inputs": "the layers' inputs", "grads": "their output gradients", "all": "inputs and output gradients"}
             lines.append(f"  fp8 casts of {casts[self.kernel_casts]}: our Triton kernel, both layouts in one pass "

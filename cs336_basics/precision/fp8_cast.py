@@ -66,12 +66,21 @@ def kernels() -> dict[str, Any]:
     return found | {f"{name} tuned": fp8_triton.autotuned(kernel, CONFIGS) for name, kernel in found.items()}
 
 
-def check_2d(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> None:
+def check_2d(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,),
+             rows_may_stride: bool = False) -> None:
     """The kernels' inputs: contiguous (M, N) tensors of one shape, of the dtypes checked on the GPU for that kernel
-    (a dtype's tiles can compile differently: float32 broke the transposed copies, NOTES 42)."""
+    (a dtype's tiles can compile differently: float32 broke the transposed copies, NOTES 42). rows_may_stride:
+    or rows spaced by one common stride (the halves of an (M, 2N) array), for kernels that take a row stride."""
     shape = tensors[0].shape
-    if not (len(shape) == 2 and all(t.shape == shape and t.is_contiguous() for t in tensors)):
-        raise ValueError(f"the fp8 kernels take contiguous (M, N) tensors of one shape, got {[tuple(t.shape) for t in tensors]}")
+
+    def laid_out(t: torch.Tensor) -> bool:
+        if not rows_may_stride:
+            return t.is_contiguous()
+        return t.stride(1) == 1 and t.stride(0) == tensors[0].stride(0) >= shape[1]
+
+    if not (len(shape) == 2 and all(t.shape == shape and laid_out(t) for t in tensors)):
+        raise ValueError(f"the fp8 kernels take {'row-strided' if rows_may_stride else 'contiguous'} (M, N) tensors "
+                         f"of one shape, got {[(tuple(t.shape), t.stride()) for t in tensors]}")
     if any(t.dtype not in dtypes for t in tensors):
         raise ValueError(f"this fp8 kernel takes {', '.join(map(str, dtypes))} tensors (run under autocast), "
                          f"got {[t.dtype for t in tensors]}")

@@ -49,6 +49,21 @@ def cast_weight(weight: torch.Tensor) -> WeightCast:
     return w8, column_major(w8), inv_w
 
 
+LAYER_CAST = ("w8", "w8_columns", "inv_w")  # a Float8DelayedLinear's cast buffers (Float8DelayedLinear.weight_cast)
+
+
+def register_weight_cast(module: nn.Module, n: int, k: int, like: torch.Tensor,
+                         names: tuple[str, str, str] = LAYER_CAST) -> None:
+    """Buffers for a weight cast once per step on `module`, named `names`: the (n, k) e4m3 weight, the same
+    column-major, and 1 / its scale; not saved (they follow from the weights), at fixed addresses for CUDA
+    graphs, which replay the blocks reading them."""
+    buffers = (like.new_empty(n, k, dtype=E4M3), like.new_empty(k, n, dtype=E4M3).t(),
+               like.new_ones((), dtype=torch.float32))  # 1 / scale, as to_fp8's
+    for name, buffer in zip(names, buffers):
+        module.register_buffer(name, buffer, persistent=False)
+        torch._dynamo.mark_static_address(buffer)
+
+
 def weight_fp8(cast: WeightCast | None, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w8, 1 / scale, what backward keeps): from the cast made once this step, whose column-major copy backward
     keeps, or cast here, keeping w8 for backward to copy (ctx.weights_cached says which)."""
@@ -147,7 +162,10 @@ class Float8DelayedLinear(nn.Module):
         the forward. Calibration casts dynamically, before the first cast_weights."""
         if not self.cache_weights or self.calibrating:
             return None
-        return self.w8, self.w8_columns, self.inv_w
+        return self.weight_cast_buffers()
+
+    def weight_cast_buffers(self) -> WeightCast:
+        return tuple(getattr(self, name) for name in LAYER_CAST)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.high_precision:  # the plain layer's product (bf16 under autocast); no amax recorded
@@ -182,6 +200,10 @@ class DelayedScaling:
         self.margin = margin
         device = self.layers[0].weight.device
         self.cache_weights = cache_weights
+        # fused SwiGLUs running w1 and w3 as one product (swiglu_fp8.py, --fp8_merge_w13): [w1; w3] is cast as one
+        self._merged = [m for m in model.modules() if getattr(m, "merge_w13", False)]
+        paired = {id(layer) for pair in self._merged for layer in (pair.w1, pair.w3)}
+        self._own_casts = [m for m in self.layers if id(m) not in paired]
         if cache_weights:
             self._allocate_weight_casts()
         self._cast_weights = self._cast_weights_eager  # compile_weight_casts() swaps in a compiled version
@@ -201,24 +223,23 @@ class DelayedScaling:
             m.g_amax_sink.grad = torch.zeros_like(m.g_amax_sink)
 
     def _allocate_weight_casts(self) -> None:
-        """Each layer's float8 weight, its column-major copy and 1 / scale as buffers (not saved: they follow
-        from the weight), at fixed addresses for CUDA graphs, which replay the blocks reading them."""
-        for m in self.layers:
+        """Each layer's float8 weight, its column-major copy and 1 / scale as buffers; for a fused SwiGLU that
+        runs w1 and w3 as one product, [w1; w3]'s instead of theirs."""
+        for m in self._own_casts:
             n, k = m.weight.shape
-            m.register_buffer("w8", m.weight.new_empty(n, k, dtype=E4M3), persistent=False)
-            m.register_buffer("w8_columns", m.weight.new_empty(k, n, dtype=E4M3).t(), persistent=False)
-            m.register_buffer("inv_w", m.weight.new_ones((), dtype=torch.float32), persistent=False)  # as to_fp8's
-            for buffer in (m.w8, m.w8_columns, m.inv_w):
-                torch._dynamo.mark_static_address(buffer)
+            register_weight_cast(m, n, k, m.weight)
             m.cache_weights = True
+        for pair in self._merged:
+            pair.allocate_merged_cast()
 
     @torch.no_grad()
     def _cast_weights_eager(self) -> None:
-        for m in self.layers:
-            w8, w8_columns, inv_w = cast_weight(m.weight)
-            m.w8.copy_(w8)
-            m.w8_columns.copy_(w8_columns)
-            m.inv_w.copy_(inv_w)
+        for m in self._own_casts:
+            for buffer, cast in zip(m.weight_cast_buffers(), cast_weight(m.weight)):
+                buffer.copy_(cast)
+        for pair in self._merged:
+            for buffer, cast in zip(pair.merged_cast_buffers(), cast_weight(pair.merged_weights())):
+                buffer.copy_(cast)
 
     def compile_weight_casts(self, **options) -> None:
         """Run cast_weights as one compiled graph (fused amax and cast kernels) instead of ~8 eager ops a layer."""

@@ -25,11 +25,13 @@ def store_both(ptr, ptr_t, q, rows, cols, offsets, M, mask):
 
 
 @triton.jit
-def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr, M, N, FP8_MAX: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr, stride_h, M, N,
+                              FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """stride_h: h1's and h3's row stride (N; 2N when they are the halves of w1 | w3's one product)."""
     rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
-    a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    h_offsets = rows[:, None].to(tl.int64) * stride_h + cols[None, :]
+    a = tl.load(h1_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(h3_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
     g = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
     q = tl.clamp(g * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
     store_both(g_ptr, gt_ptr, q, rows, cols, offsets, M, mask)
@@ -38,19 +40,24 @@ def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr
 
 @triton.jit
 def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_ptr, d3_ptr, d3t_ptr, amax_ptr,
-                               M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                               stride_h, stride_d, M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
+    """stride_h, stride_d: the row strides of h1 and h3, and of the row-major d1 and d3 (N; 2N for the halves
+    of (M, 2N) arrays when w1 and w3 run as one product)."""
     rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
     d = tl.load(dg_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    h_offsets = rows[:, None].to(tl.int64) * stride_h + cols[None, :]
+    a = tl.load(h1_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(h3_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
     sig = tl.sigmoid(a)
     # rounded to bf16 as the graph's gradients are, then scaled and cast
     dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)
     dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
     q1 = tl.clamp(dh1 * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e5)
     q3 = tl.clamp(dh3 * tl.load(scale_ptr + 1), -FP8_MAX, FP8_MAX).to(tl.float8e5)
-    store_both(d1_ptr, d1t_ptr, q1, rows, cols, offsets, M, mask)
-    store_both(d3_ptr, d3t_ptr, q3, rows, cols, offsets, M, mask)
+    d_offsets = rows[:, None].to(tl.int64) * stride_d + cols[None, :]
+    store_both(d1_ptr, d1t_ptr, q1, rows, cols, d_offsets, M, mask)
+    store_both(d3_ptr, d3t_ptr, q3, rows, cols, d_offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
     tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
 

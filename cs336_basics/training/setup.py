@@ -37,6 +37,9 @@ class Fp8Options:
     # blocks (indices into model.layers; negative: from the end) whose linear layers stay in bf16, as some fp8
     # recipes keep the first and last blocks (--fp8_bf16_blocks; experimental, benchmarks/NOTES.md 78)
     bf16_blocks: tuple[int, ...] = ()
+    # the fused SwiGLU's w1 and w3 as one float8 product each way, under one weight scale and one output-gradient
+    # scale (--fp8_merge_w13; experimental: 1.12 ms less a seed micro-batch in the products alone, NOTES 85)
+    merge_w13: bool = False
 
 
 def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
@@ -44,6 +47,13 @@ def check_fused_swiglu(fused_swiglu: bool | None, recipe: str) -> None:
     if fused_swiglu and recipe != "delayed":
         raise UserError(f"--fp8_fused_swiglu fuses the delayed recipe's layers, not {recipe}'s: drop it or use "
                         "--fp8_recipe delayed")
+
+
+def check_merge_w13(merge_w13: bool, fused_swiglu: bool | None, recipe: str) -> None:
+    """w1 | w3 as one product is a way of running the fused SwiGLU: without it, an error."""
+    if merge_w13 and (recipe != "delayed" or fused_swiglu is False):
+        raise UserError("--fp8_merge_w13 runs the fused SwiGLU's w1 and w3 as one product: it needs --fp8_recipe "
+                        "delayed (the default on one GPU) without --no-fp8_fused_swiglu")
 
 
 def check_delayed_only(kernel_casts: str, fast_accum: bool | None, recipe: str) -> None:
@@ -89,6 +99,7 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     check_delayed_only(kernel_casts, fp8.fast_accum, fp8.recipe)
     fast_accum = fp8.recipe == "delayed" if fp8.fast_accum is None else fp8.fast_accum
     check_fused_swiglu(fp8.fused_swiglu, fp8.recipe)
+    check_merge_w13(fp8.merge_w13, fp8.fused_swiglu, fp8.recipe)
     speedups = None
     if fp8.filter == "auto":
         if fp8.recipe == "delayed":
@@ -129,9 +140,11 @@ def build_model(cfg: ModelConfig, device: torch.device, fp8: Fp8Options | None =
     if fp8.fused_swiglu is not False and fp8.recipe == "delayed":
         from cs336_basics.precision.swiglu_fp8 import fuse_float8_swiglu
 
-        report.fused_swiglu = fuse_float8_swiglu(model)
+        report.fused_swiglu = fuse_float8_swiglu(model, fp8.merge_w13)
+        report.merge_w13 = fp8.merge_w13 and report.fused_swiglu > 0
         if report.fused_swiglu and micro_batch_tokens:
-            report.kernels_checked = check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log)
+            report.kernels_checked = check_fused_swiglu_kernels(micro_batch_tokens, cfg.intermediate_size, device, log,
+                                                                report.merge_w13)
     return model, report
 
 
@@ -164,12 +177,14 @@ def check_kernel_casts(layers: list, M: int, device: torch.device, log=print) ->
     log(f"fp8 cast kernel checked at {M} tokens x {widths}: both layouts and amaxes as the reference's")
 
 
-def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print) -> str:
-    """The fused SwiGLU's kernels checked at this run's shape before it trains (swiglu_fp8.check_kernels):
-    a wrong kernel is refused with the way around it, never trained with. Returns the shape checked."""
+def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print, merged: bool = False) -> str:
+    """The fused SwiGLU's kernels checked at this run's shape before it trains (swiglu_fp8.check_kernels; merged:
+    in the layout of w1 and w3 as one product too): a wrong kernel is refused with the way around it, never
+    trained with. Returns the shape checked."""
     from cs336_basics.precision.swiglu_fp8 import check_kernels
 
-    _refuse_if_wrong("the fused SwiGLU's Triton kernels", check_kernels(M, N, device), "train with --no-fp8_fused_swiglu",
-                    where=f" at {M} x {N}")
+    _refuse_if_wrong("the fused SwiGLU's Triton kernels", check_kernels(M, N, device, merged=merged),
+                     "train with --no-fp8_merge_w13" if merged else "train with --no-fp8_fused_swiglu",
+                     where=f" at {M} x {N}")
     log(f"fused SwiGLU kernels checked at {M} tokens x {N}: both layouts and amaxes as their references")
     return f"{M} tokens x {N}"
