@@ -13,6 +13,15 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def fresh_compiler_caches():
+    """Each test compiles from a fresh dynamo cache, so one test's compiled functions never count against
+    another's recompilation limit (the order of the test files would otherwise decide whether a compiled test
+    hits it). Inductor's compiled kernels stay cached."""
+    torch._dynamo.reset()
+    yield
+
+
 @pytest.fixture
 def shakespeare() -> Path:
     path = SHARED_DATA / "tinyshakespeare.txt"
