@@ -122,6 +122,26 @@ def test_margin_leaves_headroom_and_counts_only_what_still_clips():
     assert count == 1 and ratio == pytest.approx(13 / 12)
     with pytest.raises(ValueError, match="margin must be >= 0"):
         DelayedScaling(nn.Sequential(layer), margin=-1)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        DelayedScaling(nn.Sequential(layer), grad_margin=-1)
+
+
+def test_gradients_take_their_own_margin():
+    """grad_margin: headroom for the e5m2 gradient scales alone; the inputs keep margin's (0 here)."""
+    torch.manual_seed(0)
+    layer = Float8DelayedLinear(nn.Linear(32, 16, bias=False), emulate=True)
+    scales = DelayedScaling(nn.Sequential(layer), history=4, grad_margin=3)
+    assert (scales.margin, scales.grad_margin) == (0, 3)
+    scales.calibrated = True
+    x = torch.zeros(8, 32)
+    x[0, 0] = 2.0
+    layer(x).backward(torch.full((8, 16), 0.5))
+    scales.update()
+    g_amax = scales.history[0, 1, 0].item()
+    assert g_amax > 0
+    assert layer.x_scale.item() == pytest.approx(E4M3_MAX / 2.0)
+    assert layer.g_scale.item() == pytest.approx(E5M2_MAX / (8 * g_amax))
+    assert DelayedScaling(nn.Sequential(layer), margin=2).grad_margin == 2  # unset: as margin
 
 
 def test_amax_history_round_trips_and_refuses_other_layers():
@@ -349,6 +369,11 @@ def test_trainer_logs_fp8_saturation_and_refuses_a_margin_without_delayed_layers
         trainer(Fp8Options(recipe="tensorwise", emulate=True), fp8_margin=1)
     with pytest.raises(UserError, match="--fp8_margin must be >= 0"):
         trainer(delayed, fp8_margin=-1)
+    assert trainer(delayed, fp8_grad_margin=3).fp8_scales.grad_margin == 3
+    with pytest.raises(UserError, match="--fp8_grad_margin sets the headroom of the delayed recipe's gradient scales"):
+        trainer(Fp8Options(recipe="tensorwise", emulate=True), fp8_grad_margin=3)
+    with pytest.raises(UserError, match="--fp8_grad_margin must be >= 0"):
+        trainer(delayed, fp8_grad_margin=-1)
 
 
 def _record_scaled_mm(monkeypatch) -> list[bool]:
@@ -511,3 +536,19 @@ def test_fp8_start_step_trains_the_first_steps_as_the_plain_model(tmp_path, comp
     assert early[0] != pytest.approx(plain[0], rel=1e-6, abs=0)  # float8 from the first step by default
     with pytest.raises(UserError, match="--fp8_start_step switches the delayed recipe's layers"):
         losses(Fp8Options(recipe="tensorwise", emulate=True), fp8_start_step=2)
+
+
+def test_margin_flags_reach_the_run_and_are_refused_without_the_delayed_recipe(tmp_path, capsys, tiny_cli):
+    """--fp8_margin / --fp8_grad_margin from the command line: recorded in run.json's train config; without
+    --use_fp8 (no delayed layers) a one-line error."""
+    import json
+
+    train, base = tiny_cli
+    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate",
+                         "--fp8_margin", 1, "--fp8_grad_margin", 3]) == 0
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["train_config"]
+    assert (config["fp8_margin"], config["fp8_grad_margin"]) == (1, 3)
+    capsys.readouterr()
+    assert train(base + ["--out_dir", tmp_path / "bf16", "--max_steps", 1, "--fp8_grad_margin", 3]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--fp8_grad_margin sets the headroom" in err and len(err.splitlines()) == 1

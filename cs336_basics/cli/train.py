@@ -48,7 +48,7 @@ from cs336_basics.training.transforms import COMPILE_MODES, resolve_compile_mode
 T = TypeVar("T")
 MODEL_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
 SPEED_FLAGS = ("compile_model", "compile_mode", "tune_kernels", "gradient_checkpointing", "use_flash_attn", "fused_attention",
-               "residual_dtype", "fp8_weight_cache", "fp8_margin", "fp8_start_step", "bf16_weight_cache")
+               "residual_dtype", "fp8_weight_cache", "fp8_margin", "fp8_grad_margin", "fp8_start_step", "bf16_weight_cache")
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SPEED_FLAGS)
 
 
@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with the delayed recipe: scale each input and gradient to 2^N times its amax history's max, "
                         "headroom for tensors that grow faster than the history follows (default 0; the training log "
                         "counts the casts that clipped)")
+    s.add_argument("--fp8_grad_margin", type=int,
+                   help="experimental, with the delayed recipe: the gradients' own headroom, 2^N above their amax "
+                        "history's max (default: --fp8_margin's). e5m2 spans ~32 powers of two, so N = 3 costs only "
+                        "values ~2^-27 of the largest; in the seed guide's runs 10-30%% of the gradient casts clip, "
+                        "some at up to 10x (benchmarks/NOTES.md 89)")
     s.add_argument("--fp8_start_step", type=int,
                    help="experimental, with the delayed recipe: train the steps before this one in bf16 (the float8 layers "
                         "compute as plain ones) and start the float8 products here, their scales calibrated then "

@@ -9,7 +9,7 @@ Each step every layer records the amax of its input (a buffer, maxed over micro-
 gradient (returned by backward as the "gradient" of a 0-dim sink tensor; `after_backward()` between
 micro-batches keeps their max, where autograd would add them up). `DelayedScaling.update()` after the
 backward passes moves them into a history of the last `history` steps and sets each scale to float8's
-largest value / (the history's max x 2^margin). Casts saturate, so a value above that range is clipped, never
+largest value / (the history's max x 2^margin; 2^grad_margin for the gradients). Casts saturate, so a value above that range is clipped, never
 inf; `update()` counts the casts that were (a tensor whose amax this step exceeded its scale's range) and
 `take_saturation()` reports them, so a run shows when its scales lagged its tensors. `calibrate()` fills the
 history once before training from one forward + backward with dynamic scales whose gradients are thrown away
@@ -189,16 +189,22 @@ class Float8DelayedLinear(nn.Module):
 class DelayedScaling:
     """The amax histories and scales of every Float8DelayedLinear of a model, updated in a few batched ops."""
 
-    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False, margin: int = 0) -> None:
+    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False, margin: int = 0,
+                 grad_margin: int | None = None) -> None:
+        """margin: 2^margin of headroom above each history's max; grad_margin: the gradients' own (None: margin).
+        e5m2 spans ~32 powers of two, so gradient headroom costs only values ~2^-27 of the largest and below;
+        e4m3 spans ~18, so the inputs' costs more."""
         named = [(n, m) for n, m in model.named_modules() if isinstance(m, Float8DelayedLinear)]
         if not named:
             raise ValueError("the model has no Float8DelayedLinear layers")
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0 (powers of two of headroom), got {margin}")
+        grad_margin = margin if grad_margin is None else grad_margin
+        if min(margin, grad_margin) < 0:
+            raise ValueError(f"margin must be >= 0 (powers of two of headroom), got {margin} and {grad_margin}")
         self.names = [n for n, _ in named]
         self.layers = [m for _, m in named]
-        self.margin = margin
+        self.margin, self.grad_margin = margin, grad_margin
         device = self.layers[0].weight.device
+        self._headroom = torch.tensor([2.0**margin, 2.0**grad_margin], device=device)  # (input, gradient)
         self.cache_weights = cache_weights
         # fused SwiGLUs running w1 and w3 as one product (swiglu_fp8.py, --fp8_merge_w13): [w1; w3] is cast as one
         self._merged = [m for m in model.modules() if getattr(m, "merge_w13", False)]
@@ -279,8 +285,9 @@ class DelayedScaling:
         self._g_amax.zero_()
 
     def _ranges(self) -> torch.Tensor:
-        """(layer, 2) the largest magnitude the current scales cast without clipping: the history's max x 2^margin."""
-        return self.history.amax(dim=-1).clamp(min=1e-12) * 2.0 ** self.margin
+        """(layer, 2) the largest magnitude the current scales cast without clipping: the history's max x the
+        headroom (2^margin for inputs, 2^grad_margin for gradients)."""
+        return self.history.amax(dim=-1).clamp(min=1e-12) * self._headroom
 
     def _set_scales(self) -> None:
         scales = self._fp8_max / self._ranges()  # (layer, 2)

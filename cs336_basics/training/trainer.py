@@ -43,7 +43,9 @@ FP8_MODE_MESSAGE = "TorchAO FP8 mode enabled - model contains Float8 modules"
 DELAYED_ONLY = {"fp8_weight_cache": "casts the weights of the delayed recipe's layers",
                 "fp8_start_step": "switches the delayed recipe's layers from bf16 to float8",
                 "fp8_margin": "sets the headroom of the delayed recipe's scales (TorchAO's recipes scale each tensor "
-                              "by its own amax)"}
+                              "by its own amax)",
+                "fp8_grad_margin": "sets the headroom of the delayed recipe's gradient scales (TorchAO's recipes scale "
+                                   "each tensor by its own amax)"}
 SATURATION_WARNING = 2.0  # a delayed-fp8 cast whose amax was over 2x its scale's range is reported as it happens
 FP8_DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
 
@@ -80,6 +82,8 @@ class TrainConfig:
     fp8_weight_cache: bool | None = None
     # delayed fp8: scales leave 2^fp8_margin of headroom above the amax history's max (fp8_delayed.DelayedScaling)
     fp8_margin: int = 0
+    # delayed fp8: the gradients' own headroom, 2^fp8_grad_margin (experimental); None: as fp8_margin
+    fp8_grad_margin: int | None = None
     # delayed fp8: the steps before this one train in bf16 (the float8 layers compute as the plain ones), the
     # float8 products start here, their scales calibrated then (experimental; 0: float8 from the first step)
     fp8_start_step: int = 0
@@ -102,6 +106,9 @@ class TrainConfig:
             raise UserError(f"--fp8_start_step must be >= 0 (0: float8 from the first step), got {self.fp8_start_step}")
         if self.fp8_margin < 0:
             raise UserError(f"--fp8_margin must be >= 0 (powers of two of headroom for the delayed scales), got {self.fp8_margin}")
+        if self.fp8_grad_margin is not None and self.fp8_grad_margin < 0:
+            raise UserError(f"--fp8_grad_margin must be >= 0 (powers of two of headroom for the delayed gradient scales), "
+                            f"got {self.fp8_grad_margin}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
@@ -174,7 +181,8 @@ class Trainer:
         self.model = model
         self.fp8 = fp8
         self.fp8_head = has_fp8_head(model)
-        self.fp8_scales = (DelayedScaling(model, cache_weights=cfg.fp8_weight_cache, margin=cfg.fp8_margin)
+        self.fp8_scales = (DelayedScaling(model, cache_weights=cfg.fp8_weight_cache, margin=cfg.fp8_margin,
+                                            grad_margin=cfg.fp8_grad_margin)
                             if delayed else None)
         self._fp8_compute_on = True  # the float8 layers' products are on (off before --fp8_start_step)
         if self.fp8:
@@ -569,4 +577,4 @@ class Trainer:
         self.summary["fp8_overflow_max"] = max(self.summary.get("fp8_overflow_max", 0.0), ratio)
         if ratio > SATURATION_WARNING and self.ctx.is_main:
             bar.write(f"fp8: {count} casts clipped in steps {first}-{self.step}, the largest {name} at "
-                      f"{ratio:.2f}x its scale's range (delayed scales lag growing tensors; --fp8_margin adds headroom)")
+                      f"{ratio:.2f}x its scale's range (delayed scales lag growing tensors; --fp8_grad_margin or --fp8_margin adds headroom)")
