@@ -2,6 +2,11 @@
 code for the same computations, on one GPU.
 
     python benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json        # seed shapes: 16 x 1024 tokens, 3584 wide
+    python benchmarks/kernel_swiglu_fp8.py --M 16384 --N 5632 --D 2048 --extra_configs 128x256w8,256x128w8
+
+--extra_configs adds tiles (BLOCK_M x BLOCK_N, warps) to the checked and timed ones, to try before CONFIGS takes
+them (the autotuner picks among CONFIGS only). The SwiGLU kernels are also checked and timed in the layout of
+--fp8_merge_w13 (h1, h3 the halves of one (M, 2N) product; the gradients into the halves of (M, 2N) arrays).
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
 tile shape and for the autotuner's choice (fp8 outputs in both layouts within one step of their format, at
@@ -30,11 +35,23 @@ from cs336_basics.errors import UserError  # noqa: E402
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
 from cs336_basics.precision.fp8_cast import CONFIGS, cast_both, cast_both_reference, kernels, steps_apart  # noqa: E402
 from cs336_basics.precision.head_grad_fp8 import head_grad_fp8, head_grad_fp8_reference  # noqa: E402
-from cs336_basics.precision.swiglu_fp8 import (random_inputs, swiglu_backward, swiglu_backward_fp8,  # noqa: E402
-                                               swiglu_backward_fp8_reference, swiglu_forward_fp8,
-                                               swiglu_forward_fp8_reference)
+from cs336_basics.precision.swiglu_fp8 import (random_inputs, split_halves, swiglu_backward,  # noqa: E402
+                                               swiglu_backward_fp8, swiglu_backward_fp8_merged,
+                                               swiglu_backward_fp8_merged_reference, swiglu_backward_fp8_reference,
+                                               swiglu_forward_fp8, swiglu_forward_fp8_reference)
 
-CHOICES = (*CONFIGS, None)  # every config, then the autotuner's choice (what the model runs)
+
+def tiles(text: str) -> tuple[tuple[int, int, int], ...]:
+    """'128x256w8,256x128w8' -> ((128, 256, 8), (256, 128, 8)): --extra_configs."""
+    found = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            block, warps = item.split("w")
+            bm, bn = block.split("x")
+            found.append((int(bm), int(bn), int(warps)))
+        except ValueError:
+            raise UserError(f"--extra_configs {item!r}: expected BLOCK_MxBLOCK_NwWARPS, e.g. 128x256w8") from None
+    return tuple(found)
 
 
 def label(config: tuple[int, int, int] | None) -> str:
@@ -76,8 +93,15 @@ def time_us(fn: Callable[[], object], iters: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in events) * 1e3
 
 
-def check(name: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...], checks: dict) -> None:
-    """got, want: (fp8 outputs ..., amax): the last entry is the amax."""
+def check(name: str, run: Callable[[], tuple[torch.Tensor, ...]], want: tuple[torch.Tensor, ...], checks: dict) -> None:
+    """run() and want: (fp8 outputs ..., amax): the last entry is the amax. A tile that does not compile (e.g.
+    out of shared memory, an --extra_configs one) fails its check instead of ending the run."""
+    try:
+        got = run()
+    except Exception as e:  # Triton's compile errors have no common base class worth naming
+        checks[name] = dict(passed=False, error=str(e).splitlines()[0][:200])
+        print(f"check {name:<40}: FAIL {checks[name]['error']}")
+        return
     result = compare(list(got[:-1]), list(want[:-1]), got[-1], want[-1])
     ok = result["worst_gap_in_steps"] <= 1 and result["share_differing"] <= 1e-3 and result["amax_relative_gap"] <= 1e-2
     checks[name] = dict(result, passed=ok)
@@ -91,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--D", type=int, default=896, help="model width (the casts of a layer's input or output gradient)")
     p.add_argument("--V", type=int, default=50304, help="vocabulary (the head's logit gradient)")
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--extra_configs", type=tiles, default=(), help="more tiles to check and time, e.g. 128x256w8")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise UserError("kernel_swiglu_fp8.py times a Triton kernel: it needs a CUDA GPU")
+    choices = (*CONFIGS, *args.extra_configs, None)  # every config, then the autotuner's choice (what the model runs)
     M, N = args.M, args.N
     one = torch.tensor(1.0, device="cuda")
     checks: dict[str, dict] = {}
@@ -102,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         dg, h1, h3 = random_inputs(M, N, "cuda", seed)
         s = E4M3_MAX / swiglu_forward_fp8_reference(h1, h3, one)[2] * headroom  # a delayed scale
         want = swiglu_forward_fp8_reference(h1, h3, s)
-        for config in CHOICES:
-            check(f"forward {name} {label(config)}", swiglu_forward_fp8(h1, h3, s, config), want, checks)
+        for config in choices:
+            check(f"forward {name} {label(config)}", lambda: swiglu_forward_fp8(h1, h3, s, config), want, checks)
         s1, s3 = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4] * headroom).unbind()
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
-        for config in CHOICES:
-            check(f"backward {name} {label(config)}", swiglu_backward_fp8(dg, h1, h3, s1, s3, config), want, checks)
+        for config in choices:
+            check(f"backward {name} {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), want, checks)
+        h13 = torch.cat([h1, h3], dim=1)  # --fp8_merge_w13's layout, one gradient scale for both
+        check(f"forward w1|w3 layout {name} autotuned", lambda: swiglu_forward_fp8(*split_halves(h13), s),
+              swiglu_forward_fp8_reference(h1, h3, s), checks)
+        check(f"backward w1|w3 layout {name} autotuned", lambda: swiglu_backward_fp8_merged(dg, h13, s1),
+              swiglu_backward_fp8_merged_reference(dg, h13, s1), checks)
     D = args.D
     for name, seed, headroom in (("in range", 3, 1.0), ("saturating", 4, 4.0)):  # the cast alone (fp8_cast.py)
         for e5m2, dtype in ((False, torch.bfloat16), (False, torch.float32), (True, torch.bfloat16)):
@@ -117,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                  torch.randn(M, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)) * 2.0)
             s = (E5M2_MAX if e5m2 else E4M3_MAX) / x.float().abs().max() * headroom
             want = cast_both_reference(x, s, e5m2)
-            for config in CHOICES:
+            for config in choices:
                 check(f"cast {'e5m2' if e5m2 else 'e4m3'} {str(dtype)[6:]} {name} {label(config)}",
-                      cast_both(x, s, e5m2, config), want, checks)
+                      lambda: cast_both(x, s, e5m2, config), want, checks)
     # the float8 head's logit gradient (head_grad_fp8.py) at M tokens x V, against its reference (no amax: a 1
     # stands in on both sides)
     g = torch.Generator(device="cuda").manual_seed(6)
@@ -128,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.randint(0, args.V, (M,), device="cuda", generator=g)
     unit = torch.ones((), device="cuda")
     want = (*head_grad_fp8_reference(logits, lse, targets), unit)
-    for config in CHOICES:
-        check(f"head gradient {label(config)}", (*head_grad_fp8(logits, lse, targets, config), unit), want, checks)
+    for config in choices:
+        check(f"head gradient {label(config)}", lambda: (*head_grad_fp8(logits, lse, targets, config), unit), want, checks)
     del want
     dg, h1, h3 = random_inputs(M, N, "cuda", 2)
     s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
@@ -137,11 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, tuple[float, int]] = {}  # name -> (us, bytes it must move)
     fwd_fp8, fwd_bf16 = M * N * (2 * 2 + 2), M * N * (2 * 2 + 2)  # h1, h3 in; g8 and its transpose, or g, out
     bwd_fp8, bwd_bf16 = M * N * (3 * 2 + 4), M * N * (3 * 2 + 2 * 2)  # dg, h1, h3 in; 4 fp8 or 2 bf16 out
-    for config in CHOICES:
+    for config in choices:
+        if not all(checks[f"{kind} in range {label(config)}"]["passed"] for kind in ("forward", "backward")):
+            print(f"not timed: {label(config)} (its check failed)")
+            continue
         timings[f"forward triton {label(config)}"] = (
             time_us(lambda: swiglu_forward_fp8(h1, h3, s, config), args.iters), fwd_fp8)
         timings[f"backward triton {label(config)}"] = (
             time_us(lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), args.iters), bwd_fp8)
+    h13 = torch.cat([h1, h3], dim=1)
+    timings["forward triton w1|w3 layout autotuned"] = (
+        time_us(lambda: swiglu_forward_fp8(*split_halves(h13), s), args.iters), fwd_fp8)
+    timings["backward triton w1|w3 layout autotuned"] = (
+        time_us(lambda: swiglu_backward_fp8_merged(dg, h13, s1), args.iters), bwd_fp8)
     compiled = {name: torch.compile(fn) for name, fn in (("fwd fp8", swiglu_forward_fp8_reference),
                                                           ("fwd bf16", lambda a, b: F.silu(a) * b),
                                                           ("bwd fp8", swiglu_backward_fp8_reference),
