@@ -275,7 +275,7 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             f" ({r.get('residual_dtype', 'fp32')} residual)") + (
             " (weights cast per step)" if r.get("fp8_weight_cache") or r.get("bf16_weight_cache") else "") + (
             " (fast accumulation)" if r.get("fp8_fast_accum") else "") + (
-            " (w1 | w3 as one product)" if r.get("fp8_merge_w13") else "")
+            " (w1 and w3 as one product)" if r.get("fp8_merge_w13") else "")
         cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
