@@ -4,8 +4,9 @@ code for the same computations, on one GPU.
     python benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json        # seed shapes: 16 x 1024 tokens, 3584 wide
     python benchmarks/kernel_swiglu_fp8.py --M 16384 --N 5632 --D 2048 --extra_configs 128x256w8,256x128w8
 
---extra_configs adds tiles (BLOCK_M x BLOCK_N, warps) to the checked and timed ones, to try before CONFIGS takes
-them (the autotuner picks among CONFIGS only). The SwiGLU kernels are also checked and timed in the layout of
+--extra_configs adds tiles (BLOCK_M x BLOCK_N, warps) to the SwiGLU kernels' checked and timed ones, to try before
+CONFIGS takes them (the autotuner picks among CONFIGS only); --variants checks and times the experimental kernels of
+kernel_variants.py (a persistent, pipelined SwiGLU backward) beside ours. The SwiGLU kernels are also checked and timed in the layout of
 --fp8_merge_w13 (h1, h3 the halves of one (M, 2N) product; the gradients into the halves of (M, 2N) arrays).
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
@@ -116,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--V", type=int, default=50304, help="vocabulary (the head's logit gradient)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--extra_configs", type=tiles, default=(), help="more tiles to check and time, e.g. 128x256w8")
+    p.add_argument("--variants", action="store_true", help="also the experimental kernels of kernel_variants.py")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise UserError("kernel_swiglu_fp8.py times a Triton kernel: it needs a CUDA GPU")
     choices = (*CONFIGS, *args.extra_configs, None)  # every config, then the autotuner's choice (what the model runs)
+    if args.variants:  # beside this file; imported here, since it needs Triton
+        import kernel_variants as V
+    variants = V.PERSISTENT_CONFIGS if args.variants else ()
     M, N = args.M, args.N
     one = torch.tensor(1.0, device="cuda")
     checks: dict[str, dict] = {}
@@ -134,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
         for config in choices:
             check(f"backward {name} {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), want, checks)
+        for variant in variants:
+            check(f"backward {name} {V.label(variant)}",
+                  lambda: V.swiglu_backward_fp8_persistent(dg, h1, h3, s1, s3, variant), want, checks)
         h13 = torch.cat([h1, h3], dim=1)  # --fp8_merge_w13's layout, one gradient scale for both
         check(f"forward w1|w3 layout {name} autotuned", lambda: swiglu_forward_fp8(*split_halves(h13), s),
               swiglu_forward_fp8_reference(h1, h3, s), checks)
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                  torch.randn(M, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)) * 2.0)
             s = (E5M2_MAX if e5m2 else E4M3_MAX) / x.float().abs().max() * headroom
             want = cast_both_reference(x, s, e5m2)
-            for config in choices:
+            for config in (*CONFIGS, None):  # --extra_configs are for the SwiGLU kernels
                 check(f"cast {'e5m2' if e5m2 else 'e4m3'} {str(dtype)[6:]} {name} {label(config)}",
                       lambda: cast_both(x, s, e5m2, config), want, checks)
     # the float8 head's logit gradient (head_grad_fp8.py) at M tokens x V, against its reference (no amax: a 1
@@ -159,56 +167,55 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.randint(0, args.V, (M,), device="cuda", generator=g)
     unit = torch.ones((), device="cuda")
     want = (*head_grad_fp8_reference(logits, lse, targets), unit)
-    for config in choices:
+    for config in (*CONFIGS, None):
         check(f"head gradient {label(config)}", lambda: (*head_grad_fp8(logits, lse, targets, config), unit), want, checks)
     del want
     dg, h1, h3 = random_inputs(M, N, "cuda", 2)
     s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
     s1 = s3 = torch.tensor(E5M2_MAX / 4e-3, device="cuda")
     timings: dict[str, tuple[float, int]] = {}  # name -> (us, bytes it must move)
+
+    def timed(name: str, fn: Callable[[], object], nbytes: int) -> None:  # printed at once: a cut run keeps them
+        us = time_us(fn, args.iters)
+        timings[name] = (us, nbytes)
+        print(f"{name:<48} {us:8.1f} us  {nbytes / us / 1e3:6.0f} GB/s", flush=True)
+
     fwd_fp8, fwd_bf16 = M * N * (2 * 2 + 2), M * N * (2 * 2 + 2)  # h1, h3 in; g8 and its transpose, or g, out
     bwd_fp8, bwd_bf16 = M * N * (3 * 2 + 4), M * N * (3 * 2 + 2 * 2)  # dg, h1, h3 in; 4 fp8 or 2 bf16 out
     for config in choices:
         if not all(checks[f"{kind} in range {label(config)}"]["passed"] for kind in ("forward", "backward")):
             print(f"not timed: {label(config)} (its check failed)")
             continue
-        timings[f"forward triton {label(config)}"] = (
-            time_us(lambda: swiglu_forward_fp8(h1, h3, s, config), args.iters), fwd_fp8)
-        timings[f"backward triton {label(config)}"] = (
-            time_us(lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), args.iters), bwd_fp8)
+        timed(f"forward triton {label(config)}", lambda: swiglu_forward_fp8(h1, h3, s, config), fwd_fp8)
+        timed(f"backward triton {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), bwd_fp8)
+    for variant in variants:
+        if checks[f"backward in range {V.label(variant)}"]["passed"]:
+            timed(f"backward triton {V.label(variant)}",
+                  lambda: V.swiglu_backward_fp8_persistent(dg, h1, h3, s1, s3, variant), bwd_fp8)
     h13 = torch.cat([h1, h3], dim=1)
-    timings["forward triton w1|w3 layout autotuned"] = (
-        time_us(lambda: swiglu_forward_fp8(*split_halves(h13), s), args.iters), fwd_fp8)
-    timings["backward triton w1|w3 layout autotuned"] = (
-        time_us(lambda: swiglu_backward_fp8_merged(dg, h13, s1), args.iters), bwd_fp8)
+    timed("forward triton w1|w3 layout autotuned", lambda: swiglu_forward_fp8(*split_halves(h13), s), fwd_fp8)
+    timed("backward triton w1|w3 layout autotuned", lambda: swiglu_backward_fp8_merged(dg, h13, s1), bwd_fp8)
     compiled = {name: torch.compile(fn) for name, fn in (("fwd fp8", swiglu_forward_fp8_reference),
                                                           ("fwd bf16", lambda a, b: F.silu(a) * b),
                                                           ("bwd fp8", swiglu_backward_fp8_reference),
                                                           ("bwd bf16", swiglu_backward))}
-    timings["forward inductor: compiled reference"] = (time_us(lambda: compiled["fwd fp8"](h1, h3, s), args.iters), fwd_fp8)
-    timings["forward inductor: bf16 silu(h1) * h3 alone"] = (time_us(lambda: compiled["fwd bf16"](h1, h3), args.iters), fwd_bf16)
-    timings["backward inductor: compiled reference"] = (
-        time_us(lambda: compiled["bwd fp8"](dg, h1, h3, s1, s3), args.iters), bwd_fp8)
-    timings["backward inductor: bf16 SwiGLU backward alone"] = (
-        time_us(lambda: compiled["bwd bf16"](dg, h1, h3), args.iters), bwd_bf16)
+    timed("forward inductor: compiled reference", lambda: compiled["fwd fp8"](h1, h3, s), fwd_fp8)
+    timed("forward inductor: bf16 silu(h1) * h3 alone", lambda: compiled["fwd bf16"](h1, h3), fwd_bf16)
+    timed("backward inductor: compiled reference", lambda: compiled["bwd fp8"](dg, h1, h3, s1, s3), bwd_fp8)
+    timed("backward inductor: bf16 SwiGLU backward alone", lambda: compiled["bwd bf16"](dg, h1, h3), bwd_bf16)
     x = random_inputs(M, D, "cuda", 5)[1]
     cast_bytes = M * D * (2 + 2)  # x in; fp8 and its transpose out
     compiled["cast"] = torch.compile(cast_both_reference)
     x32 = x.float()  # an activation from the float32 residual stream: 4 bytes in
     for kind, e5m2, xx, nbytes in (("e4m3", False, x, cast_bytes), ("e4m3 float32 in", False, x32, cast_bytes + 2 * M * D),
                                    ("e5m2", True, x, cast_bytes)):
-        timings[f"cast {kind} triton autotuned"] = (time_us(lambda: cast_both(xx, s, e5m2), args.iters), nbytes)
-        timings[f"cast {kind} inductor: compiled reference"] = (
-            time_us(lambda: compiled["cast"](xx, s, e5m2), args.iters), nbytes)
+        timed(f"cast {kind} triton autotuned", lambda: cast_both(xx, s, e5m2), nbytes)
+        timed(f"cast {kind} inductor: compiled reference", lambda: compiled["cast"](xx, s, e5m2), nbytes)
     head_bytes = M * args.V * (2 + 2)  # bf16 logits in; e5m2 and its transpose out
     compiled["head"] = torch.compile(head_grad_fp8_reference)
-    timings["head gradient triton autotuned"] = (time_us(lambda: head_grad_fp8(logits, lse, targets), args.iters), head_bytes)
-    timings["head gradient inductor: compiled reference"] = (
-        time_us(lambda: compiled["head"](logits, lse, targets), args.iters), head_bytes)
-    rows = []
-    for name, (us, nbytes) in timings.items():
-        rows.append(dict(name=name, us=round(us, 1), gb_per_s=round(nbytes / us / 1e3)))
-        print(f"{name:<48} {us:8.1f} us  {nbytes / us / 1e3:6.0f} GB/s")
+    timed("head gradient triton autotuned", lambda: head_grad_fp8(logits, lse, targets), head_bytes)
+    timed("head gradient inductor: compiled reference", lambda: compiled["head"](logits, lse, targets), head_bytes)
+    rows = [dict(name=name, us=round(us, 1), gb_per_s=round(nbytes / us / 1e3)) for name, (us, nbytes) in timings.items()]
     chosen = {k: str(kernels()[f"{k} tuned"].best_config) for k in ("swiglu_forward", "swiglu_backward", "cast", "head_grad")}
     print(f"the autotuner chose: {chosen}")
     if args.out:

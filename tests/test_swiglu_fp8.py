@@ -313,3 +313,50 @@ def test_merged_w13_needs_the_fused_swiglu(tmp_path, capsys, tiny_cli):
         assert train(base + ["--out_dir", tmp_path / "refused", "--max_steps", 1, "--fp8_merge_w13", *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+VARIANT = """
+import torch
+from cs336_basics.precision import swiglu_fp8 as S
+import kernel_variants as V
+torch.manual_seed(0)
+M, N = 100, 72  # ragged against the tiles below
+dg, h1, h3 = ((torch.randn(M, N) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
+s1, s3 = torch.tensor(5e6), torch.tensor(6e6)
+ref = S.swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
+for config in [(32, 32, 4, 2, 1), (16, 64, 2, 3, 2)]:  # 4 programs a "device": each walks several tiles
+    out = V.swiglu_backward_fp8_persistent(dg, h1, h3, s1, s3, config)
+    for rows, cols in ((0, 1), (2, 3)):
+        assert torch.equal(out[cols].view(torch.uint8), out[rows].t().contiguous().view(torch.uint8)), config
+    torch.testing.assert_close(out[4], ref[4], rtol=1e-2, atol=0)
+    for got, want in ((out[0], ref[0]), (out[2], ref[2])):  # the interpreter truncates to fp8: two steps
+        gap = (got.float() - want.float()).abs() / (want.float().abs() * 0.25).clamp(min=2**-16)
+        assert float(gap.max()) <= 2, (config, float(gap.max()))
+print("ok")
+"""
+
+
+def test_persistent_backward_variant_in_tritons_interpreter_and_for_hopper():
+    """benchmarks/kernel_variants.py's persistent SwiGLU backward (an experiment kernel_swiglu_fp8.py --variants
+    times, NOTES 90): in Triton's CPU interpreter it writes what the reference does, both layouts, every tile
+    once with programs walking several; it compiles for sm90. Needs Triton (`pip install triton`)."""
+    import os
+
+    triton = pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), *sys.path])}
+    proc = subprocess.run([sys.executable, "-c", VARIANT], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kernel_variants
+
+    kernel = kernel_variants.swiglu_backward_fp8_persistent_kernel
+    types = {**dict.fromkeys(["dg_ptr", "h1_ptr", "h3_ptr"], "*bf16"), **dict.fromkeys(["scale_ptr", "amax_ptr"], "*fp32"),
+             **dict.fromkeys(["d1_ptr", "d1t_ptr", "d3_ptr", "d3t_ptr"], "*fp8e5"), "M": "i32", "N": "i32"}
+    constants = {"FP8_MAX": 57344.0, "BLOCK_M": 128, "BLOCK_N": 128, "STAGES": 2, "ITERS": 6}
+    signature = {name: types.get(name, "constexpr") for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm["cubin"]

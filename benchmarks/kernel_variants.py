@@ -1,0 +1,89 @@
+"""Experimental variants of our fp8 Triton kernels, checked and timed by `kernel_swiglu_fp8.py --variants` before
+any replaces a kernel of cs336_basics/precision/fp8_triton.py (benchmarks/NOTES.md 90). Needs Triton (CUDA
+builds of torch; the tests run it in Triton's CPU interpreter where Triton is installed).
+
+`swiglu_backward_fp8_persistent`: the fp8 SwiGLU backward moves its bytes at ~56-63% of the H200's bandwidth
+(343 us a 1B layer, 213 us a seed one) where inductor's bf16 SwiGLU backward, moving as many, reaches ~88%.
+Every tile shape of the autotuner's list ends alike, so the suspect is latency, not access pattern: a program
+loads three tiles, computes, stores four, and with the registers a 128 x 128 tile needs few programs share an
+SM, so little overlaps. Here a fixed number of programs walk the tiles in a software-pipelined loop (the next
+tile's loads issued while this one computes and stores) and keep their amaxes in registers: two atomics a
+program instead of two a tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from cs336_basics.precision.fp8_head import E5M2, E5M2_MAX
+from cs336_basics.precision.fp8_triton import store_both
+
+# (BLOCK_M, BLOCK_N, warps, pipeline stages, programs per SM)
+PERSISTENT_CONFIGS = ((128, 128, 8, 2, 1), (128, 128, 8, 3, 1), (64, 128, 4, 2, 2), (128, 64, 4, 2, 2),
+                      (64, 64, 4, 2, 4), (64, 64, 4, 3, 4))
+
+
+@triton.jit
+def swiglu_backward_fp8_persistent_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_ptr, d3_ptr, d3t_ptr,
+                                          amax_ptr, M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr,
+                                          BLOCK_N: tl.constexpr, STAGES: tl.constexpr, ITERS: tl.constexpr):
+    """fp8_triton.swiglu_backward_fp8_kernel's computation (contiguous (M, N) operands), tile after tile: ITERS
+    tiles a program, program_id + i x programs (a constant trip count: Triton's interpreter takes no runtime loop
+    bound; tiles past the last fall outside the mask)."""
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    s1 = tl.load(scale_ptr)
+    s3 = tl.load(scale_ptr + 1)
+    amax1 = tl.full((), 0.0, tl.float32)
+    amax3 = tl.full((), 0.0, tl.float32)
+    for i in tl.range(0, ITERS, num_stages=STAGES):
+        tile = tl.program_id(0) + i * tl.num_programs(0)
+        rows = (tile // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = (tile % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask = (rows[:, None] < M) & (cols[None, :] < N)
+        offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+        d = tl.load(dg_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(a)
+        dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)  # rounded as the graph's are
+        dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
+        q1 = tl.clamp(dh1 * s1, -FP8_MAX, FP8_MAX).to(tl.float8e5)
+        q3 = tl.clamp(dh3 * s3, -FP8_MAX, FP8_MAX).to(tl.float8e5)
+        store_both(d1_ptr, d1t_ptr, q1, rows, cols, offsets, M, mask)
+        store_both(d3_ptr, d3t_ptr, q3, rows, cols, offsets, M, mask)
+        amax1 = tl.maximum(amax1, tl.max(tl.abs(dh1)))
+        amax3 = tl.maximum(amax3, tl.max(tl.abs(dh3)))
+    tl.atomic_max(amax_ptr, amax1)  # non-negative floats order as their bits do
+    tl.atomic_max(amax_ptr + 1, amax3)
+
+
+def programs_per_device(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 4 elsewhere (Triton's CPU interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def swiglu_backward_fp8_persistent(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scale1: torch.Tensor,
+                                   scale3: torch.Tensor, config: tuple[int, int, int, int, int]
+                                   ) -> tuple[torch.Tensor, ...]:
+    """swiglu_fp8.swiglu_backward_fp8's outputs (d1, d1t, d3, d3t, amaxes) from the persistent variant; config:
+    one of PERSISTENT_CONFIGS."""
+    block_m, block_n, warps, stages, per_sm = config
+    M, N = dg.shape
+    d1, d3 = (torch.empty(M, N, dtype=E5M2, device=dg.device) for _ in range(2))
+    d1t, d3t = (torch.empty(N, M, dtype=E5M2, device=dg.device) for _ in range(2))
+    amax = torch.zeros(2, dtype=torch.float32, device=dg.device)
+    scales = torch.stack([scale1.float().reshape(()), scale3.float().reshape(())])
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    programs = min(tiles, per_sm * programs_per_device(dg.device))
+    swiglu_backward_fp8_persistent_kernel[(programs,)](dg, h1, h3, scales, d1, d1t, d3, d3t, amax, M, N,
+                                                       FP8_MAX=E5M2_MAX, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                       STAGES=stages, ITERS=triton.cdiv(tiles, programs),
+                                                       num_warps=warps)
+    return d1, d1t, d3, d3t, amax
+
+
+def label(config: tuple[int, int, int, int, int]) -> str:
+    block_m, block_n, warps, stages, per_sm = config
+    return f"persistent {block_m}x{block_n} w{warps} s{stages} {per_sm}/SM"
