@@ -358,7 +358,6 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
     check_fused_swiglu(args.fp8_fused_swiglu, recipe)  # here too: before the data is prepared
     if use_fp8:
         check_merge_w13(options.merge_w13, options.fused_swiglu, recipe)
-    if use_fp8:
         check_delayed_only(options.kernel_casts, options.fast_accum, recipe)
     if use_fp8 and options.head_kernel and not options.head:
         raise UserError("--fp8_head_kernel computes the float8 head's gradient: drop --no-fp8_head")

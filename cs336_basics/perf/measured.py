@@ -59,8 +59,8 @@ def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
     None, until call 55; ours for "all" since), the head kernel, blocks kept in bf16, bf16 steps before float8's
-    (--fp8_start_step), or w1 and w3 as one product (--fp8_merge_w13). Weights cast per step (fp8's, bf16's) and fast accumulation (defaults since `69e4803` and
-    `f4a9f8b`) are recorded in each entry instead."""
+    (--fp8_start_step), or w1 and w3 as one product (--fp8_merge_w13). Weights cast per step (fp8's, bf16's) and
+    fast accumulation (defaults since `69e4803` and `f4a9f8b`) are recorded in each entry instead."""
     return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
             or bool(settings.get("fp8_bf16_blocks")) or bool(settings.get("fp8_start_step"))
             or bool(settings.get("fp8_merge_w13")))

@@ -9,11 +9,11 @@ Each step every layer records the amax of its input (a buffer, maxed over micro-
 gradient (returned by backward as the "gradient" of a 0-dim sink tensor; `after_backward()` between
 micro-batches keeps their max, where autograd would add them up). `DelayedScaling.update()` after the
 backward passes moves them into a history of the last `history` steps and sets each scale to float8's
-largest value / (the history's max x 2^margin; 2^grad_margin for the gradients). Casts saturate, so a value above that range is clipped, never
-inf; `update()` counts the casts that were (a tensor whose amax this step exceeded its scale's range) and
-`take_saturation()` reports them, so a run shows when its scales lagged its tensors. `calibrate()` fills the
-history once before training from one forward + backward with dynamic scales whose gradients are thrown away
-(the scales start unknown).
+largest value / (the history's max x 2^margin; 2^grad_margin for the gradients). Casts saturate, so a value
+above that range is clipped, never inf; `update()` counts the casts that were (a tensor whose amax this step
+exceeded its scale's range) and `take_saturation()` reports them, so a run shows when its scales lagged its
+tensors. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
+whose gradients are thrown away (the scales start unknown).
 
 With `cache_weights` (`--fp8_weight_cache`) the weights are cast once per optimizer step instead of in every
 micro-batch's forward (and their column-major copy once instead of in every backward): `DelayedScaling.

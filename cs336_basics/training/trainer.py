@@ -577,4 +577,5 @@ class Trainer:
         self.summary["fp8_overflow_max"] = max(self.summary.get("fp8_overflow_max", 0.0), ratio)
         if ratio > SATURATION_WARNING and self.ctx.is_main:
             bar.write(f"fp8: {count} casts clipped in steps {first}-{self.step}, the largest {name} at "
-                      f"{ratio:.2f}x its scale's range (delayed scales lag growing tensors; --fp8_grad_margin or --fp8_margin adds headroom)")
+                      f"{ratio:.2f}x its scale's range (delayed scales lag growing tensors; --fp8_grad_margin or "
+                      "--fp8_margin adds headroom)")
