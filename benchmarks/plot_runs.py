@@ -20,10 +20,11 @@ def main(out: str, *runs: str) -> None:
         names = [f"{Path(run).parent.name}/{Path(run).name}" for run in runs]
     for run, name, color in zip(runs, names, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-        ax.plot(*zip(*[(r["step"], r["loss"]) for r in records if "loss" in r]), color=color, lw=1, alpha=0.6,
-                label=f"{name} train")
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        ax.plot(*zip(*train), color=color, lw=1, alpha=0.6, label=f"{name} train")
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-        ax.plot(*zip(*val), "o-", color=color, lw=2, label=f"{name} validation (final {val[-1][1]:.4f})")
+        last = "final" if val[-1][0] >= train[-1][0] else f"last: step {val[-1][0]}; trained to {train[-1][0]}"
+        ax.plot(*zip(*val), "o-", color=color, lw=2, label=f"{name} validation ({last} {val[-1][1]:.4f})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
