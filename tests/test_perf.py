@@ -72,7 +72,7 @@ def test_mode_parsing():
     assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
         precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True,
         fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="auto", fp8_head_kernel=False,
-        residual_dtype="auto", fp8_weight_cache=None, fp8_fast_accum=None, fp8_merge_w13=False)  # the trainer's defaults
+        residual_dtype="auto", fp8_weight_cache=None, fp8_fast_accum=None, fp8_merge_w13=None)  # the trainer's defaults
     assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8_head"] is False  # the head kept in bf16
     assert parse_mode("bf16-compile-bf16res")["residual_dtype"] == parse_mode("fp8-delayed-compile-bf16res")["residual_dtype"] == "bf16"
     assert parse_mode("fp8-delayed-compile-fp32res")["residual_dtype"] == "fp32"

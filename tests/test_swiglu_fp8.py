@@ -128,9 +128,9 @@ def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path, check
     tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
     losses = {}
     for fused in (False, None):  # None: the default, fused with the delayed recipe
-        torch.manual_seed(0)
-        model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fused_swiglu=fused),
-                                    log=lambda s: None)
+        torch.manual_seed(0)  # w1 and w3 as two products: the same numbers as the layers (merged: test_merged_w13_...)
+        model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fused_swiglu=fused,
+                                                                          merge_w13=False), log=lambda s: None)
         kernel = fused is None
         assert sum(isinstance(m, Float8DelayedSwiGLU) for m in model.modules()) == report.fused_swiglu == 2 * kernel
         assert ("2 SwiGLU blocks: one function each" in report.summary()) == kernel
@@ -283,9 +283,10 @@ def test_merged_w13_trains_compiled_and_is_recorded(tmp_path):
     assert losses[True] == pytest.approx(losses[False], rel=2e-2) and losses[True][-1] < losses[True][0]
 
 
-def test_merged_w13_needs_the_fused_swiglu(tmp_path, capsys, tiny_cli):
-    """--fp8_merge_w13: refused without the fused SwiGLU, with another recipe or without --use_fp8 (one line);
-    a run says it, records it in run.json, and a resume keeps it."""
+def test_merged_w13_is_the_fused_swiglus_default_and_needs_it(tmp_path, capsys, tiny_cli):
+    """w1 | w3 as one product: on by default wherever the fused SwiGLU runs, off without it (no error); asked for by
+    name without the fused SwiGLU, with another recipe or without --use_fp8: refused (one line); a run says it,
+    records it in run.json, and a resume keeps it (--no-fp8_merge_w13 too)."""
     import json
 
     from cs336_basics.errors import UserError
@@ -293,21 +294,34 @@ def test_merged_w13_needs_the_fused_swiglu(tmp_path, capsys, tiny_cli):
     from cs336_basics.perf.matrix import parse_mode
     from cs336_basics.training.setup import Fp8Options, build_model
 
-    assert parse_mode("fp8-delayed-compile-w13")["fp8_merge_w13"] and not parse_mode("fp8-delayed-compile")["fp8_merge_w13"]
-    with pytest.raises(UserError, match="fp8-delayed only"):
-        parse_mode("fp8-tensorwise-compile-w13")
+    assert parse_mode("fp8-delayed-compile-w13")["fp8_merge_w13"] is True
+    assert parse_mode("fp8-delayed-compile-now13")["fp8_merge_w13"] is False
+    assert parse_mode("fp8-delayed-compile")["fp8_merge_w13"] is None
+    for mode, message in (("fp8-tensorwise-compile-w13", "fp8-delayed only"), ("fp8-delayed-compile-w13-now13", "contradict")):
+        with pytest.raises(UserError, match=message):
+            parse_mode(mode)
     cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
     for options in (Fp8Options(recipe="delayed", emulate=True, fused_swiglu=False, merge_w13=True),
                     Fp8Options(recipe="tensorwise", emulate=True, merge_w13=True)):
         with pytest.raises(UserError, match="--fp8_merge_w13 runs the fused SwiGLU's w1 and w3 as one product"):
             build_model(cfg, torch.device("cpu"), options)
+    for options, merged in ((Fp8Options(recipe="delayed", emulate=True), True),
+                            (Fp8Options(recipe="delayed", emulate=True, fused_swiglu=False), False),
+                            (Fp8Options(recipe="tensorwise", emulate=True), False),
+                            (Fp8Options(recipe="delayed", emulate=True, merge_w13=False), False)):
+        assert build_model(cfg, torch.device("cpu"), options)[1].merge_w13 is merged, options
     train, base = tiny_cli
-    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate", "--fp8_merge_w13"]) == 0
-    assert "(--fp8_merge_w13, experimental)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_merge_w13"] is True
-    assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
-                  "--sample_tokens", 0]) == 0
-    assert "(--fp8_merge_w13, experimental)" in capsys.readouterr().out
+    said = "one float8 product each way, one weight scale and one gradient scale for both"
+    for name, flags, merged in (("default", [], True), ("off", ["--no-fp8_merge_w13"], False)):
+        assert train(base + ["--out_dir", tmp_path / name, "--max_steps", 2, "--use_fp8", "--fp8_emulate", *flags]) == 0
+        assert (said in capsys.readouterr().out) is merged
+        assert json.loads((tmp_path / name / "run.json").read_text())["fp8_merge_w13"] is merged
+        assert train(["--resume", tmp_path / name, "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
+                      "--sample_tokens", 0]) == 0
+        assert (said in capsys.readouterr().out) is merged
+    assert train(base + ["--out_dir", tmp_path / "unfused", "--max_steps", 1, "--use_fp8", "--fp8_emulate",
+                         "--no-fp8_fused_swiglu"]) == 0
+    assert said not in capsys.readouterr().out
     for extra, message in ((["--use_fp8", "--fp8_emulate", "--no-fp8_fused_swiglu"], "needs --fp8_recipe delayed"),
                            ([], "--fp8_merge_w13 / --no-fp8_merge_w13 only apply with --use_fp8")):
         assert train(base + ["--out_dir", tmp_path / "refused", "--max_steps", 1, "--fp8_merge_w13", *extra]) == 2

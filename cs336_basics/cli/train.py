@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with the delayed recipe: each SwiGLU block as one function, SwiGLU and its fp8 casts as Triton "
                         "kernels (default on; --no-fp8_fused_swiglu runs its three float8 layers one by one)")
     s.add_argument("--fp8_merge_w13", action=yes_no,
-                   help="experimental, with the fused SwiGLU: its w1 and w3 as one float8 product each way, under one "
-                        "weight scale and one gradient scale (1.12 ms less a seed micro-batch in the products alone on "
-                        "an H200, benchmarks/NOTES.md 85; default off)")
+                   help="with the fused SwiGLU: its w1 and w3 as one float8 product each way, under one weight scale "
+                        "and one gradient scale (default on with the fused SwiGLU: 1.0-1.4%% faster on an H200, "
+                        "benchmarks/NOTES.md 91-92; --no-fp8_merge_w13 runs two products)")
     s.add_argument("--fp8_kernel_casts", choices=("auto", *KERNEL_CASTS),
                    help="with the delayed recipe: which float8 casts our Triton kernel does (both layouts and the amax in "
                         "one pass) instead of the compiler's code fused into their producers: none, the layers' inputs, "
@@ -346,7 +346,7 @@ def resolve_fp8(args: argparse.Namespace, saved: dict[str, Any] | None, distribu
                          head_kernel=flag("fp8_head_kernel", False), fast_accum=flag("fp8_fast_accum", None),
                          bf16_blocks=tuple(args.fp8_bf16_blocks if args.fp8_bf16_blocks is not None
                                            else saved.get("fp8_bf16_blocks") or ()),
-                         merge_w13=bool(flag("fp8_merge_w13", False)))
+                         merge_w13=flag("fp8_merge_w13", None))
     if args.fp8_emulate and not use_fp8:
         raise UserError("--fp8_emulate only applies with --use_fp8")
     for name in ("fp8_head", "fp8_fused_swiglu", "fp8_head_kernel", "fp8_fast_accum", "fp8_merge_w13"):

@@ -50,7 +50,7 @@ class BenchSpec:
     fp8_kernel_casts: str = "auto"  # as Fp8Options.kernel_casts (mode suffixes -castnone, -castinputs, -castgrads, -castall)
     fp8_head_kernel: bool = False  # as Fp8Options.head_kernel (mode suffix -headkernel)
     fp8_fast_accum: bool | None = None  # as Fp8Options.fast_accum (mode suffixes -fastacc, -nofastacc)
-    fp8_merge_w13: bool = False  # as Fp8Options.merge_w13 (mode suffix -w13)
+    fp8_merge_w13: bool | None = None  # as Fp8Options.merge_w13 (mode suffixes -w13, -now13)
     gc_interval: int = 50  # as TrainConfig.gc_interval; 0: Python's automatic collection
     residual_dtype: str = "auto"  # as TrainConfig.residual_dtype (mode suffixes -bf16res, -fp32res)
     fp8_weight_cache: bool | None = None  # as TrainConfig.fp8_weight_cache (mode suffixes -wcache, -nowcache)

@@ -49,7 +49,8 @@ DELAYED_SUFFIXES = {"unfused": "SwiGLU's three layers one by one", "castnone": "
                     "castinputs": "our cast kernel for inputs", "castgrads": "our cast kernel for gradients",
                     "castall": "our cast kernel for every cast", "wcache": "weights cast once per step",
                     "nowcache": "weights cast in every micro-batch", "fastacc": "fast accumulation",
-                    "nofastacc": "without fast accumulation", "w13": "w1 and w3 as one product"}
+                    "nofastacc": "without fast accumulation", "w13": "w1 and w3 as one product",
+                    "now13": "w1 and w3 as two products"}
 SUFFIXES = {"math", "flash", "cudnn", "ac", "bf16head", "headkernel", "bf16res", "fp32res", *DELAYED_SUFFIXES}
 
 
@@ -69,11 +70,11 @@ def parse_mode(mode: str) -> dict[str, Any]:
     if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= SUFFIXES:
         raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
                         f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache|-nowcache]"
-                        f"[-fastacc|-nofastacc][-w13], "
+                        f"[-fastacc|-nofastacc][-w13|-now13], "
                         f"e.g. fp8-rowwise-compile-ac")
     if {"bf16res", "fp32res"} <= set(parts[1:]):
         raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
-    for name in ("wcache", "fastacc"):
+    for name in ("wcache", "fastacc", "w13"):
         if {name, f"no{name}"} <= set(parts[1:]):
             raise UserError(f"mode {mode!r}: -{name} and -no{name} contradict each other; keep one")
     if len({"castnone", "castinputs", "castgrads", "castall"} & set(parts[1:])) > 1:
@@ -91,7 +92,7 @@ def parse_mode(mode: str) -> dict[str, Any]:
                 fp8_head_kernel="headkernel" in parts[1:],
                 residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"),
                 fp8_weight_cache=_yes_no(parts[1:], "wcache"), fp8_fast_accum=_yes_no(parts[1:], "fastacc"),
-                fp8_merge_w13="w13" in parts[1:])
+                fp8_merge_w13=_yes_no(parts[1:], "w13"))
 
 
 def _yes_no(suffixes: list[str], name: str) -> bool | None:
@@ -132,13 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
     p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
                                    f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res]"
-                                   f"[-wcache|-nowcache][-fastacc|-nofastacc][-w13] (attention kernel; activation checkpointing; "
+                                   f"[-wcache|-nowcache][-fastacc|-nofastacc][-w13|-now13] (attention kernel; activation checkpointing; "
                                    f"the output head in bf16; fp8-delayed's SwiGLU as three layers; which of fp8-delayed's "
                                    f"casts our kernel does, by default all; the head's gradient by our kernel; the residual "
                                    f"stream's dtype, by default the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's "
                                    f"weights cast once per step or in every micro-batch, by default once; its forward "
-                                   f"products with fast accumulation or without, by default with; -w13: its SwiGLU's w1 and w3 as one product, "
-                                   f"experimental), or 'all' ({len(all_modes())}, without "
+                                   f"products with fast accumulation or without, by default with; its fused SwiGLU's w1 and w3 as "
+                                   f"one product or two, by default one), or 'all' ({len(all_modes())}, without "
                                    f"the last seven suffixes); precisions: "
                                    f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")

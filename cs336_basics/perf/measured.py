@@ -58,12 +58,11 @@ def _compiled_fp8(row: dict[str, Any]) -> bool:
 def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
-    None, until call 55; ours for "all" since), the head kernel, blocks kept in bf16, bf16 steps before float8's
-    (--fp8_start_step), or w1 and w3 as one product (--fp8_merge_w13). Weights cast per step (fp8's, bf16's) and
-    fast accumulation (defaults since `69e4803` and `f4a9f8b`) are recorded in each entry instead."""
+    None, until call 55; ours for "all" since), the head kernel, blocks kept in bf16, or bf16 steps before float8's
+    (--fp8_start_step). Weights cast per step (fp8's, bf16's), fast accumulation and w1 | w3 as one product
+    (defaults since `69e4803`, `f4a9f8b` and calls 70-73) are recorded in each entry instead."""
     return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
-            or bool(settings.get("fp8_bf16_blocks")) or bool(settings.get("fp8_start_step"))
-            or bool(settings.get("fp8_merge_w13")))
+            or bool(settings.get("fp8_bf16_blocks")) or bool(settings.get("fp8_start_step")))
 
 
 def _residual(config: dict[str, Any]) -> str:
@@ -83,7 +82,7 @@ def _bench_gain(model: dict[str, Any], batch_size: int, row: dict[str, Any], bas
                 compile_mode=compile_mode, tune_kernels=row.get("tune_kernels", False), fused_swiglu=_fused(row),
                 residual_dtype=_residual(row), kernel_casts=row.get("fp8_kernel_casts") or "none",
                 weight_cache=bool(row.get("fp8_weight_cache")), fast_accum=bool(row.get("fp8_fast_accum")),
-                bf16_weight_cache=bool(base.get("bf16_weight_cache")),
+                merge_w13=bool(row.get("fp8_merge_w13")), bf16_weight_cache=bool(base.get("bf16_weight_cache")),
                 ratio=round(mean_ms(base) / mean_ms(row), 4), gpu=gpu, source=source)
 
 
@@ -148,7 +147,7 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
                               fused_swiglu=bool(run.get("fp8_fused_swiglu")), residual_dtype=_residual(train),
                               kernel_casts=run.get("fp8_kernel_casts") or "none",
                               weight_cache=bool(train.get("fp8_weight_cache")), fast_accum=bool(run.get("fp8_fast_accum")),
-                              bf16_weight_cache=pair[2], ratio=round(tokens_per_second / pair[0], 4),
+                              merge_w13=bool(run.get("fp8_merge_w13")), bf16_weight_cache=pair[2], ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
     for model, row in alone:
@@ -183,8 +182,8 @@ def nearest_fp8_gains(dim: int, recipe: str, compile_mode: str = "default", batc
     factor NEAR), those of micro-batch `batch_size` if that was measured there; or []. Entries with inductor's
     casts and with our cast kernel (each records kernel_casts) are pooled: ~3% apart where both were measured
     (call 55), while most widths were measured with inductor's only; so are those with and without the weight
-    cache and fast accumulation (each recorded too; 1-2% apart, calls 57-58), and bf16 pairs with and without
-    bf16's weight cache (recorded as bf16_weight_cache; 0.65% apart in call 61)."""
+    cache, fast accumulation and w1 | w3 as one product (each recorded too; 1-2% apart, calls 57-58, 70-72), and
+    bf16 pairs with and without bf16's weight cache (recorded as bf16_weight_cache; 0.65% apart in call 61)."""
     try:
         gains = [g for g in json.loads(GAINS_FILE.read_text()) if g["recipe"] == recipe and g["compile_mode"] == compile_mode
                  and g.get("tune_kernels", False) == tune_kernels and g.get("fused_swiglu", False) == fused_swiglu

@@ -58,7 +58,7 @@ class ConversionReport:
                          "(Triton kernels on a GPU; --no-fp8_fused_swiglu: three layers)")
         if self.merge_w13:
             lines.append("  w1 and w3 of each SwiGLU block: one float8 product each way, one weight scale and one "
-                         "gradient scale for both (--fp8_merge_w13, experimental)")
+                         "gradient scale for both (--no-fp8_merge_w13: two products)")
         if self.kernel_casts != "none":
             casts = {"inputs": "the layers' inputs", "grads": "their output gradients", "all": "inputs and output gradients"}
             lines.append(f"  fp8 casts of {casts[self.kernel_casts]}: our Triton kernel, both layouts in one pass "
