@@ -207,6 +207,17 @@ def test_verify_check_of_the_fused_swiglu_catches_a_broken_kernel(monkeypatch):
     monkeypatch.setattr(swiglu_fp8, "swiglu_backward_fp8", swapped)
     broken = check_swiglu_kernels(torch.device("cpu"))
     assert broken.passed is False and "relative error" in broken.figure
+    monkeypatch.undo()
+    real_merged = swiglu_fp8.swiglu_backward_fp8_merged
+
+    def halves_swapped(dg, h13, scale, *args):  # the merged layout's two halves exchanged
+        d13, d13t, amax = real_merged(dg, h13, scale, *args)
+        n = d13.shape[1] // 2
+        return torch.cat([d13[:, n:], d13[:, :n]], 1), torch.cat([d13t[n:], d13t[:n]]), amax
+
+    monkeypatch.setattr(swiglu_fp8, "swiglu_backward_fp8_merged", halves_swapped)
+    broken = check_swiglu_kernels(torch.device("cpu"))
+    assert broken.passed is False and broken.figure.endswith("(over its bounds)")
 
 
 
