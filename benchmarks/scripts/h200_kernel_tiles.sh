@@ -5,10 +5,12 @@
 # CONFIGS and larger ones (full 128-byte fp8 lines in both layouts need BLOCK_M and BLOCK_N >= 128), checked
 # against the references and timed, at the seed and 1B shapes, with the --fp8_merge_w13 layout too, and
 # benchmarks/kernel_variants.py's persistent, pipelined backward (--variants).
+# The budget counts the set-up too (NOTES 94, mended in the seventeenth session).
 set -u
+T0=$(date +%s)
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1
 R=/tmp/results_kernel_tiles; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
-T0=$(date +%s); PACK=kernel_tiles.tar.gz
+PACK=kernel_tiles.tar.gz
 source benchmarks/scripts/lib_single.sh  # pack
 EXTRA=128x256w8,256x128w8,256x64w8,64x256w4,128x128w4,128x64w4,64x128w8,128x256w16
 for shape in "seed:--M 16384 --N 3584 --D 896" "1b:--M 16384 --N 5632 --D 2048"; do

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# PREPARED IN THE SIXTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~9.5 min). NOTES 86-87.
+# Call 70 (seventeenth session; kind nvidia-h200, one GPU alone): stopped by the call's 600 s limit after its seed
+# bench, its budget not counting the set-up (NOTES 94). NOTES 86-87, 91-92. Since 614ae5d fp8-delayed-compile
+# runs w1 | w3 as one product by default (-now13: two products), so run again its fp8 rows would be the same path.
 # Two changes built after calls 66-69 (CPU-tested; their kernels in Triton's interpreter):
 #  - bf16: the weight gradients written in float32 by cuBLAS (bf16_cache.weight_gradient; call 69: 0.84 ms a seed
 #    micro-batch, 2.7 ms at 1B in the products alone). On by default with the bf16 weight cache: every bf16 row

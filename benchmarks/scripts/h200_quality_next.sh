@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# PREPARED IN THE SIXTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~9 min). NOTES 88-89.
+# Call 71 (seventeenth session; kind nvidia-h200, one GPU alone; 556 s). NOTES 88-89, 91, 93. Since 614ae5d fp8's
+# default runs w1 | w3 as one product, so run again its 'fp8' and 'fp8-w13' runs are the same path.
 # The seed guide's command, 120 steps on gutenberg, seed 1 with a 30-step warm-up (call 67's pair: bf16 5.6271,
 # fp8 5.6022), after this session's changes: bf16 (its weight gradients now in float32 from cuBLAS, NOTES 86),
 # fp8 (the default), fp8 --fp8_grad_margin 3 (NOTES 89: fewer clipped gradient casts, predicted neutral or
