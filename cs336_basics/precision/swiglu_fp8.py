@@ -233,11 +233,11 @@ class _Float8SwiGLU(torch.autograd.Function):
     input scales come from the same amaxes, so they are equal; w1's is used) and transposed once for their
     weight gradients.
 
-    merged (`--fp8_merge_w13`, experimental): w1 and w3 as one product each way, [w1; w3] (2F, D) under one
-    weight scale: the forward's N = 2F, the input gradient's one 2F-long sum (no add of two (M, D) outputs), 2F
-    rows of weight gradient; their output gradients share one scale, the smaller of w1's and w3's (the one for
-    the larger amax), while each layer's history still gets its own amax. Measured alone (call 69): 1.12 ms
-    less a seed micro-batch, 1.05 ms at 1B (benchmarks/NOTES.md 85).
+    merged (training's default; `--no-fp8_merge_w13` turns it off): w1 and w3 as one product each way, [w1; w3]
+    (2F, D) under one weight scale: the forward's N = 2F, the input gradient's one 2F-long sum (no add of two
+    (M, D) outputs), 2F rows of weight gradient; their output gradients share one scale, the smaller of w1's and
+    w3's (the one for the larger amax), while each layer's history still gets its own amax. Measured alone (call
+    69): 1.12 ms less a seed micro-batch, 1.05 ms at 1B (NOTES 85); in training +1.0-1.4% (calls 70-72, NOTES 91).
 
     Every scale is a tensor of its own, never a slice of a stacked one: cuBLAS wants the scales of
     torch._scaled_mm 16-byte aligned, and element 1 or 2 of a float32 vector is not (pytorch/pytorch#159957;
@@ -312,8 +312,8 @@ class Float8DelayedSwiGLU(nn.Module):
     """A FeedForward whose w1, w3, w2 are Float8DelayedLinear, run as one autograd function (above). It holds
     the same three layers, so parameter names, state-dict keys, scale buffers and the DelayedScaling history
     are those of the unfused model. While the scales calibrate it runs the layers one by one. merge_w13: w1 and
-    w3 as one product each way (experimental, `--fp8_merge_w13`); with the weight cache, DelayedScaling casts
-    [w1; w3] into this module's buffers (`allocate_merged_cast`) instead of w1's and w3's."""
+    w3 as one product each way (training's default, `--no-fp8_merge_w13`); with the weight cache,
+    DelayedScaling casts [w1; w3] into this module's buffers (`allocate_merged_cast`) instead of w1's and w3's."""
 
     def __init__(self, w1: Float8DelayedLinear, w3: Float8DelayedLinear, w2: Float8DelayedLinear,
                  merge_w13: bool = False) -> None:
@@ -359,7 +359,7 @@ class Float8DelayedSwiGLU(nn.Module):
 
 def fuse_float8_swiglu(model: nn.Module, merge_w13: bool = False) -> int:
     """Swap every FeedForward whose three layers are Float8DelayedLinear for Float8DelayedSwiGLU, in place;
-    returns how many. merge_w13: their w1 and w3 run as one product each way (experimental)."""
+    returns how many. merge_w13: their w1 and w3 run as one product each way (training's default)."""
     from cs336_basics.model.transformer import FeedForward
 
     swapped = 0
