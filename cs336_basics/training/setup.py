@@ -186,7 +186,7 @@ def check_fused_swiglu_kernels(M: int, N: int, device: torch.device, log=print, 
 
     _refuse_if_wrong("the fused SwiGLU's Triton kernels", check_kernels(M, N, device, merged=merged),
                      # merged: both layouts were checked, so either may be the wrong one
-                     "train without --fp8_merge_w13 (or with --no-fp8_fused_swiglu)" if merged
+                     "train with --no-fp8_merge_w13 (or --no-fp8_fused_swiglu)" if merged
                      else "train with --no-fp8_fused_swiglu",
                      where=f" at {M} x {N}")
     log(f"fused SwiGLU kernels checked at {M} tokens x {N}: both layouts and amaxes as their references")
