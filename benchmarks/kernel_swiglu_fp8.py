@@ -6,7 +6,7 @@ code for the same computations, on one GPU.
 
 --extra_configs adds tiles (BLOCK_M x BLOCK_N, warps) to the SwiGLU kernels' checked and timed ones, to try before
 CONFIGS takes them (the autotuner picks among CONFIGS only); --variants checks and times the experimental kernels of
-kernel_variants.py (a persistent, pipelined SwiGLU backward) beside ours. The SwiGLU kernels are also checked and timed in the layout of
+kernel_variants.py (a persistent, pipelined SwiGLU backward; one storing through TMA) beside ours. The SwiGLU kernels are also checked and timed in the layout of
 --fp8_merge_w13 (h1, h3 the halves of one (M, 2N) product; the gradients into the halves of (M, 2N) arrays).
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     choices = (*CONFIGS, *args.extra_configs, None)  # every config, then the autotuner's choice (what the model runs)
     if args.variants:  # beside this file; imported here, since it needs Triton
         import kernel_variants as V
-    variants = V.PERSISTENT_CONFIGS if args.variants else ()
+    variants = V.backward_variants() if args.variants else []
     M, N = args.M, args.N
     one = torch.tensor(1.0, device="cuda")
     checks: dict[str, dict] = {}
@@ -139,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
         for config in choices:
             check(f"backward {name} {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), want, checks)
-        for variant in variants:
-            check(f"backward {name} {V.label(variant)}",
-                  lambda: V.swiglu_backward_fp8_persistent(dg, h1, h3, s1, s3, variant), want, checks)
+        for what, backward in variants:
+            check(f"backward {name} {what}", lambda: backward(dg, h1, h3, s1, s3), want, checks)
         h13 = torch.cat([h1, h3], dim=1)  # --fp8_merge_w13's layout, one gradient scale for both
         check(f"forward w1|w3 layout {name} autotuned", lambda: swiglu_forward_fp8(*split_halves(h13), s),
               swiglu_forward_fp8_reference(h1, h3, s), checks)
@@ -188,10 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         timed(f"forward triton {label(config)}", lambda: swiglu_forward_fp8(h1, h3, s, config), fwd_fp8)
         timed(f"backward triton {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), bwd_fp8)
-    for variant in variants:
-        if checks[f"backward in range {V.label(variant)}"]["passed"]:
-            timed(f"backward triton {V.label(variant)}",
-                  lambda: V.swiglu_backward_fp8_persistent(dg, h1, h3, s1, s3, variant), bwd_fp8)
+    for what, backward in variants:
+        if checks[f"backward in range {what}"]["passed"]:
+            timed(f"backward triton {what}", lambda: backward(dg, h1, h3, s1, s3), bwd_fp8)
     h13 = torch.cat([h1, h3], dim=1)
     timed("forward triton w1|w3 layout autotuned", lambda: swiglu_forward_fp8(*split_halves(h13), s), fwd_fp8)
     timed("backward triton w1|w3 layout autotuned", lambda: swiglu_backward_fp8_merged(dg, h13, s1), bwd_fp8)

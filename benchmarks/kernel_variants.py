@@ -8,7 +8,15 @@ Every tile shape of the autotuner's list ends alike, so the suspect is latency, 
 loads three tiles, computes, stores four, and with the registers a 128 x 128 tile needs few programs share an
 SM, so little overlaps. Here a fixed number of programs walk the tiles in a software-pipelined loop (the next
 tile's loads issued while this one computes and stores) and keep their amaxes in registers: two atomics a
-program instead of two a tile.
+program instead of two a tile. Calls 74-75 (NOTES 96): slower than ours at every config (256-646 us against 215 at
+the seed shape), as were larger and smaller tiles; inductor's code for the same outputs takes 221 us and bf16's
+SwiGLU backward 140: what costs is the two transposed fp8 outputs.
+
+`swiglu_backward_fp8_tma`: ours with the transposed outputs (and optionally the row-major ones too) written by
+Hopper's tensor memory accelerator: the tile is transposed on its way into shared memory and stored as one bulk
+copy (`cp.async.bulk.tensor`) instead of Triton's convert-then-store of single bytes. Host-side tensor
+descriptors (triton.tools.tensor_descriptor; Triton >= 3.4); the stores clip at the array's edges, so ragged tiles
+need no mask. TMA wants 16-byte aligned rows: M and N multiples of 16.
 """
 
 from __future__ import annotations
@@ -17,8 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
+from typing import Callable
+
+from triton.tools.tensor_descriptor import TensorDescriptor
+
 from cs336_basics.precision.fp8_head import E5M2, E5M2_MAX
-from cs336_basics.precision.fp8_triton import store_both
+from cs336_basics.precision.fp8_triton import store_both, this_tile
 
 # (BLOCK_M, BLOCK_N, warps, pipeline stages, programs per SM)
 PERSISTENT_CONFIGS = ((128, 128, 8, 2, 1), (128, 128, 8, 3, 1), (64, 128, 4, 2, 2), (128, 64, 4, 2, 2),
@@ -87,3 +99,73 @@ def swiglu_backward_fp8_persistent(dg: torch.Tensor, h1: torch.Tensor, h3: torch
 def label(config: tuple[int, int, int, int, int]) -> str:
     block_m, block_n, warps, stages, per_sm = config
     return f"persistent {block_m}x{block_n} w{warps} s{stages} {per_sm}/SM"
+
+
+# (BLOCK_M, BLOCK_N, warps, row-major outputs by TMA too)
+TMA_CONFIGS = ((64, 64, 4, False), (64, 64, 4, True), (32, 128, 4, False), (128, 64, 8, False), (64, 128, 4, True),
+               (128, 128, 8, True))
+
+
+@triton.jit
+def swiglu_backward_fp8_tma_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1, d1t_desc, d3, d3t_desc, amax_ptr, M, N,
+                                   FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                   ROW_TMA: tl.constexpr):
+    """fp8_triton.swiglu_backward_fp8_kernel's computation (contiguous (M, N) operands) with the transposed outputs
+    stored through tensor descriptors; d1, d3: pointers, or with ROW_TMA descriptors too."""
+    rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
+    d = tl.load(dg_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(a)
+    dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)  # rounded as the graph's are
+    dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
+    q1 = tl.clamp(dh1 * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e5)
+    q3 = tl.clamp(dh3 * tl.load(scale_ptr + 1), -FP8_MAX, FP8_MAX).to(tl.float8e5)
+    row0, col0 = tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N
+    if ROW_TMA:
+        d1.store([row0, col0], q1)
+        d3.store([row0, col0], q3)
+    else:
+        tl.store(d1 + offsets, q1, mask=mask)
+        tl.store(d3 + offsets, q3, mask=mask)
+    d1t_desc.store([col0, row0], tl.trans(q1))
+    d3t_desc.store([col0, row0], tl.trans(q3))
+    tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
+    tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
+
+
+def swiglu_backward_fp8_tma(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scale1: torch.Tensor,
+                            scale3: torch.Tensor, config: tuple[int, int, int, bool]) -> tuple[torch.Tensor, ...]:
+    """swiglu_fp8.swiglu_backward_fp8's outputs (d1, d1t, d3, d3t, amaxes) from the TMA-store variant; config: one
+    of TMA_CONFIGS."""
+    block_m, block_n, warps, row_tma = config
+    M, N = dg.shape
+    d1, d3 = (torch.empty(M, N, dtype=E5M2, device=dg.device) for _ in range(2))
+    d1t, d3t = (torch.empty(N, M, dtype=E5M2, device=dg.device) for _ in range(2))
+    amax = torch.zeros(2, dtype=torch.float32, device=dg.device)
+    scales = torch.stack([scale1.float().reshape(()), scale3.float().reshape(())])
+    rows = [TensorDescriptor.from_tensor(t, [block_m, block_n]) if row_tma else t for t in (d1, d3)]
+    columns = [TensorDescriptor.from_tensor(t, [block_n, block_m]) for t in (d1t, d3t)]
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    swiglu_backward_fp8_tma_kernel[grid](dg, h1, h3, scales, rows[0], columns[0], rows[1], columns[1], amax, M, N,
+                                         FP8_MAX=E5M2_MAX, BLOCK_M=block_m, BLOCK_N=block_n, ROW_TMA=row_tma,
+                                         num_warps=warps)
+    return d1, d1t, d3, d3t, amax
+
+
+def tma_label(config: tuple[int, int, int, bool]) -> str:
+    block_m, block_n, warps, row_tma = config
+    return f"tma {block_m}x{block_n} w{warps} ({'all stores' if row_tma else 'transposed stores'})"
+
+
+Backward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def backward_variants() -> list[tuple[str, Backward]]:
+    """(label, fn(dg, h1, h3, scale1, scale3)) of every experimental SwiGLU backward, for kernel_swiglu_fp8.py."""
+    found: list[tuple[str, Backward]] = []
+    for config in PERSISTENT_CONFIGS:
+        found.append((label(config), lambda *a, c=config: swiglu_backward_fp8_persistent(*a, config=c)))
+    for config in TMA_CONFIGS:
+        found.append((tma_label(config), lambda *a, c=config: swiglu_backward_fp8_tma(*a, config=c)))
+    return found

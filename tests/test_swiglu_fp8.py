@@ -346,12 +346,14 @@ import torch
 from cs336_basics.precision import swiglu_fp8 as S
 import kernel_variants as V
 torch.manual_seed(0)
-M, N = 100, 72  # ragged against the tiles below
+M, N = 112, 80  # ragged against the tiles below; multiples of 16, as TMA's rows must be
 dg, h1, h3 = ((torch.randn(M, N) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
 s1, s3 = torch.tensor(5e6), torch.tensor(6e6)
 ref = S.swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
-for config in [(32, 32, 4, 2, 1), (16, 64, 2, 3, 2)]:  # 4 programs a "device": each walks several tiles
-    out = V.swiglu_backward_fp8_persistent(dg, h1, h3, s1, s3, config)
+runs = [(V.swiglu_backward_fp8_persistent, c) for c in [(32, 32, 4, 2, 1), (16, 64, 2, 3, 2)]]  # 4 programs a
+runs += [(V.swiglu_backward_fp8_tma, c) for c in [(32, 32, 4, False), (16, 64, 2, True)]]  # "device": several tiles each
+for backward, config in runs:
+    out = backward(dg, h1, h3, s1, s3, config)
     for rows, cols in ((0, 1), (2, 3)):
         assert torch.equal(out[cols].view(torch.uint8), out[rows].t().contiguous().view(torch.uint8)), config
     torch.testing.assert_close(out[4], ref[4], rtol=1e-2, atol=0)
@@ -362,10 +364,11 @@ print("ok")
 """
 
 
-def test_persistent_backward_variant_in_tritons_interpreter_and_for_hopper():
-    """benchmarks/kernel_variants.py's persistent SwiGLU backward (an experiment kernel_swiglu_fp8.py --variants
-    times, NOTES 90): in Triton's CPU interpreter it writes what the reference does, both layouts, every tile
-    once with programs walking several; it compiles for sm90. Needs Triton (`pip install triton`)."""
+def test_backward_variants_in_tritons_interpreter_and_for_hopper():
+    """benchmarks/kernel_variants.py's SwiGLU backwards (experiments kernel_swiglu_fp8.py --variants times, NOTES
+    90, 96): in Triton's CPU interpreter each writes what the reference does, both layouts, every tile once (the
+    persistent one with programs walking several, the TMA one with stores clipped at the edges); both compile for
+    sm90, the TMA one to bulk tensor stores. Needs Triton (`pip install triton`)."""
     import os
 
     triton = pytest.importorskip("triton")
@@ -379,10 +382,18 @@ def test_persistent_backward_variant_in_tritons_interpreter_and_for_hopper():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import kernel_variants
 
-    kernel = kernel_variants.swiglu_backward_fp8_persistent_kernel
-    types = {**dict.fromkeys(["dg_ptr", "h1_ptr", "h3_ptr"], "*bf16"), **dict.fromkeys(["scale_ptr", "amax_ptr"], "*fp32"),
-             **dict.fromkeys(["d1_ptr", "d1t_ptr", "d3_ptr", "d3t_ptr"], "*fp8e5"), "M": "i32", "N": "i32"}
-    constants = {"FP8_MAX": 57344.0, "BLOCK_M": 128, "BLOCK_N": 128, "STAGES": 2, "ITERS": 6}
-    signature = {name: types.get(name, "constexpr") for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", 90, 32))
-    assert compiled.asm["cubin"]
+    common = {**dict.fromkeys(["dg_ptr", "h1_ptr", "h3_ptr"], "*bf16"), **dict.fromkeys(["scale_ptr", "amax_ptr"], "*fp32"),
+              "M": "i32", "N": "i32"}
+    rows, columns = "tensordesc<fp8e5[128, 64]>", "tensordesc<fp8e5[64, 128]>"
+    for kernel, types, constants, bulk_stores in (
+            (kernel_variants.swiglu_backward_fp8_persistent_kernel,
+             dict.fromkeys(["d1_ptr", "d1t_ptr", "d3_ptr", "d3t_ptr"], "*fp8e5"),
+             {"BLOCK_M": 128, "BLOCK_N": 128, "STAGES": 2, "ITERS": 6}, 0),
+            (kernel_variants.swiglu_backward_fp8_tma_kernel, {"d1": "*fp8e5", "d3": "*fp8e5", "d1t_desc": columns,
+             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": False}, 2),
+            (kernel_variants.swiglu_backward_fp8_tma_kernel, {"d1": rows, "d3": rows, "d1t_desc": columns,
+             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": True}, 4)):
+        signature = {name: {**common, **types}.get(name, "constexpr") for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs={"FP8_MAX": 57344.0, **constants}),
+                                  target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"] and compiled.asm["ptx"].count("cp.async.bulk.tensor") == bulk_stores, kernel
