@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants:  # beside this file; imported here, since it needs Triton
         import kernel_variants as V
     variants = V.backward_variants() if args.variants else []
+    forward_variants = V.forward_variants() if args.variants else []
     M, N = args.M, args.N
     one = torch.tensor(1.0, device="cuda")
     checks: dict[str, dict] = {}
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         want = swiglu_forward_fp8_reference(h1, h3, s)
         for config in choices:
             check(f"forward {name} {label(config)}", lambda: swiglu_forward_fp8(h1, h3, s, config), want, checks)
+        for what, forward in forward_variants:
+            check(f"forward {name} {what}", lambda: forward(h1, h3, s), want, checks)
         s1, s3 = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4] * headroom).unbind()
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
         for config in choices:
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         timed(f"forward triton {label(config)}", lambda: swiglu_forward_fp8(h1, h3, s, config), fwd_fp8)
         timed(f"backward triton {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), bwd_fp8)
+    for what, forward in forward_variants:
+        if checks[f"forward in range {what}"]["passed"]:
+            timed(f"forward triton {what}", lambda: forward(h1, h3, s), fwd_fp8)
     for what, backward in variants:
         if checks[f"backward in range {what}"]["passed"]:
             timed(f"backward triton {what}", lambda: backward(dg, h1, h3, s1, s3), bwd_fp8)

@@ -12,7 +12,7 @@ program instead of two a tile. Calls 74-75 (NOTES 96): slower than ours at every
 the seed shape), as were larger and smaller tiles; inductor's code for the same outputs takes 221 us and bf16's
 SwiGLU backward 140: what costs is the two transposed fp8 outputs.
 
-`swiglu_backward_fp8_tma`: ours with the transposed outputs (and optionally the row-major ones too) written by
+`swiglu_backward_fp8_tma` (and `swiglu_forward_fp8_tma`, one transposed output): ours with the transposed outputs (and optionally the row-major ones too) written by
 Hopper's tensor memory accelerator: the tile is transposed on its way into shared memory and stored as one bulk
 copy (`cp.async.bulk.tensor`) instead of Triton's convert-then-store of single bytes. Host-side tensor
 descriptors (triton.tools.tensor_descriptor; Triton >= 3.4); the stores clip at the array's edges, so ragged tiles
@@ -29,7 +29,7 @@ from typing import Callable
 
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from cs336_basics.precision.fp8_head import E5M2, E5M2_MAX
+from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX
 from cs336_basics.precision.fp8_triton import store_both, this_tile
 
 # (BLOCK_M, BLOCK_N, warps, pipeline stages, programs per SM)
@@ -153,12 +153,54 @@ def swiglu_backward_fp8_tma(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor
     return d1, d1t, d3, d3t, amax
 
 
+@triton.jit
+def swiglu_forward_fp8_tma_kernel(h1_ptr, h3_ptr, scale_ptr, g, gt_desc, amax_ptr, M, N, FP8_MAX: tl.constexpr,
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_TMA: tl.constexpr):
+    """fp8_triton.swiglu_forward_fp8_kernel's computation (contiguous (M, N) operands) with the transposed output
+    stored through a tensor descriptor; g: a pointer, or with ROW_TMA a descriptor too."""
+    rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
+    a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    y = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
+    q = tl.clamp(y * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+    row0, col0 = tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N
+    if ROW_TMA:
+        g.store([row0, col0], q)
+    else:
+        tl.store(g + offsets, q, mask=mask)
+    gt_desc.store([col0, row0], tl.trans(q))
+    tl.atomic_max(amax_ptr, tl.max(tl.abs(y)))
+
+
+def swiglu_forward_fp8_tma(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor,
+                           config: tuple[int, int, int, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """swiglu_fp8.swiglu_forward_fp8's outputs (g8, g8t, amax) from the TMA-store variant; config: one of
+    TMA_CONFIGS."""
+    block_m, block_n, warps, row_tma = config
+    M, N = h1.shape
+    g8, g8t = torch.empty(M, N, dtype=E4M3, device=h1.device), torch.empty(N, M, dtype=E4M3, device=h1.device)
+    amax = torch.zeros(1, dtype=torch.float32, device=h1.device)
+    row = TensorDescriptor.from_tensor(g8, [block_m, block_n]) if row_tma else g8
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    swiglu_forward_fp8_tma_kernel[grid](h1, h3, scale.float().reshape(1), row,
+                                        TensorDescriptor.from_tensor(g8t, [block_n, block_m]), amax, M, N,
+                                        FP8_MAX=E4M3_MAX, BLOCK_M=block_m, BLOCK_N=block_n, ROW_TMA=row_tma,
+                                        num_warps=warps)
+    return g8, g8t, amax.reshape(())
+
+
 def tma_label(config: tuple[int, int, int, bool]) -> str:
     block_m, block_n, warps, row_tma = config
     return f"tma {block_m}x{block_n} w{warps} ({'all stores' if row_tma else 'transposed stores'})"
 
 
 Backward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def forward_variants() -> list[tuple[str, Forward]]:
+    """(label, fn(h1, h3, scale)) of every experimental SwiGLU forward, for kernel_swiglu_fp8.py."""
+    return [(tma_label(c), lambda *a, c=c: swiglu_forward_fp8_tma(*a, config=c)) for c in TMA_CONFIGS]
 
 
 def backward_variants() -> list[tuple[str, Backward]]:

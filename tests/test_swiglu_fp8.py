@@ -344,6 +344,7 @@ def test_merged_w13_is_the_fused_swiglus_default_and_needs_it(tmp_path, capsys, 
 VARIANT = """
 import torch
 from cs336_basics.precision import swiglu_fp8 as S
+from cs336_basics.precision.fp8_cast import launch
 import kernel_variants as V
 torch.manual_seed(0)
 M, N = 112, 80  # ragged against the tiles below; multiples of 16, as TMA's rows must be
@@ -360,15 +361,22 @@ for backward, config in runs:
     for got, want in ((out[0], ref[0]), (out[2], ref[2])):  # the interpreter truncates to fp8: two steps
         gap = (got.float() - want.float()).abs() / (want.float().abs() * 0.25).clamp(min=2**-16)
         assert float(gap.max()) <= 2, (config, float(gap.max()))
+s = torch.tensor(30.0)
+for config in [(32, 32, 4, False), (16, 64, 2, True)]:  # the forward: byte-equal to ours (the same truncation here)
+    got = V.swiglu_forward_fp8_tma(h1, h3, s, config)
+    want = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
+    launch("swiglu_forward", config[:3], M, N, h1, h3, s.reshape(1), *want, N, FP8_MAX=S.E4M3_MAX)
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(got[:2], want[:2])), config
+    assert torch.equal(got[2], want[2].reshape(())), config
 print("ok")
 """
 
 
 def test_backward_variants_in_tritons_interpreter_and_for_hopper():
-    """benchmarks/kernel_variants.py's SwiGLU backwards (experiments kernel_swiglu_fp8.py --variants times, NOTES
-    90, 96): in Triton's CPU interpreter each writes what the reference does, both layouts, every tile once (the
-    persistent one with programs walking several, the TMA one with stores clipped at the edges); both compile for
-    sm90, the TMA one to bulk tensor stores. Needs Triton (`pip install triton`)."""
+    """benchmarks/kernel_variants.py's SwiGLU kernels (experiments kernel_swiglu_fp8.py --variants times, NOTES
+    90, 96-97): in Triton's CPU interpreter each writes what the reference does, both layouts, every tile once (the
+    persistent backward with programs walking several, the TMA ones with stores clipped at the edges); each
+    compiles for sm90, the TMA ones to bulk tensor stores. Needs Triton (`pip install triton`)."""
     import os
 
     triton = pytest.importorskip("triton")
@@ -392,7 +400,9 @@ def test_backward_variants_in_tritons_interpreter_and_for_hopper():
             (kernel_variants.swiglu_backward_fp8_tma_kernel, {"d1": "*fp8e5", "d3": "*fp8e5", "d1t_desc": columns,
              "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": False}, 2),
             (kernel_variants.swiglu_backward_fp8_tma_kernel, {"d1": rows, "d3": rows, "d1t_desc": columns,
-             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": True}, 4)):
+             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": True}, 4),
+            (kernel_variants.swiglu_forward_fp8_tma_kernel, {"g": "*fp8e4nv", "gt_desc": columns.replace("e5", "e4nv"),
+             "h1_ptr": "*bf16", "h3_ptr": "*bf16"}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": False}, 1)):
         signature = {name: {**common, **types}.get(name, "constexpr") for name in kernel.arg_names}
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={"FP8_MAX": 57344.0, **constants}),
                                   target=GPUTarget("cuda", 90, 32))
