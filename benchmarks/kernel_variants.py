@@ -12,11 +12,12 @@ program instead of two a tile. Calls 74-75 (NOTES 96): slower than ours at every
 the seed shape), as were larger and smaller tiles; inductor's code for the same outputs takes 221 us and bf16's
 SwiGLU backward 140: what costs is the two transposed fp8 outputs.
 
-`swiglu_backward_fp8_tma` (and `swiglu_forward_fp8_tma`, one transposed output): ours with the transposed outputs (and optionally the row-major ones too) written by
-Hopper's tensor memory accelerator: the tile is transposed on its way into shared memory and stored as one bulk
-copy (`cp.async.bulk.tensor`) instead of Triton's convert-then-store of single bytes. Host-side tensor
-descriptors (triton.tools.tensor_descriptor; Triton >= 3.4); the stores clip at the array's edges, so ragged tiles
-need no mask. TMA wants 16-byte aligned rows: M and N multiples of 16.
+`swiglu_backward_fp8_tma` (and `swiglu_forward_fp8_tma`, one transposed output): ours with the transposed
+outputs (and optionally the row-major ones too) written by Hopper's tensor memory accelerator: the tile is
+transposed on its way into shared memory and stored as one bulk copy (`cp.async.bulk.tensor`) instead of
+Triton's convert-then-store of single bytes. Host-side tensor descriptors (triton.tools.tensor_descriptor;
+Triton >= 3.4); the stores clip at the array's edges, so ragged tiles need no mask. TMA wants 16-byte aligned
+rows: M and N multiples of 16 (NOTES 97).
 """
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def collect_fp8_gains(call: Path, results_dir: Path = RESULTS_DIR) -> list[dict[
                               fused_swiglu=bool(run.get("fp8_fused_swiglu")), residual_dtype=_residual(train),
                               kernel_casts=run.get("fp8_kernel_casts") or "none",
                               weight_cache=bool(train.get("fp8_weight_cache")), fast_accum=bool(run.get("fp8_fast_accum")),
-                              merge_w13=bool(run.get("fp8_merge_w13")), bf16_weight_cache=pair[2], ratio=round(tokens_per_second / pair[0], 4),
+                              merge_w13=bool(run.get("fp8_merge_w13")), bf16_weight_cache=pair[2],
+                              ratio=round(tokens_per_second / pair[0], 4),
                               gpu=_gpu_of(call), source=f"{source}/{name} vs {pair[1]}"))
     alone = _bench_run_rows(call)
     for model, row in alone:
