@@ -31,7 +31,7 @@ from typing import Callable
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX
-from cs336_basics.precision.fp8_triton import store_both, this_tile
+from cs336_basics.precision.fp8_triton import store_both, swiglu_gradients, this_tile
 
 # (BLOCK_M, BLOCK_N, warps, pipeline stages, programs per SM)
 PERSISTENT_CONFIGS = ((128, 128, 8, 2, 1), (128, 128, 8, 3, 1), (64, 128, 4, 2, 2), (128, 64, 4, 2, 2),
@@ -59,9 +59,7 @@ def swiglu_backward_fp8_persistent_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_
         d = tl.load(dg_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(a)
-        dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)  # rounded as the graph's are
-        dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
+        dh1, dh3 = swiglu_gradients(d, a, b)
         q1 = tl.clamp(dh1 * s1, -FP8_MAX, FP8_MAX).to(tl.float8e5)
         q3 = tl.clamp(dh3 * s3, -FP8_MAX, FP8_MAX).to(tl.float8e5)
         store_both(d1_ptr, d1t_ptr, q1, rows, cols, offsets, M, mask)
@@ -117,9 +115,7 @@ def swiglu_backward_fp8_tma_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1, d1t_de
     d = tl.load(dg_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(a)
-    dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)  # rounded as the graph's are
-    dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
+    dh1, dh3 = swiglu_gradients(d, a, b)
     q1 = tl.clamp(dh1 * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e5)
     q3 = tl.clamp(dh3 * tl.load(scale_ptr + 1), -FP8_MAX, FP8_MAX).to(tl.float8e5)
     row0, col0 = tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N

@@ -39,6 +39,15 @@ def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr
 
 
 @triton.jit
+def swiglu_gradients(d, a, b):
+    """The gradients of h1 and h3 (float32 tiles) from dg = d, h1 = a, h3 = b, rounded to bf16 as the graph's are."""
+    sig = tl.sigmoid(a)
+    dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)
+    dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
+    return dh1, dh3
+
+
+@triton.jit
 def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_ptr, d3_ptr, d3t_ptr, amax_ptr,
                                stride_h, stride_d, M, N, FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr,
                                BLOCK_N: tl.constexpr):
@@ -49,10 +58,7 @@ def swiglu_backward_fp8_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1_ptr, d1t_pt
     h_offsets = rows[:, None].to(tl.int64) * stride_h + cols[None, :]
     a = tl.load(h1_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(a)
-    # rounded to bf16 as the graph's gradients are, then scaled and cast
-    dh1 = (d * b * sig * (1 + a * (1 - sig))).to(tl.bfloat16).to(tl.float32)
-    dh3 = (d * a * sig).to(tl.bfloat16).to(tl.float32)
+    dh1, dh3 = swiglu_gradients(d, a, b)
     q1 = tl.clamp(dh1 * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e5)
     q3 = tl.clamp(dh3 * tl.load(scale_ptr + 1), -FP8_MAX, FP8_MAX).to(tl.float8e5)
     d_offsets = rows[:, None].to(tl.int64) * stride_d + cols[None, :]
