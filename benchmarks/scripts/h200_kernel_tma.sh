@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE SEVENTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~3.5 min). NOTES 96-97.
+# PREPARED IN THE SEVENTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~6 min). NOTES 96-97.
 # Calls 74-75 found no tile, and no persistent loop, that beats our SwiGLU backward at the seed shape (212-216 us
 # against bf16's 139.5): what costs is its two transposed fp8 outputs. benchmarks/kernel_variants.py's TMA variant
 # stores them (and optionally the row-major ones) through Hopper's tensor memory accelerator. Checked against the
@@ -20,4 +20,12 @@ for shape in "seed:--M 16384 --N 3584 --D 896" "1b:--M 16384 --N 5632 --D 2048";
   echo "$name rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "FAIL" $R/$name.log | cut -c1-200 | head -5
   grep -a "backward .* us \|chose" $R/$name.log; pack
 done
+# then verify_fp8_compilation.py, whose fused SwiGLU check now covers w1 | w3 as one product (the default since
+# 614ae5d; CPU-tested only) against float32
+left=$(( 585 - $(date +%s) + T0 ))
+if (( left >= 160 )); then
+  echo "python3 verify_fp8_compilation.py" > $R/verify.command
+  timeout 150 python3 verify_fp8_compilation.py > $R/verify.log 2>&1
+  echo "verify rc=$? at $(( $(date +%s) - T0 )) s:"; grep -a "PASS\|FAIL\|SKIP\|passed" $R/verify.log | cut -c1-200; pack
+else echo "verify SKIPPED ($left s left)"; fi
 echo "total $(( $(date +%s) - T0 )) s"
