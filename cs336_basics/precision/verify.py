@@ -101,10 +101,15 @@ def kernels_vs_reference(name: str, device: torch.device, run: Callable[[bool], 
     return compare_results(name, real, reference, labels, bounds, what)
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """|got - want| / |want| (Frobenius norms, in float32)."""
+    return float((got.float() - want.float()).norm() / want.float().norm())
+
+
 def compare_results(name: str, real: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor, ...],
                     labels: tuple[str, ...], bounds: tuple[float, ...], what: str) -> Check:
     """Each of `real`'s results within its relative-error bound of `reference`'s, and no NaN or inf."""
-    errors = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(real, reference)]
+    errors = [relative_error(a, b) for a, b in zip(real, reference)]
     finite = all(torch.isfinite(t).all() for t in real)
     passed = finite and all(e < b for e, b in zip(errors, bounds))
     return Check(name, passed, f"{what}, relative error " + ", ".join(f"{l} {e:.1e}" for l, e in zip(labels, errors))
@@ -145,8 +150,7 @@ def check_bf16_weight_gradient(device: torch.device) -> Check:
     g = (torch.randn(m, n, device=device, generator=gen) * 1e-3).bfloat16()
     x = torch.randn(m, k, device=device, generator=gen).bfloat16()
     want = g.t().double() @ x.double()
-    rounded = weight_gradient(g, x, torch.float32, float32_out=False)
-    rounded_error = float((rounded.double() - want).norm() / want.norm())
+    rounded_error = relative_error(weight_gradient(g, x, torch.float32, float32_out=False), want)
     return compare_results("bf16 weight gradient in float32 vs reference", (weight_gradient(g, x, torch.float32, True),),
                            (want,), ("weight gradient",), (1e-4,),
                            f"{m} tokens, {n} x {k} (seed {seed}; autocast's, rounded to bf16: {rounded_error:.1e})")
@@ -206,6 +210,7 @@ def check_swiglu_kernels(device: torch.device) -> Check:
     x = torch.randn(n, d, device=device, generator=g).bfloat16()
     grad_y = (torch.randn(n, d, device=device, generator=g) * 1e-3).bfloat16()
     model = torch.nn.Sequential(FeedForward(ModelConfig(dim=d, intermediate_size=f))).to(device)
+    plain = copy.deepcopy(model)  # the float32 computation the one-product path is held to
     convert_to_delayed_float8(model, {"0.w1", "0.w3", "0.w2"}, emulate=not supports_fp8(device))
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     params = list(model.parameters())
@@ -221,17 +226,16 @@ def check_swiglu_kernels(device: torch.device) -> Check:
             y = module(xe)
         y.backward(grad_y)
         results.append((y.detach(), xe.grad, *(p.grad for p in module.parameters())))
-    w1, w3, w2 = (p.detach().float().requires_grad_() for p in model.parameters())
     xf = x.float().requires_grad_()
-    yf = (torch.nn.functional.silu(xf @ w1.T) * (xf @ w3.T)) @ w2.T
+    yf = plain(xf)
     yf.backward(grad_y.float())
-    exact = (yf.detach(), xf.grad, w1.grad, w3.grad, w2.grad)
+    exact = (yf.detach(), xf.grad, *(p.grad for p in plain.parameters()))
     labels = ("output", "input gradient", "w1 gradient", "w3 gradient", "w2 gradient")
     kernels = "Triton kernels" if device.type == "cuda" else "the PyTorch references (the kernels need CUDA)"
     name = "fused fp8 SwiGLU vs the three layers"
     two = compare_results(name, results[1], results[0], labels, (5e-2,) * len(labels),
                           f"{kernels}, {n} tokens, {d} -> {f} -> {d} (seed {seed}); as two products")
-    layers = [float((a.float() - b).norm() / b.norm()) for a, b in zip(results[0], exact)]
+    layers = [relative_error(a, b) for a, b in zip(results[0], exact)]
     one = compare_results(name, results[2], exact, labels, tuple(MERGED_SLACK * e + 1e-3 for e in layers),
                           f"w1 | w3 as one product (the default), to float32 (the three layers: "
                           + ", ".join(f"{e:.1e}" for e in layers) + f"; bounds {MERGED_SLACK}x theirs + 1e-3)")
