@@ -148,6 +148,11 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy of (B, T, V) logits against (B, T) targets, in float32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
 class OutputHead(nn.Module):
     """Final norm + vocabulary projection; with targets it returns the mean cross-entropy in float32."""
 
@@ -160,7 +165,7 @@ class OutputHead(nn.Module):
         logits = self.proj(self.norm(h))  # (B, T, V)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return cross_entropy(logits, targets)
 
 
 class Transformer(nn.Module):

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cs336_basics.errors import UserError
-from cs336_basics.model.transformer import OutputHead
+from cs336_basics.model.transformer import OutputHead, cross_entropy
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 E4M3_MAX, E5M2_MAX = torch.finfo(E4M3).max, torch.finfo(E5M2).max
@@ -105,7 +104,7 @@ class Float8OutputHead(nn.Module):
         if targets is None:
             return self.proj(x)
         if self.high_precision:  # as the plain OutputHead
-            return F.cross_entropy(self.proj(x).float().flatten(0, 1), targets.flatten())
+            return cross_entropy(self.proj(x), targets)
         if not self.emulate and targets.numel() % 16:
             raise UserError(f"the float8 output head needs a multiple of 16 tokens per micro-batch, got "
                             f"{targets.numel()}: change --batch_size or --context_length, or pass --no-fp8_head")
