@@ -31,7 +31,7 @@ from typing import Callable
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX
-from cs336_basics.precision.fp8_triton import store_both, swiglu_gradients, this_tile
+from cs336_basics.precision.fp8_triton import store_both, swiglu_gradients, swiglu_value, this_tile
 
 # (BLOCK_M, BLOCK_N, warps, pipeline stages, programs per SM)
 PERSISTENT_CONFIGS = ((128, 128, 8, 2, 1), (128, 128, 8, 3, 1), (64, 128, 4, 2, 2), (128, 64, 4, 2, 2),
@@ -158,7 +158,7 @@ def swiglu_forward_fp8_tma_kernel(h1_ptr, h3_ptr, scale_ptr, g, gt_desc, amax_pt
     rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
     a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    y = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
+    y = swiglu_value(a, b)
     q = tl.clamp(y * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
     row0, col0 = tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N
     if ROW_TMA:

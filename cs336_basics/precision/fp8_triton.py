@@ -25,6 +25,12 @@ def store_both(ptr, ptr_t, q, rows, cols, offsets, M, mask):
 
 
 @triton.jit
+def swiglu_value(a, b):
+    """silu(h1) * h3 (float32 tiles a, b), rounded to bf16 as the graph's g is."""
+    return (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
 def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr, stride_h, M, N,
                               FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """stride_h: h1's and h3's row stride (N; 2N when they are the halves of w1 | w3's one product)."""
@@ -32,7 +38,7 @@ def swiglu_forward_fp8_kernel(h1_ptr, h3_ptr, scale_ptr, g_ptr, gt_ptr, amax_ptr
     h_offsets = rows[:, None].to(tl.int64) * stride_h + cols[None, :]
     a = tl.load(h1_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + h_offsets, mask=mask, other=0.0).to(tl.float32)
-    g = (a * tl.sigmoid(a) * b).to(tl.bfloat16).to(tl.float32)  # rounded to bf16 as the graph's g is
+    g = swiglu_value(a, b)
     q = tl.clamp(g * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
     store_both(g_ptr, gt_ptr, q, rows, cols, offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(g)))  # non-negative floats order as their bits do
