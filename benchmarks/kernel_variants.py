@@ -100,15 +100,28 @@ def label(config: tuple[int, int, int, int, int]) -> str:
     return f"persistent {block_m}x{block_n} w{warps} s{stages} {per_sm}/SM"
 
 
-# (BLOCK_M, BLOCK_N, warps, row-major outputs by TMA too)
-TMA_CONFIGS = ((64, 64, 4, False), (64, 64, 4, True), (32, 128, 4, False), (128, 64, 8, False), (64, 128, 4, True),
-               (128, 128, 8, True))
+# how a TMA variant gets its transposed tile: a bf16 tile transposed in registers (the values are bf16-rounded, so
+# the cast after it gives the same bytes), or the inputs read a second time in transposed order (mostly L2 hits)
+# and the values computed again. Transposing the fp8 tile itself (tl.trans(q)) wrote ~25% of the transposed
+# outputs wrong on the H200 at every tile (call 76): triton-lang/triton#11111's ptxas bug, as in NOTES 42.
+BF16, RELOAD = 1, 2
+# (BLOCK_M, BLOCK_N, warps, row-major outputs by TMA too, BF16 or RELOAD)
+TMA_CONFIGS = ((64, 64, 4, False, BF16), (32, 128, 4, False, BF16), (128, 64, 8, False, BF16), (64, 128, 4, True, BF16),
+               (64, 64, 4, False, RELOAD), (32, 128, 4, False, RELOAD), (128, 64, 8, False, RELOAD))
+
+
+@triton.jit
+def load_transposed(ptr, rows, cols, M, N):
+    """The tile rows x cols of the bf16 (M, N) array at ptr as a float32 (BLOCK_N, BLOCK_M) tile, loaded in
+    transposed order."""
+    mask = (cols[:, None] < N) & (rows[None, :] < M)
+    return tl.load(ptr + rows[None, :].to(tl.int64) * N + cols[:, None], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def swiglu_backward_fp8_tma_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1, d1t_desc, d3, d3t_desc, amax_ptr, M, N,
                                    FP8_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                   ROW_TMA: tl.constexpr):
+                                   ROW_TMA: tl.constexpr, HOW: tl.constexpr):
     """fp8_triton.swiglu_backward_fp8_kernel's computation (contiguous (M, N) operands) with the transposed outputs
     stored through tensor descriptors; d1, d3: pointers, or with ROW_TMA descriptors too."""
     rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
@@ -116,8 +129,9 @@ def swiglu_backward_fp8_tma_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1, d1t_de
     a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     dh1, dh3 = swiglu_gradients(d, a, b)
-    q1 = tl.clamp(dh1 * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e5)
-    q3 = tl.clamp(dh3 * tl.load(scale_ptr + 1), -FP8_MAX, FP8_MAX).to(tl.float8e5)
+    s1, s3 = tl.load(scale_ptr), tl.load(scale_ptr + 1)
+    q1 = tl.clamp(dh1 * s1, -FP8_MAX, FP8_MAX).to(tl.float8e5)
+    q3 = tl.clamp(dh3 * s3, -FP8_MAX, FP8_MAX).to(tl.float8e5)
     row0, col0 = tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N
     if ROW_TMA:
         d1.store([row0, col0], q1)
@@ -125,17 +139,23 @@ def swiglu_backward_fp8_tma_kernel(dg_ptr, h1_ptr, h3_ptr, scale_ptr, d1, d1t_de
     else:
         tl.store(d1 + offsets, q1, mask=mask)
         tl.store(d3 + offsets, q3, mask=mask)
-    d1t_desc.store([col0, row0], tl.trans(q1))
-    d3t_desc.store([col0, row0], tl.trans(q3))
+    if HOW == 2:  # RELOAD
+        dh1t, dh3t = swiglu_gradients(load_transposed(dg_ptr, rows, cols, M, N),
+                                      load_transposed(h1_ptr, rows, cols, M, N), load_transposed(h3_ptr, rows, cols, M, N))
+    else:  # BF16: exact, the gradients are bf16-rounded
+        dh1t = tl.trans(dh1.to(tl.bfloat16)).to(tl.float32)
+        dh3t = tl.trans(dh3.to(tl.bfloat16)).to(tl.float32)
+    d1t_desc.store([col0, row0], tl.clamp(dh1t * s1, -FP8_MAX, FP8_MAX).to(tl.float8e5))
+    d3t_desc.store([col0, row0], tl.clamp(dh3t * s3, -FP8_MAX, FP8_MAX).to(tl.float8e5))
     tl.atomic_max(amax_ptr, tl.max(tl.abs(dh1)))  # non-negative floats order as their bits do
     tl.atomic_max(amax_ptr + 1, tl.max(tl.abs(dh3)))
 
 
 def swiglu_backward_fp8_tma(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor, scale1: torch.Tensor,
-                            scale3: torch.Tensor, config: tuple[int, int, int, bool]) -> tuple[torch.Tensor, ...]:
+                            scale3: torch.Tensor, config: tuple[int, int, int, bool, int]) -> tuple[torch.Tensor, ...]:
     """swiglu_fp8.swiglu_backward_fp8's outputs (d1, d1t, d3, d3t, amaxes) from the TMA-store variant; config: one
     of TMA_CONFIGS."""
-    block_m, block_n, warps, row_tma = config
+    block_m, block_n, warps, row_tma, how = config
     M, N = dg.shape
     d1, d3 = (torch.empty(M, N, dtype=E5M2, device=dg.device) for _ in range(2))
     d1t, d3t = (torch.empty(N, M, dtype=E5M2, device=dg.device) for _ in range(2))
@@ -146,34 +166,40 @@ def swiglu_backward_fp8_tma(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     swiglu_backward_fp8_tma_kernel[grid](dg, h1, h3, scales, rows[0], columns[0], rows[1], columns[1], amax, M, N,
                                          FP8_MAX=E5M2_MAX, BLOCK_M=block_m, BLOCK_N=block_n, ROW_TMA=row_tma,
-                                         num_warps=warps)
+                                         HOW=how, num_warps=warps)
     return d1, d1t, d3, d3t, amax
 
 
 @triton.jit
 def swiglu_forward_fp8_tma_kernel(h1_ptr, h3_ptr, scale_ptr, g, gt_desc, amax_ptr, M, N, FP8_MAX: tl.constexpr,
-                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_TMA: tl.constexpr):
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_TMA: tl.constexpr,
+                                  HOW: tl.constexpr):
     """fp8_triton.swiglu_forward_fp8_kernel's computation (contiguous (M, N) operands) with the transposed output
     stored through a tensor descriptor; g: a pointer, or with ROW_TMA a descriptor too."""
     rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
     a = tl.load(h1_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(h3_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     y = swiglu_value(a, b)
-    q = tl.clamp(y * tl.load(scale_ptr), -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+    scale = tl.load(scale_ptr)
+    q = tl.clamp(y * scale, -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
     row0, col0 = tl.program_id(0) * BLOCK_M, tl.program_id(1) * BLOCK_N
     if ROW_TMA:
         g.store([row0, col0], q)
     else:
         tl.store(g + offsets, q, mask=mask)
-    gt_desc.store([col0, row0], tl.trans(q))
+    if HOW == 2:  # RELOAD
+        yt = swiglu_value(load_transposed(h1_ptr, rows, cols, M, N), load_transposed(h3_ptr, rows, cols, M, N))
+    else:  # BF16: exact, y is bf16-rounded
+        yt = tl.trans(y.to(tl.bfloat16)).to(tl.float32)
+    gt_desc.store([col0, row0], tl.clamp(yt * scale, -FP8_MAX, FP8_MAX).to(tl.float8e4nv))
     tl.atomic_max(amax_ptr, tl.max(tl.abs(y)))
 
 
 def swiglu_forward_fp8_tma(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tensor,
-                           config: tuple[int, int, int, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           config: tuple[int, int, int, bool, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """swiglu_fp8.swiglu_forward_fp8's outputs (g8, g8t, amax) from the TMA-store variant; config: one of
     TMA_CONFIGS."""
-    block_m, block_n, warps, row_tma = config
+    block_m, block_n, warps, row_tma, how = config
     M, N = h1.shape
     g8, g8t = torch.empty(M, N, dtype=E4M3, device=h1.device), torch.empty(N, M, dtype=E4M3, device=h1.device)
     amax = torch.zeros(1, dtype=torch.float32, device=h1.device)
@@ -182,13 +208,14 @@ def swiglu_forward_fp8_tma(h1: torch.Tensor, h3: torch.Tensor, scale: torch.Tens
     swiglu_forward_fp8_tma_kernel[grid](h1, h3, scale.float().reshape(1), row,
                                         TensorDescriptor.from_tensor(g8t, [block_n, block_m]), amax, M, N,
                                         FP8_MAX=E4M3_MAX, BLOCK_M=block_m, BLOCK_N=block_n, ROW_TMA=row_tma,
-                                        num_warps=warps)
+                                        HOW=how, num_warps=warps)
     return g8, g8t, amax.reshape(())
 
 
-def tma_label(config: tuple[int, int, int, bool]) -> str:
-    block_m, block_n, warps, row_tma = config
-    return f"tma {block_m}x{block_n} w{warps} ({'all stores' if row_tma else 'transposed stores'})"
+def tma_label(config: tuple[int, int, int, bool, int]) -> str:
+    block_m, block_n, warps, row_tma, how = config
+    return (f"tma {block_m}x{block_n} w{warps} ({'all stores' if row_tma else 'transposed stores'}, "
+            f"{'bf16 transpose' if how == BF16 else 'reload'})")
 
 
 Backward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]

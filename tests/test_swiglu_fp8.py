@@ -352,7 +352,8 @@ dg, h1, h3 = ((torch.randn(M, N) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
 s1, s3 = torch.tensor(5e6), torch.tensor(6e6)
 ref = S.swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
 runs = [(V.swiglu_backward_fp8_persistent, c) for c in [(32, 32, 4, 2, 1), (16, 64, 2, 3, 2)]]  # 4 programs a
-runs += [(V.swiglu_backward_fp8_tma, c) for c in [(32, 32, 4, False), (16, 64, 2, True)]]  # "device": several tiles each
+tma = [(32, 32, 4, False, V.BF16), (16, 64, 2, True, V.BF16), (32, 32, 4, False, V.RELOAD), (16, 64, 2, True, V.RELOAD)]
+runs += [(V.swiglu_backward_fp8_tma, c) for c in tma]  # "device": several tiles each
 for backward, config in runs:
     out = backward(dg, h1, h3, s1, s3, config)
     for rows, cols in ((0, 1), (2, 3)):
@@ -362,7 +363,7 @@ for backward, config in runs:
         gap = (got.float() - want.float()).abs() / (want.float().abs() * 0.25).clamp(min=2**-16)
         assert float(gap.max()) <= 2, (config, float(gap.max()))
 s = torch.tensor(30.0)
-for config in [(32, 32, 4, False), (16, 64, 2, True)]:  # the forward: byte-equal to ours (the same truncation here)
+for config in tma:  # the forward: byte-equal to ours (the same truncation here)
     got = V.swiglu_forward_fp8_tma(h1, h3, s, config)
     want = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
     launch("swiglu_forward", config[:3], M, N, h1, h3, s.reshape(1), *want, N, FP8_MAX=S.E4M3_MAX)
@@ -398,11 +399,11 @@ def test_backward_variants_in_tritons_interpreter_and_for_hopper():
              dict.fromkeys(["d1_ptr", "d1t_ptr", "d3_ptr", "d3t_ptr"], "*fp8e5"),
              {"BLOCK_M": 128, "BLOCK_N": 128, "STAGES": 2, "ITERS": 6}, 0),
             (kernel_variants.swiglu_backward_fp8_tma_kernel, {"d1": "*fp8e5", "d3": "*fp8e5", "d1t_desc": columns,
-             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": False}, 2),
+             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": False, "HOW": 1}, 2),
             (kernel_variants.swiglu_backward_fp8_tma_kernel, {"d1": rows, "d3": rows, "d1t_desc": columns,
-             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": True}, 4),
+             "d3t_desc": columns}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": True, "HOW": 2}, 4),
             (kernel_variants.swiglu_forward_fp8_tma_kernel, {"g": "*fp8e4nv", "gt_desc": columns.replace("e5", "e4nv"),
-             "h1_ptr": "*bf16", "h3_ptr": "*bf16"}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": False}, 1)):
+             "h1_ptr": "*bf16", "h3_ptr": "*bf16"}, {"BLOCK_M": 128, "BLOCK_N": 64, "ROW_TMA": False, "HOW": 2}, 1)):
         signature = {name: {**common, **types}.get(name, "constexpr") for name in kernel.arg_names}
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={"FP8_MAX": 57344.0, **constants}),
                                   target=GPUTarget("cuda", 90, 32))
