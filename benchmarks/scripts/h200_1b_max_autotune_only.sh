@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE SEVENTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~9 min). NOTES 85, 95.
+# Call 79 (eighteenth session; kind nvidia-h200, one GPU alone; 468 s: the max-autotune part timed out). NOTES 85, 95, 100.
 # The last part of call 69's script, which its time limit cut: the 1B fp8 products run at ~69% of the fp8 peak
 # (call 63), and 1.50x at 1B needs faster products. `--compile_mode max-autotune` lets inductor time its Triton
 # scaled_mm templates against cuBLAS for each product shape (and keeps CUDA graphs, as auto gives fp8).

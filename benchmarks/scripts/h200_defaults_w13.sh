@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE SEVENTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~9.5 min). NOTES 91, 94-95.
+# Call 77 (eighteenth session; kind nvidia-h200, one GPU alone; 417 s). NOTES 91, 94-95, 99.
 # Since calls 70-73 w1 | w3 run as one float8 product by default. Owed: (1) the new default beside stock TorchAO
 # in the same call (call 70's stock rows were cut by the call's limit); (2) a same-call seed-0 quality pair with
 # it (call 73's fp8 run was paired only with call 68's bf16, +0.67%).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Call 79 of the eighteenth session (kind nvidia-h200, one GPU alone; ~5.5 min, the session's last device time).
+# Call 80 of the eighteenth session (kind nvidia-h200, one GPU alone; 260 s, the session's last device time). NOTES 101.
 # The seed guide's command, 120 steps on gutenberg, seed 2: bf16, then fp8 with today's defaults (w1 | w3 as one
-# product): a second same-call pair beside call 78's seed 0 (1.297x; val +0.70%).
+# product): a second same-call pair beside call 77's seed 0 (1.297x; val +0.70%).
 set -u
 T0=$(date +%s)
 source benchmarks/device_env.sh > $OUT/env.txt 2>&1 || exit 1

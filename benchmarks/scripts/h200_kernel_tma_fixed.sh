@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Call 77 of the eighteenth session (kind nvidia-h200, one GPU alone; ~3 min). NOTES 98.
+# Call 78 of the eighteenth session (kind nvidia-h200, one GPU alone; 104 s). NOTES 98.
 # Call 76: every TMA variant wrote ~25% of its transposed outputs wrong (tl.trans of an fp8 tile: the ptxas bug of
 # NOTES 42). Its variants now transpose a bf16 tile (the same bytes after the cast) or load the inputs a second
 # time in transposed order; checked and timed (wrong ones timed too, so labelled) at the seed and 1B shapes, with
