@@ -5,9 +5,9 @@ code for the same computations, on one GPU.
     python benchmarks/kernel_swiglu_fp8.py --M 16384 --N 5632 --D 2048 --extra_configs 128x256w8,256x128w8
 
 --extra_configs adds tiles (BLOCK_M x BLOCK_N, warps) to the SwiGLU kernels' checked and timed ones, to try before
-CONFIGS takes them (the autotuner picks among CONFIGS only); --variants checks and times the experimental kernels of
-kernel_variants.py (a persistent, pipelined SwiGLU backward; forward and backward storing through TMA) beside
-ours. The SwiGLU kernels are also checked and timed in the layout of w1 | w3 as one product (h1, h3 the halves of
+CONFIGS takes them (the autotuner picks among CONFIGS only). A persistent, pipelined SwiGLU backward and
+TMA-store forms of both SwiGLU kernels were checked and timed here too and were slower or wrong (NOTES 96, 98;
+their code and `--variants` are in git at db7c10c). The SwiGLU kernels are also checked and timed in the layout of w1 | w3 as one product (h1, h3 the halves of
 one (M, 2N) product; the gradients into the halves of (M, 2N) arrays), training's default.
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
@@ -118,17 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--V", type=int, default=50304, help="vocabulary (the head's logit gradient)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--extra_configs", type=tiles, default=(), help="more tiles to check and time, e.g. 128x256w8")
-    p.add_argument("--variants", action="store_true", help="also the experimental kernels of kernel_variants.py")
-    p.add_argument("--variant_filter", default="", help="with --variants: only those whose label contains this")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise UserError("kernel_swiglu_fp8.py times a Triton kernel: it needs a CUDA GPU")
     choices = (*CONFIGS, *args.extra_configs, None)  # every config, then the autotuner's choice (what the model runs)
-    if args.variants:  # beside this file; imported here, since it needs Triton
-        import kernel_variants as V
-    variants = [v for v in V.backward_variants() if args.variant_filter in v[0]] if args.variants else []
-    forward_variants = [v for v in V.forward_variants() if args.variant_filter in v[0]] if args.variants else []
     M, N = args.M, args.N
     one = torch.tensor(1.0, device="cuda")
     checks: dict[str, dict] = {}
@@ -138,14 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         want = swiglu_forward_fp8_reference(h1, h3, s)
         for config in choices:
             check(f"forward {name} {label(config)}", lambda: swiglu_forward_fp8(h1, h3, s, config), want, checks)
-        for what, forward in forward_variants:
-            check(f"forward {name} {what}", lambda: forward(h1, h3, s), want, checks)
         s1, s3 = (E5M2_MAX / swiglu_backward_fp8_reference(dg, h1, h3, one, one)[4] * headroom).unbind()
         want = swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
         for config in choices:
             check(f"backward {name} {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), want, checks)
-        for what, backward in variants:
-            check(f"backward {name} {what}", lambda: backward(dg, h1, h3, s1, s3), want, checks)
         h13 = torch.cat([h1, h3], dim=1)  # --fp8_merge_w13's layout, one gradient scale for both
         check(f"forward w1|w3 layout {name} autotuned", lambda: swiglu_forward_fp8(*split_halves(h13), s),
               swiglu_forward_fp8_reference(h1, h3, s), checks)
@@ -192,15 +182,6 @@ def main(argv: list[str] | None = None) -> int:
             continue
         timed(f"forward triton {label(config)}", lambda: swiglu_forward_fp8(h1, h3, s, config), fwd_fp8)
         timed(f"backward triton {label(config)}", lambda: swiglu_backward_fp8(dg, h1, h3, s1, s3, config), bwd_fp8)
-    # an experiment is timed even when its check failed (labelled so), unless it did not run at all: what a
-    # wrong store pattern would cost still tells whether righting it is worth the work (call 76)
-    for kind, found, nbytes, call in (("forward", forward_variants, fwd_fp8, lambda f: f(h1, h3, s)),
-                                      ("backward", variants, bwd_fp8, lambda f: f(dg, h1, h3, s1, s3))):
-        for what, fn in found:
-            check_result = checks[f"{kind} in range {what}"]
-            if "error" not in check_result:
-                wrong = "" if check_result["passed"] else " (WRONG: check failed)"
-                timed(f"{kind} triton {what}{wrong}", lambda: call(fn), nbytes)
     h13 = torch.cat([h1, h3], dim=1)
     timed("forward triton w1|w3 layout autotuned", lambda: swiglu_forward_fp8(*split_halves(h13), s), fwd_fp8)
     timed("backward triton w1|w3 layout autotuned", lambda: swiglu_backward_fp8_merged(dg, h13, s1), bwd_fp8)

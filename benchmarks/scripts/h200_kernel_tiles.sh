@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# PREPARED IN THE SIXTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~5 min). NOTES 90.
+# PREPARED IN THE SIXTEENTH SESSION, NEVER RUN AS A WHOLE: calls 74-78 ran its parts and more (NOTES 96, 98). NOTES 90.
+# Needs benchmarks/kernel_variants.py (--variants), removed after NOTES 98: check out db7c10c to run it again.
 # Call 63's 1B profile: swiglu_backward_fp8_kernel 343 us a layer for ~922 MB (2.7 TB/s, ~56% of the H200's
 # bandwidth; inductor's bf16 SwiGLU backward moves its bytes at ~4.2 TB/s); forward 158 us (~73%). Every tile of
 # CONFIGS and larger ones (full 128-byte fp8 lines in both layouts need BLOCK_M and BLOCK_N >= 128), checked

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Call 76 (eighteenth session; kind nvidia-h200, one GPU alone; 284 s). NOTES 96-98.
+# Needs benchmarks/kernel_variants.py (--variants), removed after NOTES 98: check out db7c10c to run it again.
 # Calls 74-75 found no tile, and no persistent loop, that beats our SwiGLU backward at the seed shape (212-216 us
 # against bf16's 139.5): what costs is its two transposed fp8 outputs. benchmarks/kernel_variants.py's TMA variant
 # stores them (and optionally the row-major ones) through Hopper's tensor memory accelerator. Checked against the

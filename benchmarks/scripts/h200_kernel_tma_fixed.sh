@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Call 78 of the eighteenth session (kind nvidia-h200, one GPU alone; 104 s). NOTES 98.
+# Needs benchmarks/kernel_variants.py (--variants), removed after NOTES 98: check out db7c10c to run it again.
 # Call 76: every TMA variant wrote ~25% of its transposed outputs wrong (tl.trans of an fp8 tile: the ptxas bug of
 # NOTES 42). Its variants now transpose a bf16 tile (the same bytes after the cast) or load the inputs a second
 # time in transposed order; checked and timed (wrong ones timed too, so labelled) at the seed and 1B shapes, with
