@@ -290,3 +290,30 @@ def test_a_run_is_quoted_the_gains_of_its_own_residual_stream(tmp_path, monkeypa
     fp32_stream = fp8_gain_note(896, "delayed", "reduce-overhead", 16, fused_swiglu=True)
     assert "bench 1.23x" in bf16_stream[0] and "/ bf16 (both with the bf16 residual stream)" in bf16_stream[0]
     assert "bench 1.22x" in fp32_stream[0] and "residual" not in fp32_stream[0]
+
+
+def test_fp8_quality_near_this_width_by_warm_up_and_a_warning_for_short_ones(tmp_path, monkeypatch):
+    from cs336_basics.training.summary import fp8_quality, warnings_for
+
+    path = tmp_path / "fp8_gains.json"
+    entry = dict(dim=896, n_layers=24, batch_size=16, context_length=1024, kind="training", recipe="delayed",
+                 compile_mode="default", ratio=1.3, gpu="NVIDIA H200", source="x")
+    changes = [(10, 0.007), (10, 0.019), (10, -0.004), (30, -0.012), (30, -0.004)]
+    path.write_text(json.dumps([{**entry, "warmup_steps": w, "val_loss_change": c} for w, c in changes]
+                               + [{**entry, "warmup_steps": 10}, {**entry, "kind": "bench"}]))  # no losses: not counted
+    monkeypatch.setattr("cs336_basics.perf.measured.GAINS_FILE", path)
+    delayed = dict(fp8_recipe="delayed", accumulation=8)
+    text, worse = fp8_quality(gpu_run(**delayed, warmup_steps=10), 896)
+    assert worse and text.endswith("5 measured training pairs at dim 896 (fp8_gains.json): warm-up 10: -0.40% to "
+                                   "+1.90% (3 pairs, 1 over +1%); warm-up 30: -1.20% to -0.40% (2 pairs)")
+    (warning,) = warnings_for(gpu_run(**delayed, warmup_steps=10), dim=896)
+    assert warning.startswith("WARNING: FP8 with a 10-step warm-up") and "--fp8_start_step 10" in warning
+    # a warm-up longer than every one that missed, bf16 steps first, or nothing measured near: no warning
+    assert not fp8_quality(gpu_run(**delayed, warmup_steps=30), 896)[1]
+    assert warnings_for(gpu_run(**delayed, warmup_steps=100), dim=896) == []
+    assert warnings_for(gpu_run(**delayed, warmup_steps=10, fp8_start_step=10), dim=896) == []
+    assert fp8_quality(gpu_run(**delayed, warmup_steps=10), 2048) is None
+    assert fp8_quality(gpu_run(**delayed, warmup_steps=10, compiled=False), 896) is None
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda device=None: "NVIDIA H200")
+    summary = format_summary(ModelConfig(dim=896, n_layers=24), 1, 1, gpu_run(**delayed, warmup_steps=10), None)
+    assert "  fp8 quality       fp8 / bf16 final validation loss in 5 measured" in summary

@@ -415,6 +415,41 @@ def test_fp8_gains_from_bench_runs_alone(tmp_path):
     assert gains[0]["source"].endswith("fp8 vs bf16 (bench_run)")
 
 
+def test_fp8_gains_record_the_warm_up_and_the_change_in_validation_loss_of_like_runs(tmp_path):
+    from cs336_basics.perf.measured import collect_fp8_gains
+
+    call = tmp_path / "call"
+    call.mkdir()
+    model = dataclasses.asdict(ModelConfig(dim=896, n_layers=24))
+    schedule = dict(batch_size=16, gradient_accumulation_steps=8, compile_model=True, compile_mode="auto",
+                    gradient_checkpointing=False, max_steps=120, warmup_steps=10, lr=6e-4, min_lr=6e-5)
+
+    def run(name: str, fp8: bool, val_loss: float, steps: int = 120, data: str = "train.txt", **changes) -> None:
+        (call / name).mkdir()
+        (call / name / "run.json").write_text(json.dumps(dict(
+            model_config=model, train_config={**schedule, **changes}, fp8=fp8, fp8_recipe="delayed" if fp8 else None,
+            train_data=data, val_data="val.txt")))
+        (call / name / "summary.json").write_text(json.dumps(dict(tokens_per_second=100.0 * (1.3 if fp8 else 1.0),
+                                                                 world_size=1, val_loss=val_loss, steps=steps)))
+
+    run("bf16-seed0", False, 5.0, seed=0)
+    run("fp8-seed0", True, 5.1, seed=0)  # +2%
+    run("bf16-seed1", False, 5.0, seed=1, warmup_steps=30)
+    run("fp8-seed1", True, 4.95, seed=1, warmup_steps=30)  # -1%
+    run("bf16-seed2", False, 5.0, seed=2)
+    run("fp8-seed2", True, 6.0, seed=2, steps=112)  # cut short: its last loss is not a final one
+    run("bf16-seed3", False, 5.0, seed=3)
+    run("fp8-seed3", True, 6.0, seed=3, data="other.txt")  # another corpus
+    run("bf16-seed4", False, 5.0, seed=4)
+    run("fp8-seed4", True, 6.0, seed=4, min_lr=0.0)  # another schedule
+    gains = {g["source"].split("/")[-1]: g for g in collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")}
+    assert gains["fp8-seed0 vs bf16-seed0"]["val_loss_change"] == 0.02
+    assert gains["fp8-seed1 vs bf16-seed1"]["val_loss_change"] == -0.01
+    assert gains["fp8-seed1 vs bf16-seed1"]["warmup_steps"] == 30 and gains["fp8-seed0 vs bf16-seed0"]["warmup_steps"] == 10
+    for unlike in ("fp8-seed2 vs bf16-seed2", "fp8-seed3 vs bf16-seed3", "fp8-seed4 vs bf16-seed4"):
+        assert "val_loss_change" not in gains[unlike] and gains[unlike]["ratio"] == 1.3
+
+
 def test_failed_child_keeps_its_traceback() -> None:
     """A configuration that dies gets a one-line error for the table and the end of its traceback in the row."""
     from cs336_basics.perf.matrix import run_child

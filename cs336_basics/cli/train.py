@@ -395,7 +395,8 @@ def train(args: argparse.Namespace, ctx: DistributedContext, device: torch.devic
                          ctx.world_size, fp8_head=bool(fp8_report and fp8_report.fp8_head),
                          fp8_compile_mode=compile_mode(True), tune_kernels=train_cfg.tune_kernels,
                          fp8_fused_swiglu=bool(fp8_report.fused_swiglu) if fp8_report else fp8_options.fused_swiglu,
-                         residual_dtype=train_cfg.residual_dtype)
+                         residual_dtype=train_cfg.residual_dtype, warmup_steps=train_cfg.warmup_steps,
+                         fp8_start_step=train_cfg.fp8_start_step)
     print(format_summary(model_cfg, model.num_params(), model.num_params(include_embedding=False), run_shape,
                          current_device_peaks(device), fp8_report.summary() if fp8_report else None))
     if ctx.is_main:

@@ -10,7 +10,7 @@ import torch
 from cs336_basics.model.transformer import ModelConfig
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import DevicePeaks, supports_fp8
-from cs336_basics.perf.measured import fp8_gain_note, measured_factor
+from cs336_basics.perf.measured import QUALITY_TOLERANCE, fp8_gain_note, fp8_quality_note, measured_factor
 from cs336_basics.training.transforms import CUDA_GRAPH_MODES
 
 
@@ -33,6 +33,8 @@ class RunShape:
     tune_kernels: bool = False
     fp8_fused_swiglu: bool = False  # SwiGLU blocks as one function (swiglu_fp8.py); in a bf16 run: would be with --use_fp8
     residual_dtype: str = "fp32"  # the residual stream's dtype while training (--residual_dtype)
+    warmup_steps: int | None = None  # the learning rate's warm-up (--warmup_steps)
+    fp8_start_step: int = 0  # the steps before it train in bf16 (--fp8_start_step)
 
     @property
     def tokens_per_step(self) -> int:
@@ -55,6 +57,16 @@ def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
         return None
     return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size, run.tune_kernels,
                          run.fp8_fused_swiglu, run.residual_dtype)
+
+
+def fp8_quality(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
+    """fp8's final validation loss against bf16's in the measured training pairs nearest the run (by warm-up), and
+    whether one with a warm-up at least as long as the run's ended more than QUALITY_TOLERANCE above bf16's; None
+    where fp8_gain is None or no pair has both losses."""
+    if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
+        return None
+    return fp8_quality_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size, run.tune_kernels,
+                            run.fp8_fused_swiglu, run.residual_dtype, run.warmup_steps)
 
 
 def slower_in_training(gain: tuple[str, bool] | None, quote: bool, run: RunShape) -> str | None:
@@ -100,6 +112,11 @@ def warnings_for(run: RunShape, dim: int | None = None) -> list[str]:
     out = []
     if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True, run=run)):
         out.append(f"WARNING: {slower}.")
+    if run.fp8 and not run.fp8_start_step and (quality := fp8_quality(run, dim)) and quality[1]:
+        out.append(f"WARNING: FP8 with a {run.warmup_steps}-step warm-up: measured runs at about this size with a warm-up "
+                   f"at least as long ended more than {QUALITY_TOLERANCE:.0%} above bf16's validation loss ({quality[0]}); the "
+                   f"early steps decide it (benchmarks/NOTES.md 82-83, 101). A longer --warmup_steps, or "
+                   f"--fp8_start_step {run.warmup_steps} (the warm-up in bf16), is the remedy measured.")
     if run.fp8 and not run.compiled and not run.fp8_emulate:
         out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
                    f"measured: {fp8_eager_factor(run)}. Add --compile_model.")
@@ -146,6 +163,8 @@ def format_summary(cfg: ModelConfig, n_params: int, n_params_no_emb: int, run: R
         lines.append("  " + fp8_converted.replace("\n", "\n  "))
     if gain := fp8_gain(run, cfg.dim):
         lines.append(f"  fp8 vs bf16       {gain[0]}")
+    if quality := fp8_quality(run, cfg.dim):
+        lines.append(f"  fp8 quality       {quality[0]}")
     head, reasons = verdict(run, cfg.dim)
     lines.append(head)
     lines += [f"  - {r}" for r in reasons]
