@@ -59,11 +59,12 @@ def _compiled_fp8(row: dict[str, Any]) -> bool:
 def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
-    None, until call 55; ours for "all" since), the head kernel, blocks kept in bf16, or bf16 steps before float8's
-    (--fp8_start_step). Weights cast per step (fp8's, bf16's), fast accumulation and w1 | w3 as one product
+    None, until call 55; ours for "all" since), the head kernel, blocks kept in bf16, bf16 steps before float8's
+    (--fp8_start_step), or delayed scales with headroom (--fp8_margin, --fp8_grad_margin). Weights cast per step (fp8's, bf16's), fast accumulation and w1 | w3 as one product
     (defaults since `69e4803`, `f4a9f8b` and calls 70-73) are recorded in each entry instead."""
     return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
-            or bool(settings.get("fp8_bf16_blocks")) or bool(settings.get("fp8_start_step")))
+            or bool(settings.get("fp8_bf16_blocks")) or bool(settings.get("fp8_start_step"))
+            or bool(settings.get("fp8_margin")) or settings.get("fp8_grad_margin") is not None)
 
 
 def _residual(config: dict[str, Any]) -> str:
