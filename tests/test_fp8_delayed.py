@@ -492,7 +492,7 @@ def test_blocks_kept_in_bf16_stay_plain_and_the_rest_converts(tmp_path, capsys, 
         resolve_bf16_blocks((0, 24), 24)
     assert _experiment({"fp8_bf16_blocks": [0]}) and not _experiment({"fp8_bf16_blocks": []})
     assert _experiment({"fp8_start_step": 10}) and not _experiment({"fp8_start_step": 0})
-    assert _experiment({"fp8_grad_margin": 3}) and _experiment({"fp8_grad_margin": 0}) and _experiment({"fp8_margin": 1})
+    assert all(_experiment(s) for s in ({"fp8_grad_margin": 3}, {"fp8_grad_margin": 0}, {"fp8_margin": 1}))
     assert not _experiment({"fp8_grad_margin": None, "fp8_margin": 0})
     train, base = tiny_cli
     fp8 = ["--use_fp8", "--fp8_emulate", "--max_steps", 2]

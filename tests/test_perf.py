@@ -442,10 +442,11 @@ def test_fp8_gains_record_the_warm_up_and_the_change_in_validation_loss_of_like_
     run("fp8-seed3", True, 6.0, seed=3, data="other.txt")  # another corpus
     run("bf16-seed4", False, 5.0, seed=4)
     run("fp8-seed4", True, 6.0, seed=4, min_lr=0.0)  # another schedule
-    gains = {g["source"].split("/")[-1]: g for g in collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")}
+    found = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
+    gains = {g["source"].split("/")[-1]: g for g in found}
     assert gains["fp8-seed0 vs bf16-seed0"]["val_loss_change"] == 0.02
     assert gains["fp8-seed1 vs bf16-seed1"]["val_loss_change"] == -0.01
-    assert gains["fp8-seed1 vs bf16-seed1"]["warmup_steps"] == 30 and gains["fp8-seed0 vs bf16-seed0"]["warmup_steps"] == 10
+    assert [gains[f"fp8-seed{i} vs bf16-seed{i}"]["warmup_steps"] for i in (0, 1)] == [10, 30]
     for unlike in ("fp8-seed2 vs bf16-seed2", "fp8-seed3 vs bf16-seed3", "fp8-seed4 vs bf16-seed4"):
         assert "val_loss_change" not in gains[unlike] and gains[unlike]["ratio"] == 1.3
 

@@ -60,8 +60,9 @@ def _experiment(settings: dict[str, Any]) -> bool:
     """Whether a bench row or a run's settings (run.json merged with its train config) ran an opt-in experiment,
     which no gains entry tells apart yet: casts other than a default run's (inductor's, "none" or before the field
     None, until call 55; ours for "all" since), the head kernel, blocks kept in bf16, bf16 steps before float8's
-    (--fp8_start_step), or delayed scales with headroom (--fp8_margin, --fp8_grad_margin). Weights cast per step (fp8's, bf16's), fast accumulation and w1 | w3 as one product
-    (defaults since `69e4803`, `f4a9f8b` and calls 70-73) are recorded in each entry instead."""
+    (--fp8_start_step), or delayed scales with headroom (--fp8_margin, --fp8_grad_margin). Weights cast per step
+    (fp8's, bf16's), fast accumulation and w1 | w3 as one product (defaults since `69e4803`, `f4a9f8b` and calls
+    70-73) are recorded in each entry instead."""
     return (settings.get("fp8_kernel_casts") not in (None, "none", "all") or bool(settings.get("fp8_head_kernel"))
             or bool(settings.get("fp8_bf16_blocks")) or bool(settings.get("fp8_start_step"))
             or bool(settings.get("fp8_margin")) or settings.get("fp8_grad_margin") is not None)
@@ -244,10 +245,10 @@ def fp8_gain_note(dim: int, recipe: str, compile_mode: str = "default", batch_si
 def fp8_quality_note(dim: int, recipe: str, compile_mode: str = "default", batch_size: int | None = None,
                      tune_kernels: bool = False, fused_swiglu: bool = False, residual_dtype: str = "fp32",
                      warmup_steps: int | None = None) -> tuple[str, bool] | None:
-    """('fp8 / bf16 final validation loss in 6 measured training pairs at dim 896 ...: warm-up 10: +0.70% to +3.27%
-    (4 pairs, 2 over +1%); warm-up 30: ...', did a pair with a warm-up at least as long as `warmup_steps` end more than
-    QUALITY_TOLERANCE above bf16?) from the training pairs nearest_fp8_gains finds; None when none has both
-    losses."""
+    """('fp8 / bf16 final validation loss in 6 measured training pairs at dim 896 ...: warm-up 10: +0.70% to
+    +3.27% (4 pairs, 2 over +1%); warm-up 30: ...', did a pair with a warm-up at least as long as `warmup_steps`
+    end more than QUALITY_TOLERANCE above bf16?) from the training pairs nearest_fp8_gains finds; None when none
+    has both losses."""
     pairs = [g for g in nearest_fp8_gains(dim, recipe, compile_mode, batch_size, tune_kernels, fused_swiglu,
                                           residual_dtype)
              if g["kind"] == "training" and "val_loss_change" in g and g.get("warmup_steps") is not None]
@@ -262,8 +263,8 @@ def fp8_quality_note(dim: int, recipe: str, compile_mode: str = "default", batch
                      + (f", {over} over {QUALITY_TOLERANCE:+.0%})" if over else ")"))
     text = (f"fp8 / bf16 final validation loss in {len(pairs)} measured training pair{'s' if len(pairs) > 1 else ''} "
             f"at dim {pairs[0]['dim']} ({GAINS_FILE.name}): {'; '.join(parts)}")
-    worse = warmup_steps is not None and any(g["val_loss_change"] > QUALITY_TOLERANCE and g["warmup_steps"] >= warmup_steps
-                                             for g in pairs)
+    worse = warmup_steps is not None and any(
+        g["val_loss_change"] > QUALITY_TOLERANCE and g["warmup_steps"] >= warmup_steps for g in pairs)
     return text, worse
 
 

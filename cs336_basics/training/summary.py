@@ -49,24 +49,25 @@ def fp8_eager_factor(run: RunShape) -> str:
     return factor if run.fp8_recipe == "tensorwise" else f"{factor} with TorchAO tensorwise; {run.fp8_recipe} not measured eager"
 
 
-def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
-    """What fp8 with the run's recipe (in a bf16 run: the one --use_fp8 would pick) measured against bf16 at the
-    nearest measured width, and whether it was slower in training there; None on CPU, emulated, eager, or with
-    nothing near."""
+def measured_near(run: RunShape, dim: int | None) -> tuple | None:
+    """The arguments (width, recipe, compile mode, micro-batch, tuned kernels, fused SwiGLU, residual stream) under
+    which committed fp8 measurements are looked up for the run (in a bf16 run: for the fp8 --use_fp8 would pick);
+    None on CPU, emulated, eager or without a width: nothing measured applies."""
     if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
         return None
-    return fp8_gain_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size, run.tune_kernels,
-                         run.fp8_fused_swiglu, run.residual_dtype)
+    return (dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size, run.tune_kernels, run.fp8_fused_swiglu,
+            run.residual_dtype)
+
+
+def fp8_gain(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
+    """What fp8 measured against bf16 at the nearest measured width, and whether it was slower in training there."""
+    return fp8_gain_note(*key) if (key := measured_near(run, dim)) else None
 
 
 def fp8_quality(run: RunShape, dim: int | None) -> tuple[str, bool] | None:
     """fp8's final validation loss against bf16's in the measured training pairs nearest the run (by warm-up), and
-    whether one with a warm-up at least as long as the run's ended more than QUALITY_TOLERANCE above bf16's; None
-    where fp8_gain is None or no pair has both losses."""
-    if dim is None or run.device.type != "cuda" or run.fp8_emulate or not run.compiled:
-        return None
-    return fp8_quality_note(dim, run.fp8_recipe, run.fp8_compile_mode, run.batch_size, run.tune_kernels,
-                            run.fp8_fused_swiglu, run.residual_dtype, run.warmup_steps)
+    whether one with a warm-up at least as long as the run's ended more than QUALITY_TOLERANCE above bf16's."""
+    return fp8_quality_note(*key, run.warmup_steps) if (key := measured_near(run, dim)) else None
 
 
 def slower_in_training(gain: tuple[str, bool] | None, quote: bool, run: RunShape) -> str | None:
@@ -113,10 +114,11 @@ def warnings_for(run: RunShape, dim: int | None = None) -> list[str]:
     if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True, run=run)):
         out.append(f"WARNING: {slower}.")
     if run.fp8 and not run.fp8_start_step and (quality := fp8_quality(run, dim)) and quality[1]:
-        out.append(f"WARNING: FP8 with a {run.warmup_steps}-step warm-up: measured runs at about this size with a warm-up "
-                   f"at least as long ended more than {QUALITY_TOLERANCE:.0%} above bf16's validation loss ({quality[0]}); the "
-                   f"early steps decide it (benchmarks/NOTES.md 82-83, 101). A longer --warmup_steps, or "
-                   f"--fp8_start_step {run.warmup_steps} (the warm-up in bf16), is the remedy measured.")
+        out.append(f"WARNING: FP8 with a {run.warmup_steps}-step warm-up: measured runs at about this size with a "
+                   f"warm-up at least as long ended more than {QUALITY_TOLERANCE:.0%} above bf16's validation loss "
+                   f"({quality[0]}); the early steps decide it (benchmarks/NOTES.md 82-83, 101). A longer "
+                   f"--warmup_steps, or --fp8_start_step {run.warmup_steps} (the warm-up in bf16), is the remedy "
+                   "measured.")
     if run.fp8 and not run.compiled and not run.fp8_emulate:
         out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
                    f"measured: {fp8_eager_factor(run)}. Add --compile_model.")
