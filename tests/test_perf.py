@@ -458,3 +458,16 @@ def test_failed_child_keeps_its_traceback() -> None:
     result = run_child("cs336_basics.no_such_module", {}, timeout=60)
     assert "No module named" in result["error"] and result["returncode"] != 0
     assert any("cs336_basics.no_such_module" in line for line in result["stderr_tail"])
+
+
+def test_plot_gains_draws_the_committed_history(tmp_path, monkeypatch):
+    """benchmarks/plot_gains.py: each entry placed at its device call (a session's callNN, or a folder that is one
+    call), the committed file drawn to a PNG."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import plot_gains
+
+    assert plot_gains.call_of({"source": "benchmarks/results/eighteenth_session_h200/call80/guide-fp8 vs guide-bf16"}) \
+        == "eighteenth_session_h200/call80"
+    assert plot_gains.call_of({"source": "benchmarks/results/delayed_gc_x2/seed-fp8-delayed vs seed-bf16"}) == "delayed_gc_x2"
+    plot_gains.main(str(tmp_path / "gains.png"))
+    assert (tmp_path / "gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
