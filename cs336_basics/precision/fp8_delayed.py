@@ -50,6 +50,7 @@ def cast_weight(weight: torch.Tensor) -> WeightCast:
 
 
 LAYER_CAST = ("w8", "w8_columns", "inv_w")  # a Float8DelayedLinear's cast buffers (Float8DelayedLinear.weight_cast)
+MERGED_CAST = ("w13_8", "w13_columns", "inv_w13")  # a fused SwiGLU's [w1; w3] cast buffers (--fp8_merge_w13)
 
 
 def register_weight_cast(module: nn.Module, n: int, k: int, like: torch.Tensor,
@@ -62,6 +63,11 @@ def register_weight_cast(module: nn.Module, n: int, k: int, like: torch.Tensor,
     for name, buffer in zip(names, buffers):
         module.register_buffer(name, buffer, persistent=False)
         torch._dynamo.mark_static_address(buffer)
+
+
+def cast_buffers(module: nn.Module, names: tuple[str, str, str] = LAYER_CAST) -> WeightCast:
+    """The buffers register_weight_cast made on `module` under `names`."""
+    return tuple(getattr(module, name) for name in names)  # type: ignore[return-value]
 
 
 def weight_fp8(cast: WeightCast | None, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,10 +168,7 @@ class Float8DelayedLinear(nn.Module):
         the forward. Calibration casts dynamically, before the first cast_weights."""
         if not self.cache_weights or self.calibrating:
             return None
-        return self.weight_cast_buffers()
-
-    def weight_cast_buffers(self) -> WeightCast:
-        return tuple(getattr(self, name) for name in LAYER_CAST)  # type: ignore[return-value]
+        return cast_buffers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.high_precision:  # the plain layer's product (bf16 under autocast); no amax recorded
@@ -240,11 +243,10 @@ class DelayedScaling:
 
     @torch.no_grad()
     def _cast_weights_eager(self) -> None:
-        for m in self._own_casts:
-            for buffer, cast in zip(m.weight_cast_buffers(), cast_weight(m.weight)):
-                buffer.copy_(cast)
-        for pair in self._merged:
-            for buffer, cast in zip(pair.merged_cast_buffers(), cast_weight(pair.merged_weights())):
+        own = [(cast_buffers(m), m.weight) for m in self._own_casts]
+        merged = [(cast_buffers(pair, MERGED_CAST), pair.merged_weights()) for pair in self._merged]
+        for buffers, weight in own + merged:
+            for buffer, cast in zip(buffers, cast_weight(weight)):
                 buffer.copy_(cast)
 
     def compile_weight_casts(self, **options) -> None:

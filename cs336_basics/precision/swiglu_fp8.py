@@ -32,12 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cs336_basics.precision.fp8_cast import Config, amax, check_2d, compare_fp8, launch
-from cs336_basics.precision.fp8_delayed import (Float8DelayedLinear, WeightCast, cast_grad, cast_input,
-                                                 register_weight_cast, weight_fp8)
+from cs336_basics.precision.fp8_delayed import (MERGED_CAST, Float8DelayedLinear, WeightCast, cast_buffers, cast_grad,
+                                                 cast_input, register_weight_cast, weight_fp8)
 from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-MERGED_CAST = ("w13_8", "w13_columns", "inv_w13")  # [w1; w3]'s cast buffers with --fp8_merge_w13
 
 
 def swiglu_backward(dg: torch.Tensor, h1: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,9 +326,6 @@ class Float8DelayedSwiGLU(nn.Module):
         register_weight_cast(self, 2 * self.w1.out_features, self.w1.in_features, self.w1.weight, MERGED_CAST)
         self.cache_weights = True
 
-    def merged_cast_buffers(self) -> WeightCast:
-        return tuple(getattr(self, name) for name in MERGED_CAST)  # type: ignore[return-value]
-
     def merged_weights(self) -> torch.Tensor:
         """[w1; w3] (2F, D): what the merged cast is made of."""
         return torch.cat([self.w1.weight, self.w3.weight])
@@ -338,7 +334,7 @@ class Float8DelayedSwiGLU(nn.Module):
         w1, w3, w2 = self.w1, self.w3, self.w2
         if not self.merge_w13:
             return w1.weight_cast(), w3.weight_cast(), w2.weight_cast()
-        merged = self.merged_cast_buffers() if self.cache_weights else None
+        merged = cast_buffers(self, MERGED_CAST) if self.cache_weights else None
         return merged, None, w2.weight_cast()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
