@@ -13,19 +13,10 @@ export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_cache_1b_gemm_autotune  # kept betw
 R=/tmp/results_1b_gemm_autotune; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
 du -sh $TORCHINDUCTOR_CACHE_DIR > $R/cache_before.txt 2>&1
 PACK=1b_gemm_autotune.tar.gz
-source benchmarks/scripts/lib_single.sh  # pack
-left() { echo $(( 585 - $(date +%s) + T0 )); }
-bench() {  # name, seconds it needs at least, seconds it may take at most, optimize_performance flags...
-  local name=$1 least=$2 most=$3; shift 3
-  (( $(left) < least )) && { echo "$name SKIPPED ($(left) s left)"; return; }
-  echo "TORCHINDUCTOR_CACHE_DIR=$TORCHINDUCTOR_CACHE_DIR python3 optimize_performance.py --preset 1b --steps 15 --no_layers --out \$OUT/$name $*" > $R/$name.command
-  timeout $(( $(left) < most ? $(left) : most )) python3 optimize_performance.py --preset 1b --steps 15 --no_layers --out $R/$name "$@" 2>&1 \
-    | tr '\r' '\n' | grep -v "config/s\]\|^configurations:" > $R/$name.log
-  echo "$name at $(( $(date +%s) - T0 )) s:"
-  python3 -c "import json; [print(' ', r.get('name'), r.get('step_ms_mean'), r.get('tokens_per_second'), r.get('warmup_seconds'), r.get('error', ''), sep='  ') for r in json.load(open('$R/$name/matrix.json'))['rows']]"
-  pack
-}
-bench bench-1b-gemm-autotune 120 560 --timeout 540 --inductor max_autotune_gemm=True --modes fp8-delayed-compile
-bench bench-1b 220 240 --timeout 150 --modes bf16-compile,fp8-delayed-compile
+BENCH_ENV="TORCHINDUCTOR_CACHE_DIR=$TORCHINDUCTOR_CACHE_DIR"
+source benchmarks/scripts/lib_single.sh  # pack, left, bench
+B1="--preset 1b --steps 15 --no_layers"
+bench bench-1b-gemm-autotune 120 560 $B1 --timeout 540 --inductor max_autotune_gemm=True --modes fp8-delayed-compile
+bench bench-1b 220 240 $B1 --timeout 150 --modes bf16-compile,fp8-delayed-compile
 du -sh $TORCHINDUCTOR_CACHE_DIR > $R/cache_after.txt 2>&1
 echo "total $(( $(date +%s) - T0 )) s"

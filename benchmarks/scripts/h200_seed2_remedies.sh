@@ -12,8 +12,7 @@ R=/tmp/results_seed2_remedies; rm -rf $R; mkdir -p $R; cp $OUT/env.txt $R/
 PACK=seed2_remedies.tar.gz
 GUIDE="--dim 896 --n_heads 14 --intermediate_size 3584 --batch_size 16 --gradient_accumulation_steps 8 --compile_model --use_flash_attn --no_gradient_checkpointing"
 FLAGS="--train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt --checkpoint_interval 1000 --sample_tokens 0 --seed 2"
-source benchmarks/scripts/lib_single.sh
-left() { echo $(( 585 - $(date +%s) + T0 )); }
+source benchmarks/scripts/lib_single.sh  # run, left
 G="$GUIDE --max_steps 120 --eval_interval 60 --eval_steps 10 --log_interval 10"
 for part in "warm30-bf16:140:--warmup_steps 30" "warm30-fp8:165:--warmup_steps 30 --use_fp8" \
             "start10-fp8:175:--warmup_steps 10 --use_fp8 --fp8_start_step 10"; do

@@ -1,5 +1,5 @@
-# Shared by the one-GPU device scripts of train_h100.py runs and seed-step profiles (sourced after device_env.sh,
-# with R, T0 and PACK set, and FLAGS for run(): what every run shares). A GPU log every 100 ms into $R/smi.csv,
+# Shared by the one-GPU device scripts of train_h100.py runs, optimize_performance.py matrices and seed-step
+# profiles (sourced after device_env.sh, with R, T0 and PACK set, and FLAGS for run(): what every run shares). A GPU log every 100 ms into $R/smi.csv,
 # each run's command, log and phase times; results packed into $OUT/$PACK after each run or profile, so a call
 # cut short still returns the finished ones.
 gpu_log_start() {
@@ -23,4 +23,16 @@ profile() {  # name, seconds, flags...: benchmarks/profile_step.py on the seed m
   timeout $secs python3 benchmarks/profile_step.py --preset seed "$@" --out $R/$name > $R/$name.log 2>&1
   echo "$name rc=$? at $(( $(date +%s) - T0 )) s: $(grep -a -A12 'per step:' $R/$name.log)"
   rm -f $R/$name/trace.json; pack
+}
+left() { echo $(( 585 - $(date +%s) + T0 )); }  # seconds left of the call's 600, counted from before its set-up (NOTES 94)
+bench() {  # name, seconds it needs at least, seconds it may take at most, optimize_performance.py flags...: one matrix,
+           # started only if `least` is left, its rows printed; $BENCH_ENV (e.g. an inductor cache) goes into its command
+  local name=$1 least=$2 most=$3; shift 3
+  (( $(left) < least )) && { echo "$name SKIPPED ($(left) s left)"; return; }
+  echo "${BENCH_ENV:+$BENCH_ENV }python3 optimize_performance.py $* --out \$OUT/$name" > $R/$name.command
+  timeout $(( $(left) < most ? $(left) : most )) python3 optimize_performance.py "$@" --out $R/$name 2>&1 \
+    | tr '\r' '\n' | grep -v "config/s\]\|^configurations:" > $R/$name.log
+  echo "$name at $(( $(date +%s) - T0 )) s:"
+  python3 -c "import json; [print(' ', r.get('name'), r.get('compile_mode'), r.get('step_ms_mean'), r.get('tokens_per_second'), r.get('warmup_seconds'), r.get('error', ''), sep='  ') for r in json.load(open('$R/$name/matrix.json'))['rows']]"
+  pack
 }
