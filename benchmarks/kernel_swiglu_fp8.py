@@ -7,8 +7,9 @@ code for the same computations, on one GPU.
 --extra_configs adds tiles (BLOCK_M x BLOCK_N, warps) to the SwiGLU kernels' checked and timed ones, to try before
 CONFIGS takes them (the autotuner picks among CONFIGS only). A persistent, pipelined SwiGLU backward and
 TMA-store forms of both SwiGLU kernels were checked and timed here too and were slower or wrong (NOTES 96, 98;
-their code and `--variants` are in git at db7c10c). The SwiGLU kernels are also checked and timed in the layout of w1 | w3 as one product (h1, h3 the halves of
-one (M, 2N) product; the gradients into the halves of (M, 2N) arrays), training's default.
+their code and `--variants` are in git at db7c10c). The SwiGLU kernels are also checked and timed in the layout
+of w1 | w3 as one product (h1, h3 the halves of one (M, 2N) product; the gradients into the halves of (M, 2N)
+arrays), training's default.
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
 tile shape and for the autotuner's choice (fp8 outputs in both layouts within one step of their format, at

@@ -221,7 +221,6 @@ def test_verify_check_of_the_fused_swiglu_catches_a_broken_kernel(monkeypatch):
     assert broken.passed is False and broken.figure.endswith("(over its bounds)")
 
 
-
 @pytest.mark.parametrize("cached", [False, True], ids=["cast-in-forward", "cast-once-per-step"])
 def test_merged_w13_computes_the_two_products_under_their_shared_scales(cached):
     """--fp8_merge_w13: w1 and w3 as one product each way compute what the two products compute when those use
