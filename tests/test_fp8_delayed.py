@@ -372,6 +372,9 @@ def test_trainer_logs_fp8_saturation_and_refuses_a_margin_without_delayed_layers
     assert trainer(delayed, fp8_grad_margin=3).fp8_scales.grad_margin == 3
     with pytest.raises(UserError, match="--fp8_grad_margin sets the headroom of the delayed recipe's gradient scales"):
         trainer(Fp8Options(recipe="tensorwise", emulate=True), fp8_grad_margin=3)
+    with pytest.raises(UserError, match="--fp8_grad_margin sets"):  # 0 is a margin too, not the unset default
+        trainer(Fp8Options(recipe="tensorwise", emulate=True), fp8_grad_margin=0)
+    trainer(Fp8Options(recipe="tensorwise", emulate=True), fp8_margin=0, fp8_weight_cache=False)  # defaults: fine
     with pytest.raises(UserError, match="--fp8_grad_margin must be >= 0"):
         trainer(delayed, fp8_grad_margin=-1)
 

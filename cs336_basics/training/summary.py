@@ -34,7 +34,6 @@ class RunShape:
     fp8_fused_swiglu: bool = False  # SwiGLU blocks as one function (swiglu_fp8.py); in a bf16 run: would be with --use_fp8
     residual_dtype: str = "fp32"  # the residual stream's dtype while training (--residual_dtype)
     warmup_steps: int | None = None  # the learning rate's warm-up (--warmup_steps)
-    fp8_start_step: int = 0  # the steps before it train in bf16 (--fp8_start_step)
 
     @property
     def tokens_per_step(self) -> int:
@@ -113,12 +112,11 @@ def warnings_for(run: RunShape, dim: int | None = None) -> list[str]:
     out = []
     if run.fp8 and (slower := slower_in_training(fp8_gain(run, dim), quote=True, run=run)):
         out.append(f"WARNING: {slower}.")
-    if run.fp8 and not run.fp8_start_step and (quality := fp8_quality(run, dim)) and quality[1]:
+    if run.fp8 and (quality := fp8_quality(run, dim)) and quality[1]:
         out.append(f"WARNING: FP8 with a {run.warmup_steps}-step warm-up: measured runs at about this size with a "
                    f"warm-up at least as long ended more than {QUALITY_TOLERANCE:.0%} above bf16's validation loss "
-                   f"({quality[0]}); the early steps decide it (benchmarks/NOTES.md 82-83, 101). A longer "
-                   f"--warmup_steps, or --fp8_start_step {run.warmup_steps} (the warm-up in bf16), is the remedy "
-                   "measured.")
+                   f"({quality[0]}); the early steps decide it (benchmarks/NOTES.md 82-83, 101, 104). A longer "
+                   "--warmup_steps is the remedy measured; --fp8_start_step (the first steps in bf16) was not.")
     if run.fp8 and not run.compiled and not run.fp8_emulate:
         out.append("WARNING: FP8 without --compile_model runs SLOWER than BF16 (the float8 casts are not fused); "
                    f"measured: {fp8_eager_factor(run)}. Add --compile_model.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,6 +93,13 @@ class TrainConfig:
     bf16_weight_cache: bool | None = None
     seed: int = 0
 
+    def asked(self, name: str) -> bool:
+        """Whether setting `name` was given: neither its default nor False (what the Trainer records for a run
+        without the delayed layers' weight cache), so an explicit --fp8_grad_margin 0 counts and resumes do not."""
+        value = getattr(self, name)
+        default = next(f.default for f in fields(self) if f.name == name)
+        return value is not None and value is not False and value != default
+
     def validate(self) -> "TrainConfig":
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "eval_interval", "eval_steps",
                      "checkpoint_interval", "keep_checkpoints", "log_interval"):
@@ -165,7 +172,7 @@ class Trainer:
         cfg = cfg.validate()
         fp8, delayed = is_float8_model(model), has_delayed_fp8(model)
         for name, what in DELAYED_ONLY.items():
-            if getattr(cfg, name) and not delayed:
+            if cfg.asked(name) and not delayed:
                 raise UserError(f"--{name} {what}: add --use_fp8 with --fp8_recipe delayed (the default on one GPU), "
                                 "or drop it")
         # "auto" settings resolved for this device and model (as the CLI already did for its runs), so checkpoints
