@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE EIGHTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; two calls of ~9.5 min, the
+# PREPARED IN THE EIGHTEENTH SESSION; RUN AS CALLS 82-83, BOTH TIMED OUT (kind nvidia-h200, one GPU alone; two calls of ~9.5 min, the
 # second started while the machine is warm). NOTES 100, 103.
 # Call 79's max-autotune (every kernel autotuned) did not reach a timed step in 330 s at 1B. Here only the
 # products are autotuned (inductor's max_autotune_gemm: its Triton scaled_mm templates against cuBLAS), into a

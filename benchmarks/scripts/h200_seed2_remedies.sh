@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE EIGHTEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~8.5 min). NOTES 101, 103.
+# PREPARED IN THE EIGHTEENTH SESSION; RUN AS CALL 81 (kind nvidia-h200, one GPU alone; 437 s). NOTES 101, 103, 104.
 # Call 80's seed-2 pair missed the quality bar (+1.90%) with the guide's 10-step warm-up, as seed 1's did (+3.27%,
 # call 62); for seed 1 a 30-step warm-up (-0.44%, -1.17%) and --fp8_start_step 10 (-0.25%) were the remedies
 # (calls 67, 71). The same two at seed 2, with a same-call bf16 run for the warm-up-30 pair (the start-step run
