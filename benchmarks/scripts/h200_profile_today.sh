@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PREPARED IN THE NINETEENTH SESSION, NOT YET RUN (kind nvidia-h200, one GPU alone; ~6-7 min). NOTES 106.
+# Call 84 (twentieth session; kind nvidia-h200, one GPU alone; 344 s). Prepared in the nineteenth (NOTES 106).
 # Today's defaults (the fp8 weight cache, fast accumulation, w1 | w3 as one float8 product; bf16 with its weights
 # cast once a step and float32 weight gradients) at 1B through the trainer, then where one step's time goes.
 # 1. The 1B configuration trained (micro-batch 8 x 2048, 4 micro-batches a step, 15 steps on gutenberg), bf16 and
