@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Call 85 (twentieth session; kind nvidia-h200, one GPU alone; ~8-9 min). NOTES 108.
+# Call 85 (twentieth session; kind nvidia-h200, one GPU alone; 303 s). NOTES 108.
 # Today's code beside stock TorchAO (../shared/reference/anchor_bench.py) in one call, at both of the issue's
 # configurations. The last same-call comparison is call 77's seed bench, before the cast_buffers refactor; at 1B
 # the last one with the reference predates the weight cache, fast accumulation and w1 | w3 as one product.

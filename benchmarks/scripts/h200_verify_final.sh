@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Call 86 (twentieth session; kind nvidia-h200, one GPU alone; ~5-6 min). NOTES 110.
+# Call 86 (twentieth session; kind nvidia-h200, one GPU alone; 179 s). NOTES 110.
 # verify_fp8_compilation.py at today's code: its last GPU run (call 76) predates the cast_buffers refactor and
 # TrainConfig.asked. Limit 330 s, so its closing timing (past 150 s in call 76) can finish too.
 set -u

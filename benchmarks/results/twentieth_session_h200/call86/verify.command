@@ -1,0 +1,1 @@
+python3 verify_fp8_compilation.py
