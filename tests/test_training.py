@@ -316,6 +316,31 @@ def test_auto_compile_mode(fp8, device, distributed, expected):
     assert resolve_compile_mode("max-autotune", fp8, torch.device(device), distributed) == "max-autotune"
 
 
+_NORM_WARNING_SCRIPT = """
+import sys, warnings, torch, torch.nn.functional as F
+from cs336_basics.model.transformer import ModelConfig, Transformer
+from cs336_basics.training.transforms import compile_model
+if sys.argv[1] == "compiled":  # lazy: nothing is traced here
+    compile_model(Transformer(ModelConfig(vocab_size=64, context_length=8, dim=16, n_layers=1, n_heads=2, intermediate_size=32)))
+F.rms_norm(torch.randn(4, 8, dtype=torch.bfloat16), (8,), torch.ones(8), 1e-5)
+warnings.warn("another warning still shows")
+"""
+
+
+@pytest.mark.parametrize("how", ["eager", "compiled"])
+def test_compiling_silences_atens_norm_dtype_warning(how):
+    """A bf16 residual stream meets the float32 norm weight while a block is traced on a GPU; ATen's warning that its
+    own fused norm kernel cannot run is not about a compiled run, so compiling hides it, and only it. Eager CPU raises
+    the same text, once a process: hence a fresh process each."""
+    import subprocess
+    import sys
+
+    err = subprocess.run([sys.executable, "-W", "always", "-c", _NORM_WARNING_SCRIPT, how], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stderr
+    assert ("Mismatch dtype between input and weight" in err) == (how == "eager")
+    assert "another warning still shows" in err
+
+
 def test_cuda_graph_generations_begin_at_every_step_and_evaluation_batch(tmp_path, monkeypatch):
     """With CUDA graphs each step and each evaluation batch starts a new graph generation (the blocks' graphs,
     chained in one forward, would otherwise free each other's outputs in no-grad evaluation)."""
