@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Call 87 (twentieth session; kind nvidia-h200, one GPU alone; ~7-8 min). NOTES 112.
+# Call 87 (twentieth session; kind nvidia-h200, one GPU alone; 469 s). NOTES 112.
 # 1. Call 84's 1B pair again (the same command, seed 0): the second same-code 1B training ratio, for its spread
 #    (the only others: call 84's 1.409x, call 60's 1.422x at older defaults).
 # 2. The seed guide's command at seed 0 with a 30-step warm-up, bf16 then fp8: the warm-up-30 quality pairs cover
