@@ -2,6 +2,8 @@ import gc
 import json
 import math
 import re
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.training.trainer import TrainConfig, Trainer
+from conftest import ROOT
 
 
 def train(argv, capsys=None) -> int:
@@ -332,11 +335,8 @@ def test_compiling_silences_atens_norm_dtype_warning(how):
     """A bf16 residual stream meets the float32 norm weight while a block is traced on a GPU; ATen's warning that its
     own fused norm kernel cannot run is not about a compiled run, so compiling hides it, and only it. Eager CPU raises
     the same text, once a process: hence a fresh process each."""
-    import subprocess
-    import sys
-
     err = subprocess.run([sys.executable, "-W", "always", "-c", _NORM_WARNING_SCRIPT, how], capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stderr
+                         text=True, check=True, cwd=ROOT, timeout=120).stderr
     assert ("Mismatch dtype between input and weight" in err) == (how == "eager")
     assert "another warning still shows" in err
 
