@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default otherwise)")
     s.add_argument("--tune_kernels", action=yes_no,
                    help="with --compile_model on a GPU: inductor tunes each Triton kernel's block sizes (coordinate "
-                        "descent) and tiles the fp8 casts in 2-D; measured 2.4-3.8%% faster fp8 steps at the seed size "
-                        "(bf16 0.5%%) for 35-90 s more compilation (benchmarks/NOTES.md 34, 36)")
+                        "descent) and tiles pointwise kernels in 2-D; with today's defaults at the seed size: fp8 "
+                        "steps 0.9-1.5%% faster, bf16 -0.1 to +0.6%%, for 60-100 s more compilation (benchmarks/NOTES.md "
+                        "116, 118)")
     s.add_argument("--residual_dtype", metavar="auto|fp32|bf16",
                    help="the residual stream's dtype while training (default auto: bf16 on a GPU, float32 on CPU); "
                         "bf16 measured 2-4%% faster steps in both precisions than fp32, validation within 0.5%% at the "

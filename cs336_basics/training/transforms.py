@@ -16,8 +16,10 @@ from cs336_basics.model.transformer import Transformer
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each compiled graph as a CUDA graph
 # --tune_kernels: inductor searches each Triton kernel's block sizes by coordinate descent, and tiles pointwise
-# kernels over both dimensions (the fp8 casts that write transposed copies). Measured on one H200 at the seed
-# size: fp8 steps 2.4-3.8% faster, bf16 0.5%, for 35-90 s more compilation (benchmarks/NOTES.md 34, 36).
+# kernels over both dimensions (inductor's fp8 casts, with --fp8_kernel_casts none, write transposed copies).
+# Measured on one H200 at the seed size with today's defaults, whose SwiGLU and casts are our Triton kernels: fp8
+# steps 0.9-1.5% faster, bf16 -0.1 to +0.6%, for 60-100 s more compilation (benchmarks/NOTES.md 116, 118; before
+# those kernels, 2.4-3.8% fp8: note 36).
 TUNED_KERNELS = {"coordinate_descent_tuning": True, "triton.prefer_nd_tiling": True}
 # The residual stream's dtype while training. "auto": bf16 wherever training runs under bf16 autocast (CUDA),
 # float32 elsewhere. Measured on one H200 (benchmarks/NOTES.md 49, 55): bf16 steps 2-4% faster in both precisions
