@@ -78,7 +78,8 @@ def compile_model(model: Transformer, mode: str = "default", tune_kernels: bool 
     how = {"options": torch._inductor.list_mode_options(mode) | TUNED_KERNELS} if tune_kernels else {"mode": mode}
     # Tracing a block on a GPU runs F.rms_norm on fake tensors: the bf16 residual stream meets the float32 norm
     # weight, and ATen warns that its own fused norm kernel cannot run. Compiled, inductor writes the norm as a
-    # Triton kernel of its own (fp8 runs fuse their cast into it), so the warning says nothing true about the run.
+    # Triton kernel of its own (with --fp8_kernel_casts none an fp8 run fuses its cast into it; by default our cast
+    # kernel reads its output), so the warning says nothing true about the run.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
     for block in model.layers:
         block.compile(fullgraph=True, **how)
