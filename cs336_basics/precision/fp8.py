@@ -3,7 +3,7 @@
 TorchAO converts the blocks' layers; the output head is not a TorchAO layer: with `head=True` (the default
 of training runs) it runs with its loss in float8 through our own `fp8_head.Float8OutputHead` (an exact
 static scale for the logit gradient), otherwise it stays in bf16. Layers whose dimensions are not multiples
-of 16 cannot use the fp8 matrix units, and with `--fp8_filter auto` layers whose measured fp8
+of 16 cannot use the fp8 matrix units, and with `fp8.filter = "auto"` layers whose measured fp8
 forward+backward is not faster than bf16 are kept too.
 """
 
@@ -19,9 +19,9 @@ import torch.nn as nn
 from cs336_basics.errors import UserError
 from cs336_basics.perf.hardware import supports_fp8
 
-TORCHAO_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+from cs336_basics.config import TORCHAO_RECIPES
+
 RECIPES = (*TORCHAO_RECIPES, "delayed")  # delayed: our own layer (fp8_delayed.py), not a TorchAO recipe
-FILTERS = ("all", "auto")
 HEAD_FQN = "output.proj"
 
 # torchao logs a warning at import for each optional CUDA extension it cannot load (always, on CPU), and
@@ -40,9 +40,8 @@ class ConversionReport:
     layer: str = "Float8Linear"  # what the converted layers became: TorchAO's, or our Float8DelayedLinear
     fused_swiglu: int = 0  # SwiGLU blocks whose three layers run as one function (swiglu_fp8.py)
     kernel_casts: str = "none"  # which delayed-layer casts our Triton kernel does (fp8_cast.py)
-    head_kernel: bool = False  # the float8 head's logit gradient by our Triton kernel (head_grad_fp8.py)
     fast_accum: bool = False  # the delayed layers' forward products with cuBLAS's fast accumulation
-    merge_w13: bool = False  # the fused SwiGLUs run w1 and w3 as one product (--fp8_merge_w13)
+    merge_w13: bool = False  # the fused SwiGLUs run w1 and w3 as one product (fp8.merge_w13)
     kernels_checked: str = ""  # where the fused SwiGLU's kernels were checked before training ("16384 tokens x 3584")
 
     @property
@@ -55,18 +54,16 @@ class ConversionReport:
             lines.append(f"  {HEAD_FQN} and its cross-entropy: float8 (e4m3 forward, e5m2 logit gradient, static scale)")
         if self.fused_swiglu:
             lines.append(f"  {self.fused_swiglu} SwiGLU blocks: one function each, SwiGLU and its fp8 casts in one pass "
-                         "(Triton kernels on a GPU; --no-fp8_fused_swiglu: three layers)")
+                         "(Triton kernels on a GPU)")
         if self.merge_w13:
             lines.append("  w1 and w3 of each SwiGLU block: one float8 product each way, one weight scale and one "
-                         "gradient scale for both (--no-fp8_merge_w13: two products)")
+                         "gradient scale for both")
         if self.kernel_casts != "none":
             casts = {"inputs": "the layers' inputs", "grads": "their output gradients", "all": "inputs and output gradients"}
             lines.append(f"  fp8 casts of {casts[self.kernel_casts]}: our Triton kernel, both layouts in one pass "
-                         f"(--fp8_kernel_casts {self.kernel_casts})")
-        if self.head_kernel:
-            lines.append("  the head's logit gradient: our Triton kernel, both layouts in one pass (--fp8_head_kernel)")
+                         f"(fp8.kernel_casts = {self.kernel_casts})")
         if self.fast_accum:
-            lines.append("  the layers' forward products: cuBLAS's fast accumulation on a GPU, as TorchAO's (--fp8_fast_accum)")
+            lines.append("  the layers' forward products: cuBLAS's fast accumulation on a GPU, as TorchAO's")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)
@@ -98,19 +95,17 @@ def check_fp8_device(device: torch.device, emulate: bool) -> None:
         where = f"the {device.type} device"
     raise UserError(
         f"--use_fp8 needs a GPU with float8 tensor cores (compute capability >= 8.9: Ada, Hopper, Blackwell); "
-        f"{where} has none. Drop --use_fp8, or add --fp8_emulate to test the numerics (slow)"
+        f"{where} has none. Drop --use_fp8, or add --set fp8.emulate=true to test the numerics (slow)"
     )
 
 
 def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float] | None,
-                fp8_head: bool = False, bf16_blocks: frozenset[int] = frozenset()) -> str | None:
+                fp8_head: bool = False) -> str | None:
     """Why a linear layer stays in bf16, or None to convert it (the head: to our float8 head, when
     `fp8_head`). `fp8_speedup` (auto filter) maps a block layer's shape to its measured bf16-time / fp8-time
-    for forward+backward; `bf16_blocks`: the indices of blocks kept in bf16 whole."""
+    for forward+backward."""
     if fqn == HEAD_FQN and not fp8_head:
         return "output head"
-    if fqn.startswith("layers.") and int(fqn.split(".")[1]) in bf16_blocks:
-        return "--fp8_bf16_blocks"
     if linear.in_features % 16 or linear.out_features % 16:
         return "dimension not divisible by 16"
     if fp8_speedup is not None and fqn != HEAD_FQN:
@@ -123,11 +118,10 @@ def skip_reason(fqn: str, linear: nn.Linear, fp8_speedup: dict[LayerShape, float
 def convert_model_to_fp8(
     model: nn.Module, recipe: str = "tensorwise", emulate: bool = False,
     fp8_speedup: dict[LayerShape, float] | None = None, fsdp_all_gather: bool = False, head: bool = False,
-    bf16_blocks: frozenset[int] = frozenset(),
 ) -> ConversionReport:
     """Swap the eligible nn.Linear layers of `model` for TorchAO Float8Linear (recipe "delayed": for our
     Float8DelayedLinear), in place; with `head`, the output head (projection + loss) for the float8 one of
-    fp8_head.py when its dimensions allow; the blocks numbered in `bf16_blocks` stay in bf16."""
+    fp8_head.py when its dimensions allow."""
     from torchao.float8 import convert_to_float8_training
 
     from cs336_basics.precision.fp8_delayed import convert_to_delayed_float8
@@ -139,7 +133,7 @@ def convert_model_to_fp8(
     report = ConversionReport(layer="Float8DelayedLinear" if recipe == "delayed" else "Float8Linear")
     for fqn, module in model.named_modules():
         if type(module) is nn.Linear:
-            reason = skip_reason(fqn, module, fp8_speedup, head, bf16_blocks)
+            reason = skip_reason(fqn, module, fp8_speedup, head)
             if reason:
                 report.skipped[fqn] = reason
             elif fqn == HEAD_FQN:

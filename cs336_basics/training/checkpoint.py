@@ -67,6 +67,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model_config" not in state or (not sharded and "model" not in state):
         raise UserError(f"{path} is not a cs336_basics checkpoint (no model state or config inside)")
     state["path"] = str(path)
+    state["run_dir"] = str(path.parent.parent)  # <run>/checkpoints/step_N
     if sharded:
         state["sharded_path"] = str(path)
     return state
@@ -83,3 +84,32 @@ def load_model_weights(path: Path) -> dict[str, Any]:
         load_sharded(Path(state["sharded_path"]), model, optimizer=None)
         state["model"] = model.state_dict()
     return state
+
+
+def config_from_checkpoint(state: dict[str, Any]):  # -> Config
+    """The config a run trained with: its run directory's config.toml, else the one inside the checkpoint, else
+    (checkpoints written before the config existed) rebuilt from their model and training settings."""
+    from cs336_basics.config import Config, Fp8Config, TrainConfig, read_toml
+
+    saved = Path(state.get("run_dir", "")) / "config.toml"
+    if "run_dir" in state and saved.is_file():
+        return Config.from_dict(read_toml(saved), where=f"{saved}: ")
+    if "config" in state:
+        return Config.from_dict(state["config"])
+    train_fields = {f for f in TrainConfig.__dataclass_fields__}
+    train = {k: v for k, v in state.get("train_config", {}).items() if k in train_fields and v is not None}
+    train.setdefault("residual_dtype", "fp32")  # checkpoints from before that setting trained with float32
+    fp8 = {"enabled": bool(state.get("fp8"))}
+    for old, new in (("fp8_recipe", "recipe"), ("fp8_head", "head"), ("fp8_fused_swiglu", "fused_swiglu"),
+                     ("fp8_kernel_casts", "kernel_casts"), ("fp8_fast_accum", "fast_accum"), ("fp8_merge_w13", "merge_w13")):
+        if state.get(old) is not None:
+            fp8[new] = state[old]
+    for old, new in (("fp8_weight_cache", "weight_cache"), ("fp8_margin", "margin")):
+        if state.get("train_config", {}).get(old) is not None:
+            fp8[new] = state["train_config"][old]
+    if not fp8["enabled"]:
+        fp8 = {"enabled": False}
+    data = {"train_data": list(state.get("train_data") or [])}
+    if state.get("val_data"):
+        data["val_data"] = state["val_data"]
+    return Config.from_dict({"model": state["model_config"], "train": train, "fp8": fp8, "data": data})

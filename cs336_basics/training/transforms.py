@@ -1,7 +1,7 @@
-"""Transformations of a built model that the Trainer applies, in this order: the residual stream's dtype,
-activation checkpointing per block, then torch.compile per block and of the output head + loss (so a 24-layer
-model compiles one block graph, reused 24 times, in seconds). All act in place and keep the state-dict keys of
-the plain model."""
+"""Transformations of a built model, applied by training/prepare.py in this order: the residual stream's
+dtype, activation checkpointing per block, then torch.compile per block and of the output head + loss (so a
+24-layer model compiles one block graph, reused 24 times, in seconds). All act in place and keep the
+state-dict keys of the plain model."""
 
 from __future__ import annotations
 
@@ -13,24 +13,16 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import Transformer
 
-COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each compiled graph as a CUDA graph
-# --tune_kernels: inductor searches each Triton kernel's block sizes by coordinate descent, and tiles pointwise
-# kernels over both dimensions (inductor's fp8 casts, with --fp8_kernel_casts none, write transposed copies).
-# Measured on one H200 at the seed size with today's defaults, whose SwiGLU and casts are our Triton kernels: fp8
-# steps 0.9-1.5% faster, bf16 -0.1 to +0.6%, for 60-100 s more compilation (benchmarks/NOTES.md 116, 118; before
-# those kernels, 2.4-3.8% fp8: note 36).
+# train.tune_kernels: inductor searches each Triton kernel's block sizes by coordinate descent, and tiles
+# pointwise kernels over both dimensions. A small gain for much longer compilation (docs/log.md), so opt-in.
 TUNED_KERNELS = {"coordinate_descent_tuning": True, "triton.prefer_nd_tiling": True}
-# The residual stream's dtype while training. "auto": bf16 wherever training runs under bf16 autocast (CUDA),
-# float32 elsewhere. Measured on one H200 (benchmarks/NOTES.md 49, 55): bf16 steps 2-4% faster in both precisions
-# at the seed and 1B sizes; validation within 0.5% of the float32 stream's after 120-200 steps.
-RESIDUAL_DTYPES = ("auto", "fp32", "bf16")
 
 
 def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed: bool) -> str:
     """The torch.compile mode a run uses. "auto": CUDA graphs ("reduce-overhead") for float8 on one GPU, whose
-    ~2,500 kernel launches a step make the host the bottleneck at small widths (benchmarks/NOTES.md 25-26, 28-29);
-    "default" otherwise: bf16 steps are GPU-bound and gain nothing, and CUDA graphs have not run under FSDP here."""
+    thousands of small kernel launches a step make the host the bottleneck at small widths; "default"
+    otherwise: bf16 steps are GPU-bound and gain nothing, and CUDA graphs are not used under FSDP."""
     if mode != "auto":
         return mode
     return "reduce-overhead" if fp8 and device.type == "cuda" and not distributed else "default"
@@ -55,10 +47,10 @@ def resolve_residual_dtype(dtype: str, device: torch.device, distributed: bool, 
     if distributed and device.type == "cuda":
         if dtype == "fp32" and asked:
             raise UserError("under torchrun FSDP computes with bf16 parameters and casts every block's input to bf16, "
-                            "so the residual stream is bf16: drop --residual_dtype fp32")
+                            "so the residual stream is bf16: drop train.residual_dtype=fp32")
         return "bf16"
     if dtype == "bf16" and device.type != "cuda":
-        raise UserError(f"--residual_dtype bf16 needs bf16 autocast, which training uses on CUDA GPUs only (device: {device})")
+        raise UserError(f"train.residual_dtype bf16 needs bf16 autocast, which training uses on CUDA GPUs only (device: {device})")
     return dtype
 
 
@@ -70,7 +62,7 @@ def apply_activation_checkpointing(model: Transformer) -> None:
 
 def check_tune_kernels(device: torch.device) -> None:
     if device.type != "cuda":
-        raise UserError(f"--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: {device})")
+        raise UserError(f"train.tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: {device})")
 
 
 def compile_model(model: Transformer, mode: str = "default", tune_kernels: bool = False) -> None:
@@ -78,8 +70,7 @@ def compile_model(model: Transformer, mode: str = "default", tune_kernels: bool 
     how = {"options": torch._inductor.list_mode_options(mode) | TUNED_KERNELS} if tune_kernels else {"mode": mode}
     # Tracing a block on a GPU runs F.rms_norm on fake tensors: the bf16 residual stream meets the float32 norm
     # weight, and ATen warns that its own fused norm kernel cannot run. Compiled, inductor writes the norm as a
-    # Triton kernel of its own (with --fp8_kernel_casts none an fp8 run fuses its cast into it; by default our cast
-    # kernel reads its output), so the warning says nothing true about the run.
+    # Triton kernel of its own, so the warning says nothing true about the run.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
     for block in model.layers:
         block.compile(fullgraph=True, **how)

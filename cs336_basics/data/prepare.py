@@ -1,0 +1,97 @@
+"""From a run's data settings to token arrays: the text files (or the default corpus), the tokenizer (given,
+the run's own on resume, or trained once and cached), and the cached token files; the validation split."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from cs336_basics.config import DataConfig
+from cs336_basics.data.batches import check_length
+from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks, write_default_corpus
+from cs336_basics.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
+from cs336_basics.data.tokens import encode_files
+from cs336_basics.errors import UserError
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    info: dict[str, Any]  # what a checkpoint records of the data: files and the tokenizer's fingerprint
+
+
+def prepare_tokenizer(data: DataConfig, train_paths: list[Path], vocab_size: int, out_dir: Path,
+                      resumed_fingerprint: str | None) -> Tokenizer:
+    """The given tokenizer, the run's own on resume, or one trained on the training data (cached by its inputs);
+    saved into the run directory."""
+    saved = out_dir / "tokenizer.json"
+    cache_dir = Path(data.cache_dir)
+    if data.tokenizer:
+        tokenizer = load_tokenizer(Path(data.tokenizer))
+    elif resumed_fingerprint is not None:
+        if not saved.exists():
+            raise UserError(f"{saved} is missing; the run cannot be resumed without its tokenizer")
+        tokenizer = load_tokenizer(saved)
+    else:
+        key = "|".join(file_key(p) for p in train_paths) + f"|{vocab_size}"
+        cached = cache_dir / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        if cached.exists():
+            tokenizer = load_tokenizer(cached)
+        else:
+            print(f"training a {vocab_size}-token byte-level BPE tokenizer on {', '.join(map(str, train_paths))}")
+            chunks = (chunk for p in train_paths for chunk in iter_chunks(p))
+            tokenizer = train_tokenizer(chunks, vocab_size)
+            save_tokenizer(tokenizer, cached)
+    if resumed_fingerprint is not None and tokenizer_fingerprint(tokenizer) != resumed_fingerprint:
+        raise UserError("this tokenizer is not the one the checkpoint was trained with; resume with the run's own "
+                        f"{saved} (drop --tokenizer)")
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab_size is "
+                        f"{vocab_size}; raise --vocab_size or use a smaller tokenizer")
+    if not saved.exists():
+        save_tokenizer(tokenizer, saved)
+    return tokenizer
+
+
+def prepare_data(data: DataConfig, vocab_size: int, context_length: int, out_dir: Path,
+                 resumed_fingerprint: str | None = None) -> PreparedData:
+    cache_dir = Path(data.cache_dir)
+    if not data.train_data:
+        default_train, default_val = write_default_corpus(cache_dir / "default_corpus")
+        train_paths, val_path = [default_train], default_val
+        print(f"data: CPython's bundled documentation topics (pydoc_data.topics), written to {train_paths[0].parent}")
+    else:
+        train_paths, val_path = [Path(p) for p in data.train_data], Path(data.val_data) if data.val_data else None
+    for p in train_paths + ([val_path] if val_path else []):
+        check_text_file(p)
+    tokenizer = prepare_tokenizer(data, train_paths, vocab_size, out_dir, resumed_fingerprint)
+    train_file = encode_files(train_paths, tokenizer, cache_dir, "train")
+    if val_path is not None:
+        val_file = encode_files([val_path], tokenizer, cache_dir, "val")
+        train_tokens, val_tokens = train_file.tokens, val_file.tokens
+        max_id = max(train_file.max_id, val_file.max_id)
+    else:  # hold out the tail of the training tokens; training never samples it
+        check_length(train_file.tokens, context_length, "the training data")
+        n_val = max(context_length + 1, len(train_file.tokens) // 50)
+        if len(train_file.tokens) - n_val < context_length + 1:
+            raise UserError(f"the training data has {len(train_file.tokens):,} tokens, too few to hold out a validation "
+                            f"window of {n_val} and still train on one; pass --val_data or more text")
+        train_tokens, val_tokens = train_file.tokens[:-n_val], train_file.tokens[-n_val:]
+        max_id = train_file.max_id
+    if max_id >= vocab_size:
+        raise UserError(f"token file {train_file.path} holds id {max_id} >= the model's vocab_size {vocab_size}; "
+                        f"raise --vocab_size or re-encode with the run's tokenizer")
+    check_length(train_tokens, context_length, "the training data")
+    check_length(val_tokens, context_length, "the validation data")
+    print(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} validation tokens "
+          f"(vocabulary {tokenizer.get_vocab_size():,})")
+    info = {"train_data": [str(p) for p in train_paths], "val_data": str(val_path) if val_path else None,
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
+    return PreparedData(tokenizer, train_tokens, val_tokens, info)
