@@ -1,7 +1,7 @@
 """The blocks' forward float8 products with and without cuBLAS's fast accumulation (--fp8_fast_accum), next to
 bf16's, at the seed and 1B shapes, on one GPU.
 
-    python benchmarks/gemm_fast_accum.py --out $OUT/gemm_fast_accum.json
+    python benchmarks/gemm_fast_accum.py --out gemm_fast_accum.json
 
 For each forward product of a block (qkv, out, w1 and w3, w2) at M = 16,384 tokens: the median time of
 torch.mm in bf16 and of torch._scaled_mm in e4m3 without and with use_fast_accum (each replayed from a CUDA

@@ -1,14 +1,14 @@
 """Every float8 product of a block's linear layers, as the delayed recipe runs them, at the seed and 1B shapes:
 which products fall short of the fp8 peak, and what computing w1 and w3 as one product would save.
 
-    python benchmarks/gemm_products.py --out $OUT/gemm_products.json
+    python benchmarks/gemm_products.py --out gemm_products.json
 
 For each layer (qkv, out, w1 = w3, w2) at M = 16,384 tokens, the three products of a training step in the
 layouts fp8_delayed.py / swiglu_fp8.py use: forward x8 (M, K) @ w8.T (fast accumulation, bf16 out), input
 gradient g8 (M, N) e5m2 @ w8 column-major (bf16 out), weight gradient g8.T (N, M) @ x8 column-major (float32
 out, the master weights' dtype); the weight gradient also as its transposed problem x8.T (K, M) @ g8 (another
 cuBLAS kernel, a transposed output); bf16's products of the same shapes for reference (its weight gradient also
-written in float32 by cuBLAS itself, where autocast converts a bf16 one: NOTES 81). Then w1 and w3 as one
+written in float32 by cuBLAS itself, where autocast converts a bf16 one). Then w1 and w3 as one
 product each way (N = 2F forward, a 2F-long sum for the input gradient, 2F rows of weight gradient), which
 needs one scale for both weights and both output gradients. Median microseconds from CUDA-graph replays
 (kernel_swiglu_fp8.time_us), TFLOP/s, and per-step sums (the blocks' products of one micro-batch).
@@ -55,7 +55,7 @@ def products(m: int, k: int, n: int, iters: int) -> dict[str, float]:
         "bf16 input gradient": time_us(lambda: g @ w, iters),
         "bf16 weight gradient": time_us(lambda: (g.t() @ x).to(wf.dtype), iters),
     }
-    try:  # float32 straight out of cuBLAS, as fp8's weight gradients are (NOTES 81); aten::mm.dtype, CUDA only
+    try:  # float32 straight out of cuBLAS, as fp8's weight gradients are; aten::mm.dtype, CUDA only
         timed["bf16 weight gradient, float32 out"] = time_us(lambda: torch.mm(g.t(), x, out_dtype=torch.float32), iters)
     except (RuntimeError, TypeError) as e:
         print(f"  torch.mm(out_dtype=float32) unavailable: {str(e).splitlines()[0][:160]}")

@@ -1,15 +1,15 @@
 """Our fp8 Triton kernels (SwiGLU's forward and backward with their casts; a cast alone) against inductor's
-code for the same computations, on one GPU.
+code for the same computations, on one GPU: each checked against its PyTorch reference, then timed.
 
-    python benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json        # seed shapes: 16 x 1024 tokens, 3584 wide
+    python benchmarks/kernel_swiglu_fp8.py --out swiglu_fp8.json             # seed shapes: 16 x 1024 tokens, 3584 wide
     python benchmarks/kernel_swiglu_fp8.py --M 16384 --N 5632 --D 2048 --extra_configs 128x256w8,256x128w8
 
 --extra_configs adds tiles (BLOCK_M x BLOCK_N, warps) to the SwiGLU kernels' checked and timed ones, to try before
 CONFIGS takes them (the autotuner picks among CONFIGS only). A persistent, pipelined SwiGLU backward and
-TMA-store forms of both SwiGLU kernels were checked and timed here too and were slower or wrong (NOTES 96, 98;
-their code and `--variants` are in git at db7c10c). The SwiGLU kernels are also checked and timed in the layout
-of w1 | w3 as one product (h1, h3 the halves of one (M, 2N) product; the gradients into the halves of (M, 2N)
-arrays), training's default.
+TMA-store forms of both SwiGLU kernels were checked and timed here too and were slower or wrong (docs/log.md,
+2026-11-29; their code and `--variants` are in git at db7c10c). The SwiGLU kernels are also checked and timed in
+the layout of w1 | w3 as one product (h1, h3 the halves of one (M, 2N) product; the gradients into the halves of
+(M, 2N) arrays), training's default.
 
 Checks each kernel against its PyTorch reference on fresh random inputs, in range and saturating, for every
 tile shape and for the autotuner's choice (fp8 outputs in both layouts within one step of their format, at
@@ -37,7 +37,6 @@ from cs336_basics.cli import run_main  # noqa: E402
 from cs336_basics.errors import UserError  # noqa: E402
 from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
 from cs336_basics.precision.fp8_cast import CONFIGS, cast_both, cast_both_reference, kernels, steps_apart  # noqa: E402
-from cs336_basics.precision.head_grad_fp8 import head_grad_fp8, head_grad_fp8_reference  # noqa: E402
 from cs336_basics.precision.swiglu_fp8 import (random_inputs, split_halves, swiglu_backward,  # noqa: E402
                                                swiglu_backward_fp8, swiglu_backward_fp8_merged,
                                                swiglu_backward_fp8_merged_reference, swiglu_backward_fp8_reference,
@@ -79,8 +78,8 @@ def compare(got: list[torch.Tensor], want: list[torch.Tensor], got_amax: torch.T
 
 def time_us(fn: Callable[[], object], iters: int) -> float:
     """Median GPU microseconds of one call of fn, replayed from a CUDA graph as the training step runs it, so
-    no host time counts (calls 32-33 timed each call between events, which for the autotuned kernel also
-    counted the autotuner's host work: 134 us for a forward that takes ~100 us in the training step, call 35)."""
+    no host time counts (events around each call would also count the autotuner's host work: 134 us for a
+    forward that takes ~100 us in the training step)."""
     for _ in range(3):  # compiles, autotunes
         fn()
     torch.cuda.synchronize()
@@ -116,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--M", type=int, default=16 * 1024, help="tokens (rows)")
     p.add_argument("--N", type=int, default=3584, help="SwiGLU width")
     p.add_argument("--D", type=int, default=896, help="model width (the casts of a layer's input or output gradient)")
-    p.add_argument("--V", type=int, default=50304, help="vocabulary (the head's logit gradient)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--extra_configs", type=tiles, default=(), help="more tiles to check and time, e.g. 128x256w8")
     p.add_argument("--out", type=Path)
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seed, headroom in (("in range", 3, 1.0), ("saturating", 4, 4.0)):  # the cast alone (fp8_cast.py)
         for e5m2, dtype in ((False, torch.bfloat16), (False, torch.float32), (True, torch.bfloat16)):
             # a gradient's (bf16) or an activation's magnitudes; activations come in float32 too (RMSNorm's output
-            # of the float32 residual stream), which the bf16-only check of call 36 missed (NOTES 42)
+            # of the float32 residual stream), where Triton once miscompiled the transposed copy (docs/log.md)
             x = (random_inputs(M, D, "cuda", seed)[0 if e5m2 else 1] if dtype == torch.bfloat16 else
                  torch.randn(M, D, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)) * 2.0)
             s = (E5M2_MAX if e5m2 else E4M3_MAX) / x.float().abs().max() * headroom
@@ -154,17 +152,6 @@ def main(argv: list[str] | None = None) -> int:
             for config in (*CONFIGS, None):  # --extra_configs are for the SwiGLU kernels
                 check(f"cast {'e5m2' if e5m2 else 'e4m3'} {str(dtype)[6:]} {name} {label(config)}",
                       lambda: cast_both(x, s, e5m2, config), want, checks)
-    # the float8 head's logit gradient (head_grad_fp8.py) at M tokens x V, against its reference (no amax: a 1
-    # stands in on both sides)
-    g = torch.Generator(device="cuda").manual_seed(6)
-    logits = (torch.randn(M, args.V, device="cuda", generator=g) * 3).bfloat16()
-    lse = torch.logsumexp(logits.float(), dim=-1)
-    targets = torch.randint(0, args.V, (M,), device="cuda", generator=g)
-    unit = torch.ones((), device="cuda")
-    want = (*head_grad_fp8_reference(logits, lse, targets), unit)
-    for config in (*CONFIGS, None):
-        check(f"head gradient {label(config)}", lambda: (*head_grad_fp8(logits, lse, targets, config), unit), want, checks)
-    del want
     dg, h1, h3 = random_inputs(M, N, "cuda", 2)
     s = torch.tensor(E4M3_MAX / 8.0, device="cuda")
     s1 = s3 = torch.tensor(E5M2_MAX / 4e-3, device="cuda")
@@ -202,12 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ("e5m2", True, x, cast_bytes)):
         timed(f"cast {kind} triton autotuned", lambda: cast_both(xx, s, e5m2), nbytes)
         timed(f"cast {kind} inductor: compiled reference", lambda: compiled["cast"](xx, s, e5m2), nbytes)
-    head_bytes = M * args.V * (2 + 2)  # bf16 logits in; e5m2 and its transpose out
-    compiled["head"] = torch.compile(head_grad_fp8_reference)
-    timed("head gradient triton autotuned", lambda: head_grad_fp8(logits, lse, targets), head_bytes)
-    timed("head gradient inductor: compiled reference", lambda: compiled["head"](logits, lse, targets), head_bytes)
     rows = [dict(name=name, us=round(us, 1), gb_per_s=round(nbytes / us / 1e3)) for name, (us, nbytes) in timings.items()]
-    chosen = {k: str(kernels()[f"{k} tuned"].best_config) for k in ("swiglu_forward", "swiglu_backward", "cast", "head_grad")}
+    chosen = {k: str(kernels()[f"{k} tuned"].best_config) for k in ("swiglu_forward", "swiglu_backward", "cast")}
     print(f"the autotuner chose: {chosen}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def main(out: str, *runs: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     names = [Path(run).name for run in runs]
-    if len(set(names)) < len(names):  # runs of several calls: name each by its call's folder too
+    if len(set(names)) < len(names):  # runs from several jobs: name each by its parent folder too
         names = [f"{Path(run).parent.name}/{Path(run).name}" for run in runs]
     for run, name, color in zip(runs, names, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]

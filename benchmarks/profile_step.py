@@ -1,8 +1,16 @@
 """Where one training step's time goes: torch.profiler over a few steps of our Trainer, kernels grouped by
-name, the top rows printed and a Chrome trace written. For issue 5's time breakdown.
+what they do (matmul, attention, our fp8 kernels, inductor's reductions and pointwise kernels, optimizer, copies,
+communication), the busiest kernels and the GPU's idle time by gap length.
 
-    python benchmarks/profile_step.py --preset seed --precision fp8-tensorwise --out $OUT/profile
-    torchrun --nproc_per_node 2 benchmarks/profile_step.py --preset seed --out $OUT/profile-2gpu   # FSDP2; rank 0's trace
+    python benchmarks/profile_step.py --preset seed --precision fp8-delayed --out profile-seed-fp8
+    python benchmarks/profile_step.py --preset 1b --batch_size 8 --precision bf16 --out profile-1b-bf16
+    torchrun --nproc_per_node 2 benchmarks/profile_step.py --preset seed --out profile-seed-2gpu   # FSDP2; rank 0's trace
+
+Three untimed steps first (compilation), then --steps profiled steps of one micro-batch each, so the optimizer
+counts once per micro-batch (training with accumulation runs it once per step). Writes OUT/top_ops.txt (the
+profiler's table), OUT/trace.json (a Chrome trace: large), OUT/breakdown.json (ms per step by category, every
+kernel, the longest gaps) and OUT/spec.json (what ran), and prints the breakdown.
+benchmarks/reports/2026-11-29-h200-step-profile.md is made of four of these.
 """
 
 import argparse

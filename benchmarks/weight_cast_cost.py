@@ -1,8 +1,8 @@
 """What bf16 training pays each micro-batch to cast its float32 weights to bf16 (autocast), at the seed and 1B
 shapes, on one GPU: the size of the advantage the fp8 path's weight cache (cast once per optimizer step) has
-and our bf16 path lacks (benchmarks/NOTES.md 71).
+and a plain bf16 path lacks.
 
-    python benchmarks/weight_cast_cost.py --out $OUT/weight_cast_cost.json
+    python benchmarks/weight_cast_cost.py --out weight_cast_cost.json
 
 For each model: one block's linear weights (qkv, out, w1, w3, w2) cast by a compiled function, as each compiled block
 casts them, times the layers, plus the output head's weight; each replayed from a CUDA graph. Then what casting
