@@ -2,21 +2,24 @@
 what they do (matmul, attention, our fp8 kernels, inductor's reductions and pointwise kernels, optimizer, copies,
 communication), the busiest kernels and the GPU's idle time by gap length.
 
-    python benchmarks/profile_step.py --preset seed --precision fp8-delayed --out profile-seed-fp8
-    python benchmarks/profile_step.py --preset 1b --batch_size 8 --precision bf16 --out profile-1b-bf16
-    torchrun --nproc_per_node 2 benchmarks/profile_step.py --preset seed --out profile-seed-2gpu   # FSDP2; rank 0's trace
+    python benchmarks/profile_step.py --config seed --precision fp8 --out profile-seed-fp8
+    python benchmarks/profile_step.py --config 1b --precision bf16 --out profile-1b-bf16
+    python benchmarks/profile_step.py --config seed --precision fp8 --set fp8.recipe=tensorwise --out profile-tw
+    torchrun --nproc_per_node 2 benchmarks/profile_step.py --config seed --out profile-seed-2gpu   # FSDP2; rank 0's
+    python benchmarks/profile_step.py --config tiny --steps 1 --out /tmp/profile-cpu                 # CPU: no kernels
 
-Three untimed steps first (compilation), then --steps profiled steps of one micro-batch each, so the optimizer
-counts once per micro-batch (training with accumulation runs it once per step). Writes OUT/top_ops.txt (the
-profiler's table), OUT/trace.json (a Chrome trace: large), OUT/breakdown.json (ms per step by category, every
-kernel, the longest gaps) and OUT/spec.json (what ran), and prints the breakdown.
+--config is a recipe (configs/<name>.toml, or a .toml file) and --set SECTION.FIELD=VALUE changes any setting of
+it, as for training; the step runs one micro-batch of --batch_size (default: the recipe's) on random tokens.
+Three untimed steps first (compilation), then --steps profiled steps, so the optimizer counts once per
+micro-batch (training with accumulation runs it once per step). Writes OUT/top_ops.txt (the profiler's table),
+OUT/trace.json (a Chrome trace: large), OUT/breakdown.json (ms per step by category, every kernel, the longest
+gaps) and OUT/config.toml (what ran), and prints the breakdown.
 benchmarks/reports/2026-11-29-h200-step-profile.md is made of four of these.
 """
 
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,54 +27,48 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cs336_basics.model.transformer import PRESETS  # noqa: E402
-from cs336_basics.perf.bench_run import BenchSpec  # noqa: E402
 from cs336_basics.training.attention import attention_kernels  # noqa: E402
 
 
 def main() -> None:
+    cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="seed" if torch.cuda.is_available() else "test", choices=sorted(PRESETS))
-    p.add_argument("--batch_size", type=int, default=16 if torch.cuda.is_available() else 4)
-    p.add_argument("--precision", default="bf16", help="bf16 or fp8-<recipe>")
-    p.add_argument("--eager", action="store_true")
-    p.add_argument("--compile_mode", default="auto", help="as train_h100.py's (auto: CUDA graphs for fp8 on one GPU)")
-    p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's")
-    p.add_argument("--kernel_casts", default="auto", choices=("auto", "none", "inputs", "grads", "all"),
-                   help="as train_h100.py's --fp8_kernel_casts (auto: all with fp8-delayed)")
-    p.add_argument("--residual_dtype", default="auto", help="as train_h100.py's (auto, fp32 or bf16)")
-    p.add_argument("--fp8_weight_cache", action=argparse.BooleanOptionalAction, help="as train_h100.py's")
-    p.add_argument("--fp8_fast_accum", action=argparse.BooleanOptionalAction, help="as train_h100.py's")
-    p.add_argument("--inductor", default="", metavar="KEY=VALUE,...", help="as optimize_performance.py's")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--config", default="seed" if cuda else "tiny", help="a recipe name (configs/) or .toml file")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp8"), help="fp8: the recipe's [fp8] settings")
+    p.add_argument("--batch_size", type=int, help="micro-batch size (default: the recipe's)")
+    p.add_argument("--eager", action="store_true", help="no torch.compile")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="overrides",
+                   help="change a setting of the recipe, e.g. train.tune_kernels=true (repeatable)")
+    p.add_argument("--steps", type=int, default=3, help="profiled steps")
     p.add_argument("--out", type=Path, default=Path("profile"))
     args = p.parse_args()
-    from cs336_basics.data.batches import RandomWindows
-    from cs336_basics.perf.matrix import parse_inductor
-    from cs336_basics.training.attention import attention_context
-    from cs336_basics.training.distributed import init_distributed, shutdown
-    from cs336_basics.training.setup import build_model
-    from cs336_basics.training.trainer import TrainConfig, Trainer
     import numpy as np
 
-    cuda = torch.cuda.is_available()
+    from cs336_basics.config import load_recipe, parse_override, with_overrides
+    from cs336_basics.data.batches import RandomWindows
+    from cs336_basics.training.attention import attention_context
+    from cs336_basics.training.distributed import init_distributed, shutdown
+    from cs336_basics.training.prepare import prepare_model, resolve_config
+    from cs336_basics.training.trainer import Trainer
+
+    base, recipe_keys = load_recipe(args.config)
+    overrides = {"fp8.enabled": args.precision == "fp8", "train.gradient_accumulation_steps": 1,
+                 "train.compile_model": not args.eager and base.train.compile_model}
+    if args.batch_size:
+        overrides["train.batch_size"] = args.batch_size
+    asked = dict(parse_override(item) for item in args.overrides)
+    config = with_overrides(base, {**overrides, **asked})
     ctx, device = init_distributed(torch.device("cuda" if cuda else "cpu"))
-    spec = BenchSpec(name="profile", model=asdict(PRESETS[args.preset]), batch_size=args.batch_size,
-                     precision=args.precision, compiled=not args.eager, compile_mode=args.compile_mode,
-                     tune_kernels=args.tune_kernels, fp8_kernel_casts=args.kernel_casts, residual_dtype=args.residual_dtype,
-                     fp8_weight_cache=args.fp8_weight_cache, fp8_fast_accum=args.fp8_fast_accum, device=device.type,
-                     inductor=parse_inductor(args.inductor))
-    cfg = PRESETS[args.preset]
-    model, _ = build_model(cfg, device, spec.fp8)
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=1 << 22).astype(np.uint32)
+    config = resolve_config(config, device, ctx.enabled, recipe_keys | frozenset(asked))
+    prepared = prepare_model(config, device, ctx, log=lambda s: None)
+    model_cfg, train = config.model, config.train
+    tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, size=1 << 22).astype(np.uint32)
     args.out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, TrainConfig(batch_size=args.batch_size, compile_model=spec.compiled, gradient_checkpointing=False,
-                                         compile_mode=spec.compile_mode, tune_kernels=spec.tune_kernels, use_flash_attn=True,
-                                         residual_dtype=spec.residual_dtype, fp8_weight_cache=spec.fp8_weight_cache),
-                      RandomWindows(tokens, args.batch_size, cfg.context_length, 0, ctx.rank, ctx.world_size),
-                      tokens[: 4 * cfg.context_length], device, args.out, log=lambda s: None, ctx=ctx)
+    trainer = Trainer(prepared, config, RandomWindows(tokens, train.batch_size, model_cfg.context_length, 0, ctx.rank,
+                                                      ctx.world_size),
+                      tokens[: 4 * model_cfg.context_length], device, args.out, log=lambda s: None, ctx=ctx)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with attention_context(True, "auto"), torch._inductor.config.patch(spec.inductor):
+    with attention_context(train.use_flash_attn, train.fused_attention):
         for _ in range(3):  # compile and warm up outside the trace
             trainer.train_step(3e-4)
         if cuda:
@@ -89,9 +86,9 @@ def main() -> None:
     print(table)
     (args.out / "top_ops.txt").write_text(table)
     prof.export_chrome_trace(str(args.out / "trace.json"))
-    (args.out / "spec.json").write_text(json.dumps({**asdict(spec), "compile_mode": trainer.compile_mode,
-                                                    "residual_dtype": trainer.cfg.residual_dtype,
-                                                    "world_size": ctx.world_size}, indent=1))
+    (args.out / "config.toml").write_text(f"# compile mode {prepared.compile_mode}, residual stream "
+                                          f"{prepared.residual_dtype}, {ctx.world_size} process(es)\n"
+                                          + config.to_toml())
     breakdown = kernel_breakdown(json.loads((args.out / "trace.json").read_text()), args.steps)
     (args.out / "breakdown.json").write_text(json.dumps(breakdown, indent=1))
     print(format_breakdown(breakdown))
