@@ -77,8 +77,8 @@ def compare(got: list[torch.Tensor], want: list[torch.Tensor], got_amax: torch.T
 
 
 def time_us(fn: Callable[[], object], iters: int) -> float:
-    """Median GPU microseconds of one call of fn, replayed from a CUDA graph as the training step runs it, so
-    no host time counts (events around each call would also count the autotuner's host work: 134 us for a
+    """Median GPU microseconds of one run of fn, replayed from a CUDA graph as the training step runs it, so
+    no host time counts (events around each run would also count the autotuner's host work: 134 us for a
     forward that takes ~100 us in the training step)."""
     for _ in range(3):  # compiles, autotunes
         fn()
