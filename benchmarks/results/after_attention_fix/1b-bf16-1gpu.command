@@ -1,1 +1,0 @@
-torchrun --standalone --nproc_per_node 1 train_h100.py --train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt --preset 1b --batch_size 8 --compile_model --use_flash_attn --no_gradient_checkpointing --max_steps 30 --eval_interval 30 --eval_steps 4 --checkpoint_interval 30 --sample_tokens 0 --out_dir /tmp/results/1b-bf16-1gpu

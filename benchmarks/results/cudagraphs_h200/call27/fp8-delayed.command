@@ -1,1 +1,0 @@
-python3 -m cs336_basics.perf.bench_run '{"name": "fp8-delayed", "model": {"vocab_size": 50304, "context_length": 2048, "dim": 2048, "n_layers": 16, "n_heads": 16, "intermediate_size": 5632, "rope_theta": 10000.0, "norm_eps": 1e-05, "tie_embeddings": false}, "batch_size": 8, "steps": 40, "precision": "fp8-delayed", "compile_mode": "default"}'

@@ -1,1 +1,0 @@
-python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --modes bf16-compile,fp8-delayed-compile --compare-reference --out $OUT/bench-seed

@@ -1,1 +1,0 @@
-python3 benchmarks/weight_cast_cost.py --out $OUT/weight_cast_cost.json

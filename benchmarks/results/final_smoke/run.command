@@ -1,1 +1,0 @@
-python3 train_h100.py --dim 896 --n_heads 14 --intermediate_size 3584 --batch_size 16 --gradient_accumulation_steps 8 --use_fp8 --compile_model --use_flash_attn --no_gradient_checkpointing --max_steps 15 --eval_interval 15 --eval_steps 4 --sample_tokens 20 --train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt --out_dir /tmp/smoke

@@ -1,1 +1,0 @@
-python3 benchmarks/gemm_fast_accum.py --out $OUT/gemm.json

@@ -1,1 +1,0 @@
-python3 train_h100.py --train_data ../shared/data/gutenberg/train.txt --val_data ../shared/data/gutenberg/val.txt --max_steps 200 --warmup_steps 20 --eval_interval 50 --eval_steps 10 --checkpoint_interval 200 --log_interval 10 --sample_tokens 0 --seed 0 --compile_model --use_flash_attn --no_gradient_checkpointing --out_dir /tmp/results_b/seed-fp8-delayed --preset seed --use_fp8

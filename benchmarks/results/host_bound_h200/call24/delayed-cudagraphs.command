@@ -1,1 +1,0 @@
-(cd /work/main && python3 -m cs336_basics.perf.bench_run '{"name": "delayed-cudagraphs", "model": {"vocab_size": 50304, "context_length": 1024, "dim": 896, "n_layers": 24, "n_heads": 14, "intermediate_size": 3584, "rope_theta": 10000.0, "norm_eps": 1e-05, "tie_embeddings": false}, "batch_size": 16, "steps": 150, "precision": "fp8-delayed", "compile_mode": "reduce-overhead"}')

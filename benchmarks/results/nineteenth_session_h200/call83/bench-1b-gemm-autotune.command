@@ -1,1 +1,0 @@
-TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_cache_1b_gemm_autotune python3 optimize_performance.py --preset 1b --steps 15 --no_layers --timeout 540 --inductor max_autotune_gemm=True --modes fp8-delayed-compile --out $OUT/bench-1b-gemm-autotune

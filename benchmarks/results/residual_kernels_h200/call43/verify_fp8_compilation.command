@@ -1,1 +1,0 @@
-python3 verify_fp8_compilation.py

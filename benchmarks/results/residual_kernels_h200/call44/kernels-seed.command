@@ -1,1 +1,0 @@
-python3 benchmarks/kernel_swiglu_fp8.py --M 16384 --N 3584 --D 896 --V 50304 --out $OUT/kernels-seed.json

@@ -1,1 +1,0 @@
-python3 benchmarks/gemm_products.py --out $OUT/gemm_products.json

@@ -1,1 +1,0 @@
-python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --compare-reference --modes bf16-compile,fp8-delayed-compile,fp8-delayed-compile-swiglu --out $OUT/bench

@@ -1,1 +1,0 @@
-python3 benchmarks/kernel_swiglu_fp8.py --out $OUT/swiglu_fp8.json

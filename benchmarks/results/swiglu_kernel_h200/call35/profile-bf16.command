@@ -1,1 +1,0 @@
-python3 benchmarks/profile_step.py --preset seed --precision bf16 --out $OUT/profile-bf16

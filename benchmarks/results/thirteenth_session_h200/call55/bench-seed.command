@@ -1,1 +1,0 @@
-python3 optimize_performance.py --preset seed --steps 30 --timeout 150 --no_layers --modes bf16-compile,fp8-delayed-compile,fp8-delayed-compile-castinputs,fp8-delayed-compile-castgrads,fp8-delayed-compile-castall,fp8-delayed-compile-castall-headkernel --out $OUT/bench-seed

@@ -1,1 +1,0 @@
-python3 optimize_performance.py --preset 1b --steps 15 --timeout 200 --no_layers --modes bf16-compile,fp8-delayed-compile --inductor 'triton.multi_kernel=2' --out $OUT/1b-persistent

@@ -1,1 +1,0 @@
-python3 optimize_performance.py --preset seed --steps 30 --timeout 240 --tune_kernels --no_layers --modes bf16-compile,fp8-delayed-compile --out $OUT/bench-seed-tuned
