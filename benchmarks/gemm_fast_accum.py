@@ -18,11 +18,23 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cs336_basics.precision.fp8_head import to_fp8  # noqa: E402
 from kernel_swiglu_fp8 import time_us  # noqa: E402
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+E4M3_MAX, E5M2_MAX = torch.finfo(E4M3).max, torch.finfo(E5M2).max
+
+
+def cast_to(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, max_value: float) -> torch.Tensor:
+    """x * scale in float8, saturating."""
+    return (x.float() * scale).clamp(-max_value, max_value).to(dtype)
+
+
+def to_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic tensorwise e4m3 cast: (x * scale in float8, 1 / scale), scale = 448 / amax(x)."""
+    scale = E4M3_MAX / x.detach().abs().amax().float().clamp(min=1e-12)
+    return cast_to(x, scale, E4M3, E4M3_MAX), scale.reciprocal()
 
 # (name, dim, SwiGLU width, layers): the forward products of one block, with how many of each a block runs.
 MODELS = (("seed", 896, 3584, 24), ("1b", 2048, 5632, 16))

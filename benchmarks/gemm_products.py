@@ -23,12 +23,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cs336_basics.precision.fp8_head import E5M2, E5M2_MAX, cast_to, column_major, to_fp8  # noqa: E402
-from gemm_fast_accum import MODELS, block_products  # noqa: E402  (the models, and a block's layers by shape)
+# the models, a block's layers by shape, and the float8 casts
+from gemm_fast_accum import E5M2, E5M2_MAX, MODELS, block_products, cast_to, to_fp8  # noqa: E402
 from kernel_swiglu_fp8 import time_us  # noqa: E402
+
+
+def column_major(t: torch.Tensor) -> torch.Tensor:
+    """The same matrix stored column-major, as cuBLAS's float8 products take their second operand."""
+    return t.t().contiguous().t()
 
 
 def products(m: int, k: int, n: int, iters: int) -> dict[str, float]:

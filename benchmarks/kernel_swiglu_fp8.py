@@ -35,12 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cs336_basics.cli import run_main  # noqa: E402
 from cs336_basics.errors import UserError  # noqa: E402
-from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2_MAX  # noqa: E402
 from cs336_basics.precision.fp8_cast import CONFIGS, cast_both, cast_both_reference, kernels, steps_apart  # noqa: E402
 from cs336_basics.precision.swiglu_fp8 import (random_inputs, split_halves, swiglu_backward,  # noqa: E402
                                                swiglu_backward_fp8, swiglu_backward_fp8_merged,
                                                swiglu_backward_fp8_merged_reference, swiglu_backward_fp8_reference,
                                                swiglu_forward_fp8, swiglu_forward_fp8_reference)
+
+
+E4M3_MAX, E5M2_MAX = torch.finfo(torch.float8_e4m3fn).max, torch.finfo(torch.float8_e5m2).max
 
 
 def tiles(text: str) -> tuple[tuple[int, int, int], ...]:
