@@ -1,21 +1,30 @@
-import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
+from cs336_basics.cli import bench
+from cs336_basics.cli.bench import all_modes, format_table, main as bench_main, parse_inductor, parse_mode, row_spec
+from cs336_basics.cli.bench_run import BenchSpec, run
+from cs336_basics.config import Config, load_recipe, with_overrides
+from cs336_basics.errors import UserError
+from cs336_basics.model.transformer import Transformer
 from cs336_basics.perf.flops import mfu, optimizer_step_seconds, roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import lookup_peaks
-from cs336_basics.perf.matrix import all_modes, main as matrix_main, parse_inductor, parse_mode
-from cs336_basics.errors import UserError
 from cs336_basics.training.trainer import Trainer
 from conftest import ROOT
 
 H200 = lookup_peaks("NVIDIA H200")
+CPU = torch.device("cpu")
+SEED = load_recipe("seed")[0].model
+ONE_B = load_recipe("1b")[0].model
+# The matrix's CPU shape, eager, on the CPU: what a bench_run test trains in about a second.
+TINY = with_overrides(Config(), {**bench.CPU_TEST_SHAPE, "train.batch_size": 2, "train.gradient_accumulation_steps": 1,
+                                 "run.device": "cpu", "fp8.emulate": True})
 
 
 def n_params(cfg) -> int:
@@ -24,7 +33,7 @@ def n_params(cfg) -> int:
 
 
 def test_seed_flops_by_hand():
-    f = token_flops(PRESETS["seed"])
+    f = token_flops(SEED)
     # 6 * 24 layers * (4 * 896^2 + 3 * 896 * 3584) = 1,849,688,064
     assert f.blocks_linear == 1_849_688_064
     assert f.head == 6 * 896 * 50304 == 270_434_304
@@ -36,16 +45,16 @@ def test_seed_bf16_roofline_by_hand():
     # parameters: 2 x 50304 x 896 (embedding, head) + 24 x (4 x 896^2 + 3 x 896 x 3584 + 2 x 896) + 896 = 398,470,016
     # compute: (1,849,688,064 + 270,434,304 + 264,241,152 / 2) / 989.4e12 s per token, 16,384 tokens per step;
     # optimizer: 28 bytes x 398,470,016 parameters / 4.8e12 B/s
-    params = n_params(PRESETS["seed"])
+    params = n_params(SEED)
     assert params == 398_470_016
     step = 16384 * 2_252_242_944 / 989.4e12 + 28 * 398_470_016 / 4.8e12
-    assert roofline_tokens_per_second(PRESETS["seed"], H200, False, 16384, params) == pytest.approx(16384 / step)
+    assert roofline_tokens_per_second(SEED, H200, False, 16384, params) == pytest.approx(16384 / step)
     assert 16384 / step == pytest.approx(413_523, rel=1e-5)
     assert optimizer_step_seconds(params, H200) == pytest.approx(2.32441e-3, rel=1e-4)
 
 
 def test_1b_fp8_roofline_by_hand():
-    cfg = PRESETS["1b"]
+    cfg = ONE_B
     f = token_flops(cfg)
     assert f.blocks_linear == 6 * 16 * (4 * 2048**2 + 3 * 2048 * 5632) == 4_932_501_504
     assert f.head == 618_135_552 and f.attention_full == 805_306_368
@@ -68,66 +77,124 @@ def test_peak_lookup():
     assert lookup_peaks("Some Future GPU") is None
 
 
-def test_mode_parsing():
-    assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == dict(
-        precision="fp8-rowwise_with_gw_hp", compiled=True, flash=True, fused_attention="cudnn", checkpointing=True,
-        fp8_head=True, fp8_fused_swiglu=None, fp8_kernel_casts="auto", fp8_head_kernel=False,
-        residual_dtype="auto", fp8_weight_cache=None, fp8_fast_accum=None, fp8_merge_w13=None)  # the trainer's defaults
-    assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8_head"] is False  # the head kept in bf16
-    assert parse_mode("bf16-compile-bf16res")["residual_dtype"] == parse_mode("fp8-delayed-compile-bf16res")["residual_dtype"] == "bf16"
-    assert parse_mode("fp8-delayed-compile-fp32res")["residual_dtype"] == "fp32"
-    assert parse_mode("fp8-delayed-compile-wcache")["fp8_weight_cache"] is True
-    assert parse_mode("fp8-delayed-compile-nowcache")["fp8_weight_cache"] is False
-    assert parse_mode("fp8-delayed-compile")["fp8_weight_cache"] is None
-    with pytest.raises(UserError, match="applies to fp8-delayed only"):
-        parse_mode("fp8-tensorwise-compile-wcache")
-    with pytest.raises(UserError, match="keep one"):
-        parse_mode("bf16-compile-bf16res-fp32res")
-    assert parse_mode("bf16-eager-math")["flash"] is False
-    assert parse_mode("bf16-compile")["fused_attention"] == "auto"  # PyTorch's own kernel order
-    assert parse_mode("bf16-compile-flash")["fused_attention"] == "flash"
+def test_a_mode_is_config_overrides():
+    # precision, eager/compile, attention and checkpointing always; the rest only where a suffix names it
+    assert parse_mode("fp8-rowwise_with_gw_hp-compile-cudnn-ac") == {
+        "fp8.enabled": True, "fp8.recipe": "rowwise_with_gw_hp", "train.compile_model": True,
+        "train.use_flash_attn": True, "train.fused_attention": "cudnn", "train.gradient_checkpointing": True}
+    assert parse_mode("bf16-eager") == {"fp8.enabled": False, "train.compile_model": False,
+                                        "train.use_flash_attn": True, "train.gradient_checkpointing": False}
+    assert parse_mode("bf16-eager-math")["train.use_flash_attn"] is False
+    assert parse_mode("bf16-compile-flash")["train.fused_attention"] == "flash"
+    assert parse_mode("fp8-tensorwise-compile-bf16head")["fp8.head"] is False  # the head kept in bf16
+    assert parse_mode("bf16-compile-bf16res")["train.residual_dtype"] == "bf16"
+    assert parse_mode("fp8-delayed-compile-fp32res")["train.residual_dtype"] == "fp32"
+    delayed = parse_mode("fp8-delayed-compile-unfused-castgrads-nowcache-nofastacc-now13")
+    assert {k: v for k, v in delayed.items() if k.startswith("fp8.")} == {
+        "fp8.enabled": True, "fp8.recipe": "delayed", "fp8.fused_swiglu": False, "fp8.kernel_casts": "grads",
+        "fp8.weight_cache": False, "fp8.fast_accum": False, "fp8.merge_w13": False}
+    assert parse_mode("fp8-delayed-compile-wcache-fastacc-w13-castall")["fp8.kernel_casts"] == "all"
+    assert "fp8.weight_cache" not in parse_mode("fp8-delayed-compile")  # not named: the recipe's
     assert len(all_modes()) == 5 * 2 * 4 * 2
-    for bad in ("fp16-eager", "bf16-fast", "bf16-compile-turbo"):
-        with pytest.raises(UserError):
+    for bad, message in (("fp16-eager", "must start with"), ("bf16-fast", "expected"), ("bf16-compile-turbo", "expected"),
+                         ("fp8-delayed-compile-headkernel", "expected"), ("fp8-tensorwise-compile-wcache", "fp8-delayed only"),
+                         ("bf16-compile-bf16head", "an fp8 mode only"), ("bf16-compile-bf16res-fp32res", "contradict"),
+                         ("bf16-compile-math-flash", "contradict"), ("fp8-delayed-compile-castnone-castall", "contradict"),
+                         ("fp8-delayed-compile-w13-now13", "contradict"), ("bf16-compile-ac-ac", "twice")):
+        with pytest.raises(UserError, match=message):
             parse_mode(bad)
 
 
-def test_matrix_on_cpu_writes_every_output_and_survives_a_failing_configuration(tmp_path, capsys):
-    # --compile_mode bogus makes every compiled configuration fail inside its own process; eager ones run.
-    rc = matrix_main(["--modes", "bf16-eager,bf16-compile,fp8-tensorwise-eager", "--steps", "2", "--compile_mode", "bogus",
-                      "--out", str(tmp_path)])
+def test_a_row_is_the_config_training_would_resolve():
+    base = with_overrides(load_recipe("seed")[0], {"run.device": "cpu", "fp8.emulate": True})
+    spec = row_spec(base, "fp8-tensorwise-eager", steps=2, device=CPU)
+    config = Config.from_dict(spec.config)
+    assert (spec.name, spec.steps, spec.inductor) == ("fp8-tensorwise-eager", 2, {})
+    assert config.fp8.recipe == "tensorwise" and config.fp8.emulate and not config.train.compile_model
+    assert not config.fp8.fused_swiglu and config.fp8.kernel_casts == "none"  # the delayed-only settings resolved off
+    assert config.model == base.model and config.train.batch_size == 16
+    delayed = Config.from_dict(row_spec(base, "fp8-delayed-compile-unfused", 2, CPU).config).fp8
+    assert not delayed.fused_swiglu and not delayed.merge_w13  # merge_w13 needs the fused SwiGLU: resolved off
+    assert not Config.from_dict(row_spec(base, "bf16-compile", 2, CPU).config).fp8.enabled
+    # what cannot run here is an error naming the mode, before anything runs
+    with pytest.raises(UserError, match="mode bf16-compile-bf16res: .*needs bf16 autocast"):
+        row_spec(base, "bf16-compile-bf16res", 2, CPU)
+    with pytest.raises(UserError, match="mode fp8-tensorwise-compile: .*tune_kernels .*CUDA"):
+        row_spec(base, "fp8-tensorwise-compile", 2, CPU, tune_kernels=True)
+    tuned_eager = Config.from_dict(row_spec(base, "bf16-eager", 2, CPU, tune_kernels=True).config)
+    assert not tuned_eager.train.tune_kernels  # tuned kernels are compiled ones: eager rows run without
+
+
+def test_bench_starts_from_the_recipe_one_micro_batch_a_step(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(bench, "run_child", lambda module, payload, timeout: seen.append(payload) or {"error": "skipped"})
+    bench_main(["--config", "tiny", "--dim", "64", "--batch_size", "3", "--modes", "fp8-delayed-eager", "--steps", "1",
+                "--out", str(tmp_path)])
+    (payload,) = seen
+    config = Config.from_dict(payload["config"])
+    tiny = load_recipe("tiny")[0]
+    assert config.model == with_overrides(tiny, {"model.dim": 64}).model
+    assert (config.train.batch_size, config.train.gradient_accumulation_steps, config.train.lr) == (3, 1, tiny.train.lr)
+    assert config.fp8.emulate and config.run.device == "cpu"  # no GPU: float8 emulated
+    saved = json.loads((tmp_path / "matrix.json").read_text())
+    assert saved["recipe"] == "tiny" and saved["rows"][0]["config"] == payload["config"]
+    assert not (tmp_path / "measured_factors.json").exists()
+
+
+def test_matrix_on_cpu_writes_every_output_survives_a_failing_configuration_and_runs_the_yardstick(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    real_child = bench.run_child
+
+    def one_broken(module, payload, timeout):  # bf16-eager-ac's process dies on a model it cannot build
+        if payload["name"] == "bf16-eager-ac":
+            payload = {**payload, "config": {**payload["config"], "model": {**payload["config"]["model"], "n_heads": 3}}}
+        return real_child(module, payload, timeout)
+
+    monkeypatch.setattr(bench, "run_child", one_broken)
+    rc = bench_main(["--modes", "bf16-eager,bf16-eager-ac,fp8-tensorwise-eager", "--steps", "2", "--compare-reference",
+                     "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0
     result = json.loads((tmp_path / "matrix.json").read_text())
-    assert result["complete"] is True
+    assert result["complete"] is True and "measured_factors" not in result
     rows = {r["name"]: r for r in result["rows"]}
     assert rows["bf16-eager"]["tokens_per_second"] > 0 and rows["fp8-tensorwise-eager"]["fp8_layers"] == 10
-    assert "--compile_mode must be one of" in rows["bf16-compile"]["error"]
+    assert rows["fp8-tensorwise-eager"]["fp8_head"] and rows["fp8-tensorwise-eager"]["precision"] == "fp8-tensorwise"
+    assert "not divisible by --n_heads 3" in rows["bf16-eager-ac"]["error"] and rows["bf16-eager-ac"]["stderr_tail"]
     assert result["environment"]["torch"] == torch.__version__ and result["environment"]["torchao"]
+    # the yardstick ran at the same shape on the CPU: its bf16-eager and fp8-eager against ours
+    reference = {r["mode"]: r for r in result["reference"]}
+    assert set(reference) == {"bf16-eager", "fp8-eager"} and reference["bf16-eager"]["shape"]["dim"] == 32
+    assert "--device cpu" in (tmp_path / "reference_command.txt").read_text()
     md = (tmp_path / "matrix.md").read_text()
     assert "FAILED" in md and "CPU timings" in md and "Command:" in md
+    assert f"| {reference['bf16-eager']['tok_s']:,} |" in md
     assert (tmp_path / "tokens_per_second.png").stat().st_size > 1000
     assert "CPU timings" in out
-    factors = json.loads((tmp_path / "measured_factors.json").read_text())
-    assert set(factors) == {"fp8_eager_vs_bf16_eager"}  # the compiled baseline failed: no ratio against it
-    assert factors["fp8_eager_vs_bf16_eager"]["ratio"] == pytest.approx(
-        rows["fp8-tensorwise-eager"]["tokens_per_second"] / rows["bf16-eager"]["tokens_per_second"])
+
+
+def test_a_missing_yardstick_is_an_error_before_the_matrix_runs(tmp_path, monkeypatch):
+    assert bench.REFERENCE_SCRIPT == ROOT / "benchmarks" / "stock_torchao.py"  # the repository's own yardstick
+    monkeypatch.setattr(bench, "REFERENCE_SCRIPT", tmp_path / "benchmarks" / "stock_torchao.py")
+    monkeypatch.setattr(bench, "run_child", lambda *a: pytest.fail("a configuration ran"))
+    with pytest.raises(UserError, match="stock_torchao.py, which is missing"):
+        bench_main(["--modes", "bf16-eager", "--compare-reference", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    assert bench.build_parser().get_default("out").as_posix() == "bench_results/latest"
 
 
 def test_interrupted_matrix_keeps_the_configurations_it_measured(tmp_path, monkeypatch):
-    import cs336_basics.perf.matrix as matrix
-
     calls = []
 
     def fake_child(module, payload, timeout):
         calls.append(payload["name"])
         if len(calls) == 2:
-            raise KeyboardInterrupt  # a Ctrl-C or the device's time limit, during the second configuration
+            raise KeyboardInterrupt  # a Ctrl-C or a time limit, during the second configuration
         return {"name": payload["name"], "tokens_per_second": 1234}
 
-    monkeypatch.setattr(matrix, "run_child", fake_child)
+    monkeypatch.setattr(bench, "run_child", fake_child)
     with pytest.raises(KeyboardInterrupt):
-        matrix_main(["--modes", "bf16-eager,fp8-tensorwise-eager", "--out", str(tmp_path)])
+        bench_main(["--modes", "bf16-eager,fp8-tensorwise-eager", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "matrix.json").read_text())
     assert saved["complete"] is False and [r["name"] for r in saved["rows"]] == ["bf16-eager"]
     assert saved["rows"][0]["tokens_per_second"] == 1234
@@ -137,6 +204,9 @@ def test_optimize_performance_script_reports_bad_mode():
     proc = subprocess.run([sys.executable, "optimize_performance.py", "--modes", "int4-eager"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: mode 'int4-eager'")
+    proc = subprocess.run([sys.executable, "optimize_performance.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "--config RECIPE" in proc.stdout and "--preset" not in proc.stdout
 
 
 def test_verify_fp8_compilation_on_cpu():
@@ -148,27 +218,29 @@ def test_verify_fp8_compilation_on_cpu():
     assert "[PASS] fused fp8 SwiGLU vs the three layers" in proc.stdout
     assert "[PASS] delayed float8 layer: kernels vs reference" in proc.stdout
     assert "[PASS] float8 head: kernels vs reference" in proc.stdout
+    assert "[PASS] torch.compile after FP8 conversion" in proc.stdout
     assert "[PASS] delayed scaling (default recipe): gradients, compiled training" in proc.stdout
     assert "[SKIP] FP8+compile faster than FP8 eager: skipped: emulated float8" in proc.stdout
 
 
 @pytest.mark.parametrize("check_name", ["check_fp8_head", "check_delayed_layer"])
 def test_verify_kernel_checks_catch_a_broken_kernel(monkeypatch, check_name):
-    from cs336_basics.precision import verify
+    from cs336_basics.cli import verify
 
     check = getattr(verify, check_name)
-    assert check(torch.device("cpu")).passed
+    assert check(CPU).passed
     real = torch._scaled_mm
     monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, scale_a, scale_b, **kwargs: real(
         a, b, scale_a=scale_a, scale_b=torch.ones_like(scale_b), **kwargs))  # one scale dropped
-    broken = check(torch.device("cpu"))
+    broken = check(CPU)
     assert broken.passed is False and "relative error" in broken.figure
 
 
 def test_verify_delayed_layer_check_runs_our_cast_kernel(monkeypatch):
     """The delayed layer's check runs the default path, casts through our kernel: a kernel writing a wrong
-    transposed copy (as call 40 found ours on the GPU once) fails it through the weight gradient."""
-    from cs336_basics.precision import fp8_cast, verify
+    transposed copy fails it through the weight gradient."""
+    from cs336_basics.cli import verify
+    from cs336_basics.precision import fp8_cast
 
     right = fp8_cast.cast_both
 
@@ -177,8 +249,72 @@ def test_verify_delayed_layer_check_runs_our_cast_kernel(monkeypatch):
         return q, qt.view(torch.uint8).flip(0).view(qt.dtype), amax  # the features' order reversed
 
     monkeypatch.setattr(fp8_cast, "cast_both", transposed_wrong)
-    broken = verify.check_delayed_layer(torch.device("cpu"))
+    broken = verify.check_delayed_layer(CPU)
     assert broken.passed is False and "casts by our kernel" in broken.figure
+
+
+def test_verify_check_of_the_fused_swiglu_catches_a_broken_kernel(monkeypatch):
+    import cs336_basics.precision.swiglu_fp8 as swiglu_fp8
+    from cs336_basics.cli.verify import check_swiglu_kernels
+
+    assert check_swiglu_kernels(CPU).passed
+    real = swiglu_fp8.swiglu_backward_fp8
+
+    def swapped(dg, h1, h3, scale1, scale3, *args):  # the two gradients exchanged
+        d1, d1t, d3, d3t, amax = real(dg, h1, h3, scale1, scale3, *args)
+        return d3, d3t, d1, d1t, amax
+
+    monkeypatch.setattr(swiglu_fp8, "swiglu_backward_fp8", swapped)
+    broken = check_swiglu_kernels(CPU)
+    assert broken.passed is False and "relative error" in broken.figure
+    monkeypatch.undo()
+    real_merged = swiglu_fp8.swiglu_backward_fp8_merged
+
+    def halves_swapped(dg, h13, scale, *args):  # the merged layout's two halves exchanged
+        d13, d13t, amax = real_merged(dg, h13, scale, *args)
+        n = d13.shape[1] // 2
+        return torch.cat([d13[:, n:], d13[:, :n]], 1), torch.cat([d13t[n:], d13t[:n]]), amax
+
+    monkeypatch.setattr(swiglu_fp8, "swiglu_backward_fp8_merged", halves_swapped)
+    broken = check_swiglu_kernels(CPU)
+    assert broken.passed is False and broken.figure.endswith("(over its bounds)")
+
+
+def test_verify_check_fails_on_wrong_gradients_and_reports_a_compile_error(tmp_path, monkeypatch):
+    from cs336_basics.cli import verify
+
+    config = verify.check_config(CPU, verify.delayed_fp8(emulate=True))
+    torch.manual_seed(0)
+    plain = Transformer(config.model)
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, config.model.vocab_size, (4, config.model.context_length), generator=g) for _ in range(2))
+    _, ref_grads = verify.loss_and_grads(plain, x, y, CPU)
+    tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, 8192).astype(np.uint32)
+    monkeypatch.setattr(verify, "short_compiled_training", lambda *a: (None, [5.0] * 5 + [3.0] * 5))  # no compiling
+    args = (x, y, ref_grads, tokens, config, CPU, tmp_path)
+    assert verify.check_delayed_scaling(plain, *args).passed
+    wrong = {n: -g for n, g in ref_grads.items()}  # as a transposed operand or a sign error would give
+    check = verify.check_delayed_scaling(plain, x, y, wrong, *args[3:])
+    assert check.passed is False and "dB against bf16" in check.figure
+
+    def broken(*a):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmul")
+
+    monkeypatch.setattr(verify, "short_compiled_training", broken)
+    check = verify.check_delayed_scaling(plain, *args)
+    assert check.passed is False and "CUBLAS_STATUS_NOT_SUPPORTED" in check.figure
+
+
+def test_verify_trains_through_prepare_model_with_the_delayed_settings_it_names():
+    from cs336_basics.cli import verify
+
+    config = verify.check_config(CPU, verify.delayed_fp8(emulate=True))
+    fp8 = config.fp8
+    assert (fp8.recipe, fp8.fused_swiglu, fp8.merge_w13, fp8.kernel_casts, fp8.fast_accum, fp8.weight_cache) == (
+        "delayed", False, False, "none", False, True)
+    assert config.train.compile_model and config.train.max_steps == verify.TRAIN_STEPS
+    tensorwise = verify.check_config(CPU, verify.tensorwise_fp8(emulate=True)).fp8
+    assert tensorwise.recipe == "tensorwise" and tensorwise.head and not tensorwise.weight_cache
 
 
 def test_attention_kernel_names_name_the_backend_that_ran():
@@ -236,8 +372,6 @@ def test_attention_probe_names_a_backend_and_cpu_profiles_nothing():
 
 
 def test_inductor_overrides_are_checked_and_reach_the_configuration():
-    from cs336_basics.perf.bench_run import BenchSpec, run
-
     assert parse_inductor("coordinate_descent_tuning=True, triton.max_tiles=3") == {
         "coordinate_descent_tuning": True, "triton.max_tiles": 3}
     assert parse_inductor("") == {}
@@ -256,19 +390,31 @@ def test_inductor_overrides_are_checked_and_reach_the_configuration():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "train_step", spy)
-        result = run(BenchSpec(name="t", model=PRESETS["test"].to_dict(), batch_size=2, compiled=False, steps=1,
-                               device="cpu", inductor={"coordinate_descent_tuning": True}))
+        result = run(BenchSpec(name="t", config=TINY.to_dict(), steps=1, inductor={"coordinate_descent_tuning": True}))
     assert seen["value"] is True and result["tokens_per_second"] > 0
 
 
-def test_a_row_whose_loss_is_not_finite_fails_instead_of_timing(monkeypatch):
-    """Call 36's -castall rows trained on NaNs and timed faster than the real thing: such a row must fail."""
-    from cs336_basics.perf.bench_run import BenchSpec, run
+def test_bench_run_trains_the_prepared_model_of_its_config():
+    """The row's model is the one prepare_model builds from the config (float8 emulated on a CPU), stepped by the
+    Trainer; the row says what ran, and times every step after the warm-up."""
+    spec = row_spec(TINY, "fp8-delayed-eager-ac", steps=3, device=CPU)
+    result = run(spec)
+    assert result["precision"] == "fp8-delayed" and result["fp8_layers"] == 10 and result["fp8_head"]
+    assert result["checkpointing"] and not result["compiled"] and result["compile_mode"] is None
+    assert result["fp8_fused_swiglu"] and result["fp8_merge_w13"] and result["fp8_weight_cache"]
+    assert result["residual_dtype"] == "fp32" and not result["bf16_weight_cache"]  # CPU: float32, no bf16 cache
+    assert len(result["step_ms_each"]) == 3 and result["step_ms_mean"] == pytest.approx(
+        sum(result["step_ms_each"]) / 3, abs=0.02)
+    assert result["tokens_per_second"] == pytest.approx(2 * 32 / (result["step_ms"] / 1e3), rel=1e-2)  # the median
+    assert result["params"] == n_params(TINY.model) and result["loss"] > 0
 
+
+def test_a_row_whose_loss_is_not_finite_fails_instead_of_timing(monkeypatch):
+    """A broken computation can run faster than the real one on NaNs: such a row must fail."""
     real_step = Trainer.train_step
     monkeypatch.setattr(Trainer, "train_step", lambda self, lr: (real_step(self, lr)[0] * float("nan"), None))
     with pytest.raises(FloatingPointError, match="the loss is nan after the timed steps"):
-        run(BenchSpec(name="t", model=PRESETS["test"].to_dict(), batch_size=2, compiled=False, steps=1, device="cpu"))
+        run(BenchSpec(name="t", config=TINY.to_dict(), steps=1))
 
 
 def test_attention_probe_turns_a_kernel_refusal_into_a_one_line_error(monkeypatch):
@@ -285,8 +431,6 @@ def test_attention_probe_turns_a_kernel_refusal_into_a_one_line_error(monkeypatc
 
 
 def test_reference_ratio_compares_mean_with_mean():
-    from cs336_basics.perf.matrix import format_table
-
     ours = dict(name="bf16-compile", tokens_per_second=100_000, step_ms=160.0, step_ms_mean=164.0, model_tflops=1.0,
                 warmup_seconds=1.0, attention_backend="CUDNN_ATTENTION")
     stock = dict(mode="bf16-compile", tok_s=100_000, step_ms=163.84)  # the yardstick's step_ms is a mean
@@ -295,179 +439,22 @@ def test_reference_ratio_compares_mean_with_mean():
 
 
 def test_matrix_compares_with_bf16_mean_to_mean_and_shows_how_steps_wander():
-    from cs336_basics.perf.matrix import format_table
-
     common = dict(model_tflops=1.0, warmup_seconds=1.0, attention_backend="CUDNN_ATTENTION")
     bf16 = dict(name="bf16-compile", tokens_per_second=100_000, step_ms=90.0, step_ms_mean=90.0,
                 step_ms_each=[90.0] * 20, **common)
     wandering = [77.0] * 14 + [100.0] * 6  # median 77, mean 83.9: a host-bound fp8 row
     fp8 = dict(name="fp8-delayed-compile", tokens_per_second=116_883, step_ms=77.0, step_ms_mean=sum(wandering) / 20,
-               step_ms_each=wandering, **common)
-    rows = format_table([bf16, fp8], [], on_gpu=True).splitlines()
+               step_ms_each=wandering, compile_mode="reduce-overhead", fp8_fused_swiglu=True, residual_dtype="bf16",
+               **common)
+    rows = format_table([bf16, fp8], [{"mode": "fp8-compile", "error": "boom"}], on_gpu=True).splitlines()
     assert "| 90.0-90.0 |" in rows[2] and "| 1.000x |" in rows[2]
     assert "| 77.0-100.0 |" in rows[3] and "| 1.073x |" in rows[3]  # 90 / 83.9, not the median's 1.17x
-
-
-def test_fp8_gains_pair_training_runs_of_one_model_and_bench_rows_of_one_matrix(tmp_path):
-    from cs336_basics.perf.measured import collect_fp8_gains
-
-    call = tmp_path / "results" / "call"
-    call.mkdir(parents=True)
-    (call / "env.txt").write_text("NVIDIA H200, 580.159.04, 143771 MiB\n")
-    model = dataclasses.asdict(ModelConfig(dim=896, n_layers=24))
-    train = dict(batch_size=16, gradient_accumulation_steps=1, compile_model=True, compile_mode="default",
-                 gradient_checkpointing=False)
-
-    def run(name: str, fp8: bool, tokens_per_second: float, ran: str | None = None, **changes) -> None:
-        (call / name).mkdir()
-        (call / name / "run.json").write_text(json.dumps(dict(model_config=model, train_config={**train, **changes},
-                                                              fp8=fp8, fp8_recipe="delayed" if fp8 else None,
-                                                              **({"compile_mode": ran} if ran else {}))))
-        (call / name / "summary.json").write_text(json.dumps(dict(tokens_per_second=tokens_per_second, world_size=1)))
-
-    run("bf16-batch8", False, 50.0, batch_size=8)  # another batch: not fp8's pair
-    run("bf16", False, 200.0)
-    run("fp8", True, 180.0)
-    # --compile_mode auto (run.json says what ran): fp8 with CUDA graphs paired with bf16 without
-    run("bf16-auto", False, 100.0, ran="default", compile_mode="auto", batch_size=32)
-    run("fp8-auto", True, 115.0, ran="reduce-overhead", compile_mode="auto", batch_size=32)
-    # fp8 asked for default, bf16 for auto (which ran default for bf16): paired by what ran
-    run("bf16-auto-64", False, 100.0, ran="default", compile_mode="auto", batch_size=64)
-    run("fp8-default-64", True, 110.0, ran="default", batch_size=64)
-    run("fp8-tuned", True, 240.0, tune_kernels=True)  # tuned kernels: paired with the tuned bf16 run only
-    run("bf16-tuned", False, 200.0, tune_kernels=True)
-    run("fp8-bf16res", True, 250.0, residual_dtype="bf16")  # bf16 residual stream: paired with bf16's of the same
-    run("bf16-bf16res", False, 125.0, residual_dtype="bf16")
-    # bf16 with and without its weights cast once per step: fp8 (whose weights are) pairs with the cached one
-    run("bf16-accum-cache", False, 110.0, gradient_accumulation_steps=8, bf16_weight_cache=True)
-    run("bf16-accum", False, 100.0, gradient_accumulation_steps=8, bf16_weight_cache=False)
-    run("fp8-accum", True, 143.0, gradient_accumulation_steps=8, fp8_weight_cache=True)
-    # pairs of several seeds: each fp8 run with the bf16 run of its own seed
-    run("bf16-seed1", False, 400.0, batch_size=128, seed=1)
-    run("bf16-seed2", False, 300.0, batch_size=128, seed=2)
-    run("fp8-seed1", True, 480.0, batch_size=128, seed=1)
-    def compiled(name: str, precision: str, step_ms: float, mean: float, **extra) -> dict:
-        return dict(name=name, precision=precision, compiled=True, checkpointing=False, step_ms=step_ms,
-                    step_ms_mean=mean, **extra)
-
-    def write_matrix(directory: str, rows: list[dict], **extra) -> None:
-        (call / directory).mkdir()
-        (call / directory / "matrix.json").write_text(json.dumps(dict(
-            model=model, batch_size=16, rows=rows,
-            **{"environment": dict(gpu="NVIDIA H200", command="optimize_performance.py"), **extra})))
-
-    graphs = dict(compile_mode="reduce-overhead")
-    rows = [compiled("bf16-compile", "bf16", 80.0, 90.0),
-            compiled("fp8-delayed-compile", "fp8-delayed", 70.0, 75.0, **graphs),
-            dict(name="fp8-tensorwise-compile-ac", precision="fp8-tensorwise", compiled=True, checkpointing=True,
-                 step_ms=60.0),
-            dict(name="fp8-rowwise-compile", error="out of memory"),
-            compiled("bf16-compile-bf16res", "bf16", 70.0, 80.0, residual_dtype="bf16"),
-            compiled("fp8-delayed-compile-bf16res", "fp8-delayed", 60.0, 64.0, **graphs, residual_dtype="bf16")]
-    write_matrix("matrix", rows)
-    write_matrix("matrix-auto", [  # rows named without a suffix ran the trainer's default, bf16 on a GPU
-        compiled("bf16-compile", "bf16", 90.0, 100.0, residual_dtype="bf16"),
-        compiled("fp8-delayed-compile", "fp8-delayed", 75.0, 80.0, **graphs, residual_dtype="bf16"),
-        compiled("bf16-compile-fp32res", "bf16", 95.0, 110.0, residual_dtype="fp32"),
-        compiled("fp8-delayed-compile-fp32res", "fp8-delayed", 95.0, 100.0, **graphs, residual_dtype="fp32")])
-    # --inductor overrides: an experiment, not a setting of the trainer
-    write_matrix("experiment", rows, inductor={"triton.max_tiles": 3}, environment={})
-    gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
-    assert [(g["kind"], g["recipe"], g["ratio"], g["dim"], g["batch_size"], g["compile_mode"], g["tune_kernels"],
-             g["residual_dtype"]) for g in gains] == [
-        ("training", "delayed", 0.9, 896, 16, "default", False, "fp32"),
-        ("training", "delayed", 1.3, 896, 16, "default", False, "fp32"),  # fp8-accum vs bf16-accum-cache
-        ("training", "delayed", 1.15, 896, 32, "reduce-overhead", False, "fp32"),
-        ("training", "delayed", 2.0, 896, 16, "default", False, "bf16"),
-        ("training", "delayed", 1.1, 896, 64, "default", False, "fp32"),
-        ("training", "delayed", 1.2, 896, 128, "default", False, "fp32"),  # fp8-seed1 vs bf16-seed1
-        ("training", "delayed", 1.2, 896, 16, "default", True, "fp32"),
-        ("bench", "delayed", 1.2, 896, 16, "reduce-overhead", False, "fp32"),  # bench: mean step over mean step
-        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # against bf16-compile-bf16res
-        ("bench", "delayed", 1.25, 896, 16, "reduce-overhead", False, "bf16"),  # matrix-auto: paired by stream
-        ("bench", "delayed", 1.1, 896, 16, "reduce-overhead", False, "fp32")]
-    assert all(g["gpu"] == "NVIDIA H200" for g in gains) and gains[0]["source"].endswith("fp8 vs bf16")
-    assert gains[1]["source"].endswith("fp8-accum vs bf16-accum-cache") and gains[1]["bf16_weight_cache"]
-    assert not gains[0]["bf16_weight_cache"] and gains[1]["weight_cache"]
-
-
-def test_fp8_gains_from_bench_runs_alone(tmp_path):
-    from cs336_basics.perf.measured import collect_fp8_gains
-
-    call = tmp_path / "call"
-    call.mkdir()
-    model = dataclasses.asdict(ModelConfig(dim=2048, n_layers=16))
-
-    def bench(name: str, precision: str, mode: str, mean: float, ran: str | None = None) -> None:
-        spec = dict(name=name, model=model, batch_size=8, precision=precision, compile_mode=mode)
-        (call / f"{name}.command").write_text(f"python3 -m cs336_basics.perf.bench_run '{json.dumps(spec)}'\n")
-        row = dict(name=name, precision=precision, compiled=True, checkpointing=False, batch_size=8, step_ms=mean,
-                   step_ms_mean=mean, **({"compile_mode": ran} if ran else {}))
-        (call / f"{name}.log").write_text("compiling\nRESULT " + json.dumps(row) + "\n")
-
-    bench("bf16-graphs", "bf16", "reduce-overhead", 150.0)  # an older row: the spec says what ran; not a baseline
-    bench("bf16", "bf16", "auto", 180.0, ran="default")
-    bench("fp8", "fp8-delayed", "auto", 120.0, ran="reduce-overhead")
-    (call / "crashed.command").write_text("python3 -m cs336_basics.perf.bench_run '{}'\n")  # no log: skipped
-    gains = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
-    assert [(g["kind"], g["recipe"], g["compile_mode"], g["ratio"], g["dim"], g["batch_size"]) for g in gains] == [
-        ("bench", "delayed", "reduce-overhead", 1.5, 2048, 8)]
-    assert gains[0]["source"].endswith("fp8 vs bf16 (bench_run)")
-
-
-def test_fp8_gains_record_the_warm_up_and_the_change_in_validation_loss_of_like_runs(tmp_path):
-    from cs336_basics.perf.measured import collect_fp8_gains
-
-    call = tmp_path / "call"
-    call.mkdir()
-    model = dataclasses.asdict(ModelConfig(dim=896, n_layers=24))
-    schedule = dict(batch_size=16, gradient_accumulation_steps=8, compile_model=True, compile_mode="auto",
-                    gradient_checkpointing=False, max_steps=120, warmup_steps=10, lr=6e-4, min_lr=6e-5)
-
-    def run(name: str, fp8: bool, val_loss: float, steps: int = 120, data: str = "train.txt", **changes) -> None:
-        (call / name).mkdir()
-        (call / name / "run.json").write_text(json.dumps(dict(
-            model_config=model, train_config={**schedule, **changes}, fp8=fp8, fp8_recipe="delayed" if fp8 else None,
-            train_data=data, val_data="val.txt")))
-        (call / name / "summary.json").write_text(json.dumps(dict(tokens_per_second=100.0 * (1.3 if fp8 else 1.0),
-                                                                 world_size=1, val_loss=val_loss, steps=steps)))
-
-    run("bf16-seed0", False, 5.0, seed=0)
-    run("fp8-seed0", True, 5.1, seed=0)  # +2%
-    run("bf16-seed1", False, 5.0, seed=1, warmup_steps=30)
-    run("fp8-seed1", True, 4.95, seed=1, warmup_steps=30)  # -1%
-    run("bf16-seed2", False, 5.0, seed=2)
-    run("fp8-seed2", True, 6.0, seed=2, steps=112)  # cut short: its last loss is not a final one
-    run("bf16-seed3", False, 5.0, seed=3)
-    run("fp8-seed3", True, 6.0, seed=3, data="other.txt")  # another corpus
-    run("bf16-seed4", False, 5.0, seed=4)
-    run("fp8-seed4", True, 6.0, seed=4, min_lr=0.0)  # another schedule
-    found = collect_fp8_gains(call, results_dir=tmp_path / "repo" / "benchmarks" / "results")
-    gains = {g["source"].split("/")[-1]: g for g in found}
-    assert gains["fp8-seed0 vs bf16-seed0"]["val_loss_change"] == 0.02
-    assert gains["fp8-seed1 vs bf16-seed1"]["val_loss_change"] == -0.01
-    assert [gains[f"fp8-seed{i} vs bf16-seed{i}"]["warmup_steps"] for i in (0, 1)] == [10, 30]
-    for unlike in ("fp8-seed2 vs bf16-seed2", "fp8-seed3 vs bf16-seed3", "fp8-seed4 vs bf16-seed4"):
-        assert "val_loss_change" not in gains[unlike] and gains[unlike]["ratio"] == 1.3
+    assert rows[3].startswith("| fp8-delayed-compile (CUDA graphs) (fused SwiGLU) (bf16 residual) |")
+    assert rows[-1] == "reference failed: fp8-compile: boom"
 
 
 def test_failed_child_keeps_its_traceback() -> None:
     """A configuration that dies gets a one-line error for the table and the end of its traceback in the row."""
-    from cs336_basics.perf.matrix import run_child
-
-    result = run_child("cs336_basics.no_such_module", {}, timeout=60)
+    result = bench.run_child("cs336_basics.no_such_module", {}, timeout=60)
     assert "No module named" in result["error"] and result["returncode"] != 0
     assert any("cs336_basics.no_such_module" in line for line in result["stderr_tail"])
-
-
-def test_plot_gains_draws_the_committed_history(tmp_path, monkeypatch):
-    """benchmarks/plot_gains.py: each entry placed at its device call (a session's callNN, or a folder that is one
-    call), the committed file drawn to a PNG."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import plot_gains
-
-    assert plot_gains.call_of({"source": "benchmarks/results/eighteenth_session_h200/call80/guide-fp8 vs guide-bf16"}) \
-        == "eighteenth_session_h200/call80"
-    assert plot_gains.call_of({"source": "benchmarks/results/delayed_gc_x2/seed-fp8-delayed vs seed-bf16"}) == "delayed_gc_x2"
-    plot_gains.main(str(tmp_path / "gains.png"))
-    assert (tmp_path / "gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,26 +1,42 @@
-"""Checks that FP8 training works on this machine: each prints PASS/FAIL with its figure.
+"""Checks that float8 training works on this machine, each printed as PASS, FAIL or SKIP with its figure.
+
+cs336-verify and verify_fp8_compilation.py end with "N passed, N failed, N skipped"; the exit status is 1 on a
+FAIL.
 
 On a GPU with float8 tensor cores it uses the real fp8 kernels and also times FP8+compile against FP8 eager
-and BF16+compile; elsewhere it runs the same numerics through TorchAO's emulation and skips the timings.
+and BF16+compile (each in its own process, as the benchmark matrix runs its rows); elsewhere it runs the same
+numerics through emulation and skips the timings. Training goes through prepare_model and the Trainer, as
+cs336-train builds and steps a model.
+
+    python verify_fp8_compilation.py [--device cuda]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import math
 import secrets
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from cs336_basics.cli import run_main
+from cs336_basics.config import Config, Fp8Config, RunConfig, TrainConfig, with_overrides
 from cs336_basics.data.batches import RandomWindows
 from cs336_basics.data.corpus import write_default_corpus
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.perf.hardware import supports_fp8
-from cs336_basics.precision.fp8 import convert_model_to_fp8, is_float8_model
+from cs336_basics.precision.converters import Float8Converter
+from cs336_basics.precision.fp8 import is_float8_model
+from cs336_basics.training.attention import attention_context
+from cs336_basics.training.prepare import PreparedModel, prepare_model, resolve_config
+from cs336_basics.training.trainer import Trainer
 
 # Gradient SQNR thresholds. One round-to-nearest cast to a float format with m mantissa bits leaves about
 # 6.02 * m + 10.8 dB (relative error uniform within half an ulp): e4m3 (forward operands) ~29 dB, e5m2
@@ -52,10 +68,37 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     return math.inf if noise == 0 else 20 * math.log10(reference.float().norm() / noise)
 
 
-def check_config(device: torch.device) -> ModelConfig:
+TRAIN_STEPS = 40
+
+
+def quiet(message: str) -> None:
+    """The converters' and the Trainer's log lines: the checks print their own."""
+
+
+def check_model(device: torch.device) -> ModelConfig:
     if device.type == "cuda":  # the seed model's widths, fewer layers, so kernels run at realistic shapes
         return ModelConfig(vocab_size=8192, context_length=512, dim=896, n_layers=4, n_heads=14, intermediate_size=3584)
     return ModelConfig(vocab_size=256, context_length=64, dim=64, n_layers=2, n_heads=4, intermediate_size=128)
+
+
+def tensorwise_fp8(emulate: bool) -> Fp8Config:
+    """What float8 training converts to with TorchAO's tensorwise recipe, the head in float8 too."""
+    return Fp8Config(enabled=True, recipe="tensorwise", emulate=emulate, head=True)
+
+
+def delayed_fp8(emulate: bool) -> Fp8Config:
+    """Our delayed-scaling layers one by one (no fused SwiGLU), inductor's casts, weights cast once per step and,
+    with real kernels, the forward products with fast accumulation."""
+    return Fp8Config(enabled=True, recipe="delayed", emulate=emulate, fused_swiglu=False, merge_w13=False,
+                     kernel_casts="none", fast_accum=not emulate, weight_cache=True)
+
+
+def check_config(device: torch.device, fp8: Fp8Config, steps: int = TRAIN_STEPS) -> Config:
+    """A short compiled float8 training run of the check model on `device`, resolved as cs336-train resolves one."""
+    train = TrainConfig(batch_size=8, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=5, compile_model=True,
+                        gradient_checkpointing=False, use_flash_attn=device.type == "cuda", eval_steps=2)
+    config = Config(model=check_model(device), train=train, fp8=fp8, run=RunConfig(device=str(device)))
+    return resolve_config(config, device, distributed=False)
 
 
 def byte_corpus(tmp_dir) -> np.ndarray:
@@ -163,7 +206,6 @@ def check_delayed_layer(device: torch.device) -> Check:
     with scales learned from them."""
     import torch.nn as nn
 
-    from cs336_basics.precision.fp8_cast import resolve_kernel_casts
     from cs336_basics.precision.fp8_delayed import DelayedScaling, convert_to_delayed_float8
 
     n, k, m = (8192, 896, 3584) if device.type == "cuda" else (256, 64, 128)
@@ -179,8 +221,8 @@ def check_delayed_layer(device: torch.device) -> Check:
             model[0].weight.copy_(w)
         convert_to_delayed_float8(model, {"0"}, emulate)
         layer = model[0]
-        layer.kernel_casts = "none" if emulate else resolve_kernel_casts("auto", "delayed")  # the default: all
-        layer.fast_accum = not emulate  # the default with the delayed recipe (setup.build_model)
+        layer.kernel_casts = "none" if emulate else Fp8Config().kernel_casts  # the default: all
+        layer.fast_accum = not emulate  # the default with the delayed recipe (Fp8Config.fast_accum)
         xe = x.clone().requires_grad_()
         DelayedScaling(model).calibrate(lambda: layer(xe).backward(grad_y), [layer.weight])
         xe.grad = None
@@ -244,32 +286,37 @@ def check_swiglu_kernels(device: torch.device) -> Check:
                  f"{two.figure}; {one.figure}" + ("" if one.passed else " (over its bounds)"))
 
 
-def short_compiled_training(model: Transformer, tokens: np.ndarray, cfg: ModelConfig, device: torch.device,
-                            tmp_dir, steps: int = 40) -> list[float]:
-    """`steps` compiled training steps of the Trainer (warm-up over the first 6), their losses."""
-    from cs336_basics.training.trainer import TrainConfig, Trainer
-
-    train_cfg = TrainConfig(batch_size=8, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=5, compile_model=True,
-                            gradient_checkpointing=False, use_flash_attn=device.type == "cuda", eval_steps=2)
-    trainer = Trainer(model, train_cfg, RandomWindows(tokens, 8, cfg.context_length, seed=1), tokens[:4096],
-                      device, tmp_dir, log=lambda s: None)
-    return [trainer.train_step(3e-3 if step > 5 else 3e-3 * (step + 1) / 6)[0].item() for step in range(steps)]
+def short_compiled_training(config: Config, tokens: np.ndarray, device: torch.device,
+                            tmp_dir: Path) -> tuple[PreparedModel, list[float]]:
+    """The model of `config` built by prepare_model (converted, compiled) from the initial weights of the check's
+    reference model (seed 0), then config.train.max_steps steps of the Trainer (learning-rate warm-up over the
+    first 6); the prepared model and the steps' losses."""
+    torch.manual_seed(0)
+    prepared = prepare_model(config, device, log=quiet)
+    train = config.train
+    trainer = Trainer(prepared, config, RandomWindows(tokens, train.batch_size, config.model.context_length, seed=1),
+                      tokens[:4096], device, tmp_dir, log=quiet)
+    with attention_context(train.use_flash_attn, train.fused_attention):
+        losses = [trainer.train_step(train.lr if step > 5 else train.lr * (step + 1) / 6)[0].item()
+                  for step in range(train.max_steps)]
+    return prepared, losses
 
 
 def check_delayed_scaling(bf16_model: Transformer, x: torch.Tensor, y: torch.Tensor, ref_grads: dict[str, torch.Tensor],
-                          tokens: np.ndarray, cfg: ModelConfig, device: torch.device, emulate: bool, tmp_dir) -> Check:
-    """The default recipe on one GPU (fp8_delayed.py, our own layer, not TorchAO's): after its calibration step
-    its gradients against bf16's (the thresholds above), then compiled training steps that lower the loss."""
-    from cs336_basics.precision.fp8_delayed import DelayedScaling
-
+                          tokens: np.ndarray, config: Config, device: torch.device, tmp_dir: Path) -> Check:
+    """The default recipe in one process (fp8_delayed.py, our own layer, not TorchAO's), converted by the
+    Float8Converter of `config`: after its calibration step its gradients against bf16's (the thresholds above),
+    then compiled training steps that lower the loss."""
     name = "delayed scaling (default recipe): gradients, compiled training"
     model = copy.deepcopy(bf16_model)
-    convert_model_to_fp8(model, "delayed", emulate=emulate, head=True)
+    converter = Float8Converter(config.fp8, device, log=quiet)
     try:
-        DelayedScaling(model).calibrate(lambda: loss_and_grads(model, x, y, device), list(model.parameters()))
+        converter.convert(model)
+        converter.prepare(lambda: loss_and_grads(model, x, y, device), list(model.parameters()))  # calibration
+        converter.before_step()  # the weights cast to float8 for this step
         _, grads = loss_and_grads(model, x, y, device)
         whole = whole_sqnr_db(ref_grads, grads)
-        losses = short_compiled_training(model, tokens, cfg, device, tmp_dir)
+        _, losses = short_compiled_training(config, tokens, device, tmp_dir)
     except Exception as e:  # report, do not hide: the check fails with the message
         return Check(name, False, error_line(e))
     first, last = first_and_last_losses(losses)
@@ -297,11 +344,14 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
     mode = "real fp8 kernels" if not emulate else f"emulated (no fp8 tensor cores on {device.type})"
     log(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; float8: {mode}")
 
-    cfg = check_config(device)
+    config = check_config(device, tensorwise_fp8(emulate))
+    cfg = config.model
     torch.manual_seed(0)
     bf16_model = Transformer(cfg).to(device)
     fp8_model = copy.deepcopy(bf16_model)
-    report = convert_model_to_fp8(fp8_model, "tensorwise", emulate=emulate, head=True)  # what training converts
+    converter = Float8Converter(config.fp8, device, log=quiet)  # what training converts with
+    converter.convert(fp8_model)
+    report = converter.report
     n_float8 = sum(1 for m in fp8_model.modules() if type(m).__name__ == "Float8Linear")
     record(Check("Float8 modules after conversion", n_float8 > 0 and report.fp8_head,
                  f"{n_float8} Float8Linear of {report.total} linear layers, output head + loss in float8"))
@@ -326,38 +376,66 @@ def run_checks(device: torch.device, tmp_dir, log: Callable[[str], None] = print
     record(check_swiglu_kernels(device))
     record(check_bf16_weight_gradient(device))
 
-    # Compile after conversion, then a short training run that must lower the loss.
+    # A model built, converted and compiled by prepare_model, then a short training run that must lower the loss.
     try:
-        losses = short_compiled_training(fp8_model, tokens, cfg, device, tmp_dir)
-        record(Check("torch.compile after FP8 conversion", is_float8_model(fp8_model),
-                     f"{len(losses)} compiled fp8 training steps ran; Float8 modules kept"))
+        prepared, losses = short_compiled_training(config, tokens, device, tmp_dir)
+        record(Check("torch.compile after FP8 conversion", is_float8_model(prepared.model) and prepared.compile_mode is not None,
+                     f"{len(losses)} compiled fp8 training steps ran (torch.compile mode {prepared.compile_mode}); "
+                     "Float8 modules kept"))
     except Exception as e:  # report, do not hide: the check fails with the compiler's message
         record(Check("torch.compile after FP8 conversion", False, error_line(e)))
         return checks
     first, last = first_and_last_losses(losses)
     record(Check("short FP8 training run lowers the loss", last < first - 0.5,
-                 f"mean loss of steps 1-5 {first:.3f} -> steps 36-40 {last:.3f}"))
-    record(check_delayed_scaling(bf16_model, x, y, ref_grads, tokens, cfg, device, emulate, tmp_dir))
+                 f"mean loss of steps 1-5 {first:.3f} -> steps {len(losses) - 4}-{len(losses)} {last:.3f}"))
+    record(check_delayed_scaling(bf16_model, x, y, ref_grads, tokens, check_config(device, delayed_fp8(emulate)),
+                                 device, tmp_dir))
 
     if emulate:
         record(Check("FP8+compile faster than FP8 eager", None,
                      "skipped: emulated float8 on this device says nothing about fp8 kernel speed"))
         return checks
-    from cs336_basics.perf.bench_run import BenchSpec
-    from cs336_basics.perf.matrix import run_child
-
-    timing_cfg = ModelConfig(vocab_size=50304, context_length=1024, dim=896, n_layers=6, n_heads=14, intermediate_size=3584)
-    rates = {}
-    for name, precision, compiled in (("bf16+compile", "bf16", True), ("fp8+compile", "fp8-tensorwise", True),
-                                      ("fp8 eager", "fp8-tensorwise", False)):
-        spec = BenchSpec(name=name, model=asdict(timing_cfg), batch_size=16, precision=precision, compiled=compiled, steps=10)
-        result = run_child("cs336_basics.perf.bench_run", asdict(spec), timeout=600)
-        rates[name] = result.get("tokens_per_second")
-        log(f"  {name}: {rates[name] or result.get('error')} tokens/s (seed widths, 6 layers, 16 x 1024)")
-    if all(rates.values()):
-        record(Check("FP8+compile faster than FP8 eager", rates["fp8+compile"] > rates["fp8 eager"],
-                     f"{rates['fp8+compile'] / rates['fp8 eager']:.2f}x; FP8+compile vs BF16+compile: "
-                     f"{rates['fp8+compile'] / rates['bf16+compile']:.2f}x"))
-    else:
-        record(Check("FP8+compile faster than FP8 eager", False, f"a timing run failed: {rates}"))
+    record(check_timings(device, log))
     return checks
+
+
+def check_timings(device: torch.device, log: Callable[[str], None]) -> Check:
+    """The seed model's widths at 6 layers, 16 x 1024 tokens a step: bf16 and tensorwise fp8 compiled, and fp8
+    eager, each a row of the benchmark matrix in its own process."""
+    from cs336_basics.cli.bench import row_spec, run_child
+
+    name = "FP8+compile faster than FP8 eager"
+    base = with_overrides(Config(), {"model.n_layers": 6, "train.batch_size": 16, "train.gradient_accumulation_steps": 1,
+                                     "run.device": str(device)})
+    rates = {}
+    for label, mode in (("bf16+compile", "bf16-compile"), ("fp8+compile", "fp8-tensorwise-compile"),
+                        ("fp8 eager", "fp8-tensorwise-eager")):
+        result = run_child("cs336_basics.cli.bench_run", asdict(row_spec(base, mode, steps=10, device=device)),
+                           timeout=600)
+        rates[label] = result.get("tokens_per_second")
+        log(f"  {label}: {rates[label] or result.get('error')} tokens/s (seed widths, 6 layers, 16 x 1024)")
+    if not all(rates.values()):
+        return Check(name, False, f"a timing run failed: {rates}")
+    return Check(name, rates["fp8+compile"] > rates["fp8 eager"],
+                 f"{rates['fp8+compile'] / rates['fp8 eager']:.2f}x; FP8+compile vs BF16+compile: "
+                 f"{rates['fp8+compile'] / rates['bf16+compile']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cs336_basics.cli.train import resolve_device
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        checks = run_checks(resolve_device(args.device), Path(tmp))
+    failed = [c for c in checks if c.passed is False]
+    passed = sum(c.passed is True for c in checks)
+    skipped = sum(c.passed is None for c in checks)
+    print(f"{passed} passed, {len(failed)} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+def cli() -> int:
+    return run_main(main)

@@ -1,6 +1,16 @@
-"""The performance matrix behind optimize_performance.py: every configuration in a fresh process, the
-per-layer fp8 microbenchmark, the stock-TorchAO yardstick in the same process tree, and the results as a
-console table, JSON, markdown and PNG charts."""
+"""Which configuration trains fastest for a model on this machine: the benchmark matrix.
+
+Every configuration (a mode, e.g. fp8-delayed-compile) runs in a fresh process (cli/bench_run.py), built as
+training builds it from the recipe (--config) with the mode's settings on top; then the per-layer fp8
+microbenchmark and, with --compare-reference, the project's stock-TorchAO yardstick
+(benchmarks/stock_torchao.py) at the same shape. Results: a console table, matrix.json, matrix.md and PNG
+charts in --out.
+
+Modes: <precision>-<eager|compile>[-suffix...]. The precision and eager/compile always set fp8.enabled (and
+fp8.recipe) and train.compile_model; the row's attention (-math: no fused kernels; otherwise fused, -flash or
+-cudnn first) and activation checkpointing (-ac: on; otherwise off) are always named too. Every other suffix
+sets one setting; a setting no suffix names keeps the recipe's value, resolved as training resolves it.
+"""
 
 from __future__ import annotations
 
@@ -12,46 +22,65 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from cs336_basics.cli import run_main
+from cs336_basics.cli.bench_run import BenchSpec
+from cs336_basics.config import COMPILE_MODES, Config, load_recipe, with_overrides
 from cs336_basics.errors import UserError
 from cs336_basics.files import write_text_atomic
-from cs336_basics.model.transformer import PRESETS, ModelConfig, Transformer
-from cs336_basics.perf.bench_run import BenchSpec
+from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
-from cs336_basics.perf.measured import mean_ms
-from cs336_basics.training.transforms import CUDA_GRAPH_MODES, check_tune_kernels
+from cs336_basics.training.prepare import resolve_config
+from cs336_basics.training.transforms import CUDA_GRAPH_MODES
 
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise", "fp8-rowwise_with_gw_hp", "fp8-delayed")
-DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile", "fp8-delayed-compile-unfused",
-                     "fp8-tensorwise-compile",
-                     "fp8-tensorwise-compile-bf16head", "fp8-tensorwise-compile-flash", "fp8-rowwise-compile",
-                     "fp8-rowwise_with_gw_hp-compile", "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
+DEFAULT_GPU_MODES = ("bf16-eager", "bf16-compile", "bf16-compile-flash", "fp8-delayed-compile",
+                     "fp8-delayed-compile-unfused", "fp8-tensorwise-compile", "fp8-tensorwise-compile-bf16head",
+                     "fp8-tensorwise-compile-flash", "fp8-rowwise-compile", "fp8-rowwise_with_gw_hp-compile",
+                     "fp8-tensorwise-eager", "bf16-compile-ac", "fp8-tensorwise-compile-ac", "bf16-compile-math")
 DEFAULT_CPU_MODES = ("bf16-eager", "fp8-tensorwise-eager", "bf16-eager-ac")
-# Our mode -> the reference script's name for the same configuration.
+# Our mode -> the yardstick's name for the same configuration.
 # The yardstick keeps its head in bf16: -bf16head is the like-for-like row, ours (fp8 head) the fast path.
 REFERENCE_MODES = {"bf16-eager": "bf16-eager", "bf16-compile": "bf16-compile", "fp8-tensorwise-compile": "fp8-compile",
                    "fp8-tensorwise-compile-bf16head": "fp8-compile", "fp8-rowwise-compile": "fp8rw-compile",
                    "fp8-tensorwise-eager": "fp8-eager", "fp8-delayed-compile": "fp8-compile",
                    "fp8-delayed-compile-bf16head": "fp8-compile", "fp8-delayed-compile-unfused": "fp8-compile"}
 BASELINE = "bf16-compile"
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "anchor_bench.py"
+REFERENCE_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "stock_torchao.py"
+# Without --config on a machine without a GPU: a model small enough to time every mode in seconds.
+CPU_TEST_SHAPE = {"model.vocab_size": 512, "model.context_length": 32, "model.dim": 32, "model.n_layers": 2,
+                  "model.n_heads": 2, "model.intermediate_size": 64, "train.batch_size": 4}
+SHAPE_FLAGS = ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size")
 
-
-# Mode suffixes that set the delayed recipe's own options, with what each does (in parse_mode's errors).
+# Suffix -> the one setting it names. -math, -flash, -cudnn and -ac are parse_mode's own (see the docstring).
+SETTINGS: dict[str, tuple[str, Any]] = {
+    "bf16head": ("fp8.head", False), "bf16res": ("train.residual_dtype", "bf16"),
+    "fp32res": ("train.residual_dtype", "fp32"),
+    "unfused": ("fp8.fused_swiglu", False),
+    "castnone": ("fp8.kernel_casts", "none"), "castinputs": ("fp8.kernel_casts", "inputs"),
+    "castgrads": ("fp8.kernel_casts", "grads"), "castall": ("fp8.kernel_casts", "all"),
+    "wcache": ("fp8.weight_cache", True), "nowcache": ("fp8.weight_cache", False),
+    "fastacc": ("fp8.fast_accum", True), "nofastacc": ("fp8.fast_accum", False),
+    "w13": ("fp8.merge_w13", True), "now13": ("fp8.merge_w13", False),
+}
+# The suffixes that shape the delayed recipe's own layers, with what each does (in parse_mode's errors).
 DELAYED_SUFFIXES = {"unfused": "SwiGLU's three layers one by one", "castnone": "inductor's casts, not our kernel",
                     "castinputs": "our cast kernel for inputs", "castgrads": "our cast kernel for gradients",
                     "castall": "our cast kernel for every cast", "wcache": "weights cast once per step",
                     "nowcache": "weights cast in every micro-batch", "fastacc": "fast accumulation",
                     "nofastacc": "without fast accumulation", "w13": "w1 and w3 as one product",
                     "now13": "w1 and w3 as two products"}
-SUFFIXES = {"math", "flash", "cudnn", "ac", "bf16head", "headkernel", "bf16res", "fp32res", *DELAYED_SUFFIXES}
+ATTENTION = ("math", "flash", "cudnn")
+SUFFIXES = {*ATTENTION, "ac", *SETTINGS}
+GRAMMAR = ("<precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head][-bf16res|-fp32res][-unfused]"
+           "[-castnone|-castinputs|-castgrads|-castall][-wcache|-nowcache][-fastacc|-nofastacc][-w13|-now13]")
 
 
 def all_modes() -> list[str]:
@@ -60,44 +89,43 @@ def all_modes() -> list[str]:
 
 
 def parse_mode(mode: str) -> dict[str, Any]:
-    """'fp8-rowwise-compile-math-ac' -> precision fp8-rowwise, compiled, plain attention, checkpointing on."""
+    """A mode as config overrides: 'fp8-rowwise-compile-math-ac' -> {"fp8.enabled": True, "fp8.recipe": "rowwise",
+    "train.compile_model": True, "train.use_flash_attn": False, "train.gradient_checkpointing": True}."""
     for precision in sorted(PRECISIONS, key=len, reverse=True):
         if mode.startswith(precision + "-"):
             parts = mode[len(precision) + 1:].split("-")
             break
     else:
         raise UserError(f"mode {mode!r} must start with one of {', '.join(PRECISIONS)}")
-    if parts[0] not in ("eager", "compile") or not set(parts[1:]) <= SUFFIXES:
-        raise UserError(f"mode {mode!r}: expected <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                        f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res][-wcache|-nowcache]"
-                        f"[-fastacc|-nofastacc][-w13|-now13], "
-                        f"e.g. fp8-rowwise-compile-ac")
-    if {"bf16res", "fp32res"} <= set(parts[1:]):
-        raise UserError(f"mode {mode!r}: -bf16res and -fp32res name two residual streams; keep one")
-    for name in ("wcache", "fastacc", "w13"):
-        if {name, f"no{name}"} <= set(parts[1:]):
-            raise UserError(f"mode {mode!r}: -{name} and -no{name} contradict each other; keep one")
-    if len({"castnone", "castinputs", "castgrads", "castall"} & set(parts[1:])) > 1:
-        raise UserError(f"mode {mode!r}: name one of -castnone, -castinputs, -castgrads, -castall")
-    for suffix, what in DELAYED_SUFFIXES.items():
-        if suffix in parts[1:] and precision != "fp8-delayed":
-            raise UserError(f"mode {mode!r}: -{suffix} ({what}) applies to fp8-delayed only")
-    if "headkernel" in parts[1:] and (not precision.startswith("fp8") or "bf16head" in parts[1:]):
-        raise UserError(f"mode {mode!r}: -headkernel computes the float8 head's gradient: an fp8 mode without -bf16head")
-    fused = next((a for a in ("flash", "cudnn") if a in parts[1:]), "auto")  # none named: PyTorch's order
-    return dict(precision=precision, compiled=parts[0] == "compile", flash="math" not in parts[1:],
-                fused_attention=fused, checkpointing="ac" in parts[1:], fp8_head="bf16head" not in parts[1:],
-                fp8_fused_swiglu=False if "unfused" in parts[1:] else None,
-                fp8_kernel_casts=next((c for c in ("none", "inputs", "grads", "all") if f"cast{c}" in parts[1:]), "auto"),
-                fp8_head_kernel="headkernel" in parts[1:],
-                residual_dtype=next((d for d in ("bf16", "fp32") if f"{d}res" in parts[1:]), "auto"),
-                fp8_weight_cache=_yes_no(parts[1:], "wcache"), fp8_fast_accum=_yes_no(parts[1:], "fastacc"),
-                fp8_merge_w13=_yes_no(parts[1:], "w13"))
-
-
-def _yes_no(suffixes: list[str], name: str) -> bool | None:
-    """-name: True, -noname: False, neither: None (the default for the recipe)."""
-    return True if name in suffixes else False if f"no{name}" in suffixes else None
+    suffixes = parts[1:]
+    if parts[0] not in ("eager", "compile") or not set(suffixes) <= SUFFIXES:
+        raise UserError(f"mode {mode!r}: expected {GRAMMAR}, e.g. fp8-rowwise-compile-ac")
+    if len(set(suffixes)) != len(suffixes):
+        raise UserError(f"mode {mode!r} names a suffix twice")
+    for group in (ATTENTION, ("bf16res", "fp32res"), ("castnone", "castinputs", "castgrads", "castall"),
+                  ("wcache", "nowcache"), ("fastacc", "nofastacc"), ("w13", "now13")):
+        named = [s for s in group if s in suffixes]
+        if len(named) > 1:
+            raise UserError(f"mode {mode!r}: {' and '.join('-' + s for s in named)} contradict each other; keep one")
+    fp8 = precision != "bf16"
+    for suffix in suffixes:
+        if suffix in DELAYED_SUFFIXES and precision != "fp8-delayed":
+            raise UserError(f"mode {mode!r}: -{suffix} ({DELAYED_SUFFIXES[suffix]}) applies to fp8-delayed only")
+    if "bf16head" in suffixes and not fp8:
+        raise UserError(f"mode {mode!r}: -bf16head keeps the float8 head in bf16: an fp8 mode only")
+    overrides: dict[str, Any] = {"fp8.enabled": fp8}
+    if fp8:
+        overrides["fp8.recipe"] = precision.split("-", 1)[1]
+    overrides["train.compile_model"] = parts[0] == "compile"
+    overrides["train.use_flash_attn"] = "math" not in suffixes
+    if fused := next((a for a in ("flash", "cudnn") if a in suffixes), None):  # none named: PyTorch's order
+        overrides["train.fused_attention"] = fused
+    overrides["train.gradient_checkpointing"] = "ac" in suffixes
+    for suffix in suffixes:
+        if suffix in SETTINGS:
+            key, value = SETTINGS[suffix]
+            overrides[key] = value
+    return overrides
 
 
 def parse_inductor(text: str) -> dict[str, Any]:
@@ -125,36 +153,71 @@ def parse_inductor(text: str) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Time the configuration matrix for a model on this machine.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="default: seed on GPU, test on CPU")
-    for name in ("vocab_size", "context_length", "dim", "n_layers", "n_heads", "intermediate_size"):
-        p.add_argument(f"--{name}", type=int)
-    p.add_argument("--batch_size", type=int, help="micro-batch (default 16 on GPU, 4 on CPU; 8 for the 1b preset)")
-    p.add_argument("--modes", help=f"comma-separated <precision>-<eager|compile>[-math|-flash|-cudnn][-ac][-bf16head]"
-                                   f"[-unfused][-castnone|-castinputs|-castgrads|-castall][-headkernel][-bf16res|-fp32res]"
-                                   f"[-wcache|-nowcache][-fastacc|-nofastacc][-w13|-now13] (attention kernel; activation checkpointing; "
-                                   f"the output head in bf16; fp8-delayed's SwiGLU as three layers; which of fp8-delayed's "
-                                   f"casts our kernel does, by default all; the head's gradient by our kernel; the residual "
-                                   f"stream's dtype, by default the trainer's: bf16 on GPU, float32 on CPU; fp8-delayed's "
-                                   f"weights cast once per step or in every micro-batch, by default once; its forward "
-                                   f"products with fast accumulation or without, by default with; its fused SwiGLU's w1 and w3 as "
-                                   f"one product or two, by default one), or 'all' ({len(all_modes())}, without "
-                                   f"the last seven suffixes); precisions: "
-                                   f"{', '.join(PRECISIONS)}; default: {','.join(DEFAULT_GPU_MODES)}")
-    p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 GPU, 3 CPU)")
-    p.add_argument("--compile_mode", default="auto", help="as train_h100.py's: auto uses CUDA graphs for the fp8 rows")
-    p.add_argument("--tune_kernels", action="store_true", help="as train_h100.py's: tuned Triton kernels in every compiled row")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="RECIPE",
+                   help="the recipe to time: tiny, small, seed, 1b (configs/) or a TOML file (default: seed on a "
+                        "GPU; without a GPU a 2-layer test shape)")
+    for name in SHAPE_FLAGS:
+        p.add_argument(f"--{name}", type=int, help="model shape (default: the recipe's)")
+    p.add_argument("--batch_size", type=int, help="sequences per step (default: the recipe's micro-batch; every "
+                                                  "timed step is one micro-batch, as the yardstick's)")
+    p.add_argument("--modes", help=f"comma-separated {GRAMMAR}, or 'all' ({len(all_modes())}: every precision, eager "
+                                   f"and compiled, each attention, with and without -ac); precisions: "
+                                   f"{', '.join(PRECISIONS)}; default on a GPU: {','.join(DEFAULT_GPU_MODES)}; "
+                                   f"without one: {','.join(DEFAULT_CPU_MODES)}")
+    p.add_argument("--steps", type=int, help="timed steps per configuration (default 50 on a GPU, 3 on a CPU)")
+    p.add_argument("--compile_mode", choices=COMPILE_MODES,
+                   help="train.compile_mode of every row (default: the recipe's, auto: CUDA graphs for the fp8 rows "
+                        "on a GPU)")
+    p.add_argument("--tune_kernels", action="store_true",
+                   help="train.tune_kernels in every compiled row (tuned Triton kernels; slower compilation)")
     p.add_argument("--inductor", default="", metavar="KEY=VALUE,...",
                    help="torch._inductor.config overrides for every compiled configuration, e.g. "
                         "coordinate_descent_tuning=True,triton.prefer_nd_tiling=True (recorded in the results)")
     p.add_argument("--no_layers", action="store_true", help="skip the per-layer microbenchmark")
     p.add_argument("--compare-reference", dest="compare_reference", action="store_true",
-                   help="also run the stock-TorchAO yardstick in this process tree")
-    p.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="path of anchor_bench.py")
+                   help="also run the stock-TorchAO yardstick (benchmarks/stock_torchao.py) at the same shape")
     p.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"))
+    p.add_argument("--out", type=Path, default=Path("bench_results/latest"), help="results directory")
     return p
+
+
+def base_config(args: argparse.Namespace, on_gpu: bool) -> tuple[Config, str]:
+    """The config every row starts from, and its label: the recipe with the shape flags, one micro-batch a
+    step, this machine's device (float8 emulated without a GPU) and --compile_mode."""
+    if args.config:
+        config, label = load_recipe(args.config)[0], Path(args.config).stem
+    elif on_gpu:
+        config, label = load_recipe("seed")[0], "seed"
+    else:
+        config, label = with_overrides(Config(), CPU_TEST_SHAPE), "CPU test shape"
+    overrides: dict[str, Any] = {f"model.{n}": getattr(args, n) for n in SHAPE_FLAGS if getattr(args, n) is not None}
+    if args.batch_size is not None:
+        overrides["train.batch_size"] = args.batch_size
+    if args.compile_mode is not None:
+        overrides["train.compile_mode"] = args.compile_mode
+    overrides.update({"train.gradient_accumulation_steps": 1, "run.device": "cuda" if on_gpu else "cpu"})
+    if not on_gpu:
+        overrides["fp8.emulate"] = True
+    config = with_overrides(config, overrides)
+    config.model.validate()
+    return config, label
+
+
+def row_spec(base: Config, mode: str, steps: int, device: torch.device, tune_kernels: bool = False,
+             inductor: dict[str, Any] | None = None) -> BenchSpec:
+    """One row: `base` with the mode's settings, resolved as training resolves a config on `device` (the mode's
+    settings count as asked for: one that cannot apply is an error here, before anything runs)."""
+    overrides = parse_mode(mode)
+    # tuned kernels are compiled ones: an eager row runs without, whatever the recipe or --tune_kernels say
+    tuned = overrides["train.compile_model"] and (tune_kernels or base.train.tune_kernels)
+    try:
+        config = resolve_config(with_overrides(base, {**overrides, "train.tune_kernels": tuned}), device,
+                                distributed=False, explicit=frozenset(overrides))
+    except UserError as e:
+        raise UserError(f"mode {mode}: {e}") from None
+    return BenchSpec(name=mode, config=config.to_dict(), steps=steps, inductor=inductor or {})
 
 
 def environment() -> dict[str, Any]:
@@ -202,44 +265,37 @@ def run_child(module: str, payload: dict[str, Any], timeout: int) -> dict[str, A
     return {"error": message.strip()[:300], "returncode": proc.returncode, "stderr_tail": lines[-60:]}
 
 
-def run_reference(script: Path, cfg: ModelConfig, batch_size: int, modes: list[str], steps: int, out: Path,
-                  timeout: int) -> list[dict[str, Any]]:
+def check_reference(script: Path) -> None:
     if not script.is_file():
-        raise UserError(f"reference script {script} not found; pass --reference PATH/anchor_bench.py")
+        raise UserError(f"--compare-reference runs the yardstick {script}, which is missing: restore it from the "
+                        "repository (git checkout -- benchmarks/stock_torchao.py) or drop --compare-reference")
+
+
+def run_reference(script: Path, cfg: ModelConfig, batch_size: int, modes: list[str], steps: int, out: Path,
+                  timeout: int, device: str) -> list[dict[str, Any]]:
+    """The yardstick's modes that match `modes`, at the same shape, batch and steps; one row per mode."""
     ref_modes = list(dict.fromkeys(REFERENCE_MODES[m] for m in modes if m in REFERENCE_MODES))  # each once
     if not ref_modes:
         return []
     jsonl = out / "reference.jsonl"
     cmd = [sys.executable, str(script), "--dim", str(cfg.dim), "--heads", str(cfg.n_heads), "--layers", str(cfg.n_layers),
            "--ffn", str(cfg.intermediate_size), "--vocab", str(cfg.vocab_size), "--seq", str(cfg.context_length),
-           "--batch", str(batch_size), "--steps", str(steps), "--modes", ",".join(ref_modes), "--out", str(jsonl)]
+           "--batch", str(batch_size), "--steps", str(steps), "--modes", ",".join(ref_modes), "--out", str(jsonl),
+           "--device", device]
+    (out / "reference_command.txt").write_text(" ".join(cmd) + "\n")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * len(ref_modes))
     except subprocess.TimeoutExpired:
         return [{"mode": "reference", "error": "timed out"}]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not any("error" in r for r in rows):
         rows.append({"mode": "reference", "error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]})
-    (out / "reference_command.txt").write_text(" ".join(cmd) + "\n")
     return rows
 
 
-def measured_factors(rows: dict[str, dict[str, Any]], env: dict[str, Any], source: str) -> dict[str, Any]:
-    """Ratios that the trainer quotes in its warnings, derived from this run's rows."""
-    def ratio(num: str, den: str, what: str) -> dict[str, Any] | None:
-        a, b = rows.get(num, {}), rows.get(den, {})
-        if "tokens_per_second" not in a or "tokens_per_second" not in b:
-            return None
-        return dict(ratio=a["tokens_per_second"] / b["tokens_per_second"], what=what, gpu=env.get("gpu") or "CPU",
-                    date=env["date"][:10], source=source)
-    factors = {
-        "fp8_eager_vs_bf16_compile": ratio("fp8-tensorwise-eager", BASELINE, "fp8 eager tokens/s vs bf16 + compile"),
-        "fp8_eager_vs_bf16_eager": ratio("fp8-tensorwise-eager", "bf16-eager", "fp8 eager tokens/s vs bf16 eager"),
-        "activation_checkpointing_cost": ratio("bf16-compile-ac", BASELINE, "bf16 + compile tokens/s with vs without checkpointing"),
-        "activation_checkpointing_cost_fp8": ratio("fp8-tensorwise-compile-ac", "fp8-tensorwise-compile",
-                                                   "fp8 + compile tokens/s with vs without checkpointing"),
-    }
-    return {k: v for k, v in factors.items() if v}
+def mean_ms(row: dict[str, Any]) -> float:
+    """A row's mean step time."""
+    return row.get("step_ms_mean", row["step_ms"])
 
 
 def ref_ratio(row: dict[str, Any], ref: dict[str, Any]) -> float:
@@ -249,11 +305,24 @@ def ref_ratio(row: dict[str, Any], ref: dict[str, Any]) -> float:
 
 
 def spread(row: dict[str, Any]) -> str:
-    """The 10th-90th percentile step times: a wide one marks a step that waits on the host (NOTES 25)."""
+    """The 10th-90th percentile step times: a wide one marks a step that waits on the host."""
     each = sorted(row.get("step_ms_each", []))
     if len(each) < 10:
         return "n/a"
     return f"{each[len(each) // 10]:.1f}-{each[(9 * len(each)) // 10]:.1f}"
+
+
+def row_notes(r: dict[str, Any]) -> str:
+    """What ran beyond the row's name, in brackets."""
+    notes = [("CUDA graphs", r.get("compile_mode") in CUDA_GRAPH_MODES),
+             ("tuned kernels", r.get("tune_kernels") and r.get("compiled")),
+             ("fused SwiGLU", r.get("fp8_fused_swiglu")),
+             (f"kernel casts: {r.get('fp8_kernel_casts')}", r.get("fp8_kernel_casts", "none") != "none"),
+             (f"{r.get('residual_dtype', 'fp32')} residual", True),
+             ("weights cast per step", r.get("fp8_weight_cache") or r.get("bf16_weight_cache")),
+             ("fast accumulation", r.get("fp8_fast_accum")),
+             ("w1 and w3 as one product", r.get("fp8_merge_w13"))]
+    return "".join(f" ({text})" for text, on in notes if on)
 
 
 def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on_gpu: bool) -> str:
@@ -268,16 +337,7 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
             lines.append(f"| {r['name']} | FAILED: {r['error']} |" + " |" * (len(header) - 2))
             continue
         ref = ref_by_mode.get(REFERENCE_MODES.get(r["name"]), {})
-        notes = (" (CUDA graphs)" if r.get("compile_mode") in CUDA_GRAPH_MODES else "") + (
-            " (tuned kernels)" if r.get("tune_kernels") and r.get("compiled") else "") + (
-            " (fused SwiGLU)" if r.get("fp8_fused_swiglu") else "") + (
-            f" (kernel casts: {r['fp8_kernel_casts']})" if r.get("fp8_kernel_casts", "none") != "none" else "") + (
-            " (head kernel)" if r.get("fp8_head_kernel") else "") + (
-            f" ({r.get('residual_dtype', 'fp32')} residual)") + (
-            " (weights cast per step)" if r.get("fp8_weight_cache") or r.get("bf16_weight_cache") else "") + (
-            " (fast accumulation)" if r.get("fp8_fast_accum") else "") + (
-            " (w1 and w3 as one product)" if r.get("fp8_merge_w13") else "")
-        cells = [r["name"] + notes, f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
+        cells = [r["name"] + row_notes(r), f"{r['tokens_per_second']:,}", f"{r['step_ms']:.1f}", spread(r),
                  f"{r['model_tflops']:.0f}",
                  f"{100 * r['mfu_bf16_peak']:.1f}%" if "mfu_bf16_peak" in r else "n/a",
                  f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a",
@@ -287,6 +347,9 @@ def format_table(rows: list[dict[str, Any]], reference: list[dict[str, Any]], on
                  f"{r['roofline_tokens_per_second']:,}" if "roofline_tokens_per_second" in r else "n/a",
                  f"{r['warmup_seconds']:.1f}", r["attention_backend"]]
         lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in reference if "error" in r]
+    if failed:
+        lines.append("\nreference failed: " + "; ".join(f"{r.get('mode')}: {r['error']}" for r in failed))
     if not on_gpu:
         lines.append("\nCPU timings (no CUDA device): they say nothing about GPU speed.")
     return "\n".join(lines)
@@ -340,56 +403,54 @@ def plot(rows: list[dict[str, Any]], reference: list[dict[str, Any]], layers: li
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.compare_reference:  # before anything runs: a missing yardstick is not found out after the matrix
+        check_reference(REFERENCE_SCRIPT)
     on_gpu = torch.cuda.is_available()
-    preset = args.preset or ("seed" if on_gpu else "test")
-    overrides = {n: getattr(args, n) for n in ("vocab_size", "context_length", "dim", "n_layers", "n_heads",
-                                                 "intermediate_size") if getattr(args, n) is not None}
-    cfg = replace(PRESETS[preset], **overrides).validate()
-    batch_size = args.batch_size or ((8 if preset == "1b" else 16) if on_gpu else 4)
-    steps = args.steps or (50 if on_gpu else 3)  # host-bound fp8 steps wander: 15-20 steps misled by 5% (NOTES 25)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    base, label = base_config(args, on_gpu)
+    cfg, batch_size = base.model, base.train.batch_size
+    steps = args.steps or (50 if on_gpu else 3)  # host-bound fp8 steps wander: 15-20 steps can mislead by 5%
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
     if args.modes == "all":
         modes = all_modes()
     elif args.modes:
-        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        modes = list(dict.fromkeys(m.strip() for m in args.modes.split(",") if m.strip()))
     else:
         modes = list(DEFAULT_GPU_MODES if on_gpu else DEFAULT_CPU_MODES)
-    for m in modes:
-        parse_mode(m)
     inductor = parse_inductor(args.inductor)
-    if args.tune_kernels:  # here, not in each configuration's process: one error line, not a table of failures
-        check_tune_kernels(torch.device("cuda" if on_gpu else "cpu"))
+    # Every row resolved here, before any runs: one error line, not a table of failures.
+    specs = [row_spec(base, mode, steps, device, args.tune_kernels, inductor) for mode in modes]
     if not on_gpu:
         print("no CUDA device: running on the CPU ('bf16' rows compute in fp32, fp8 is emulated); these are CPU "
               "timings, not GPU predictions")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
-    peaks = current_device_peaks(torch.device("cuda")) if on_gpu else None
-    print(f"model: {preset} preset {asdict(cfg)}; micro-batch {batch_size} x {cfg.context_length} tokens; "
+    params = _param_count(cfg)
+    peaks = current_device_peaks(device) if on_gpu else None
+    print(f"model: {label} {asdict(cfg)}; micro-batch {batch_size} x {cfg.context_length} tokens; "
           f"{token_flops(cfg).model / 1e9:.2f} GFLOP/token")
     if peaks:
         for fp8 in (False, True):
-            bound = roofline_tokens_per_second(cfg, peaks, fp8, batch_size * cfg.context_length,
-                                               _param_count(cfg), fp8_head=fp8)
+            bound = roofline_tokens_per_second(cfg, peaks, fp8, batch_size * cfg.context_length, params, fp8_head=fp8)
             print(f"roofline upper bound ({'fp8, head included' if fp8 else 'bf16'}, {peaks.name} datasheet): "
                   f"{bound:,.0f} tokens/s")
 
     rows: list[dict[str, Any]] = []
-    about = dict(environment=env, model=asdict(cfg), preset=preset, batch_size=batch_size, steps=steps, inductor=inductor,
-                 tune_kernels=args.tune_kernels)
-    device = "cuda" if on_gpu else "cpu"
-    for mode in tqdm(modes, desc="configurations", unit="config"):
-        spec = BenchSpec(name=mode, model=asdict(cfg), batch_size=batch_size, steps=steps,
-                         compile_mode=args.compile_mode, tune_kernels=args.tune_kernels, device=device, inductor=inductor,
-                         **parse_mode(mode))
-        result = run_child("cs336_basics.perf.bench_run", asdict(spec), args.timeout)
-        result.setdefault("name", mode)
-        result.setdefault("precision", spec.precision)
+    about = dict(environment=env, recipe=label, config=base.to_dict(), batch_size=batch_size, steps=steps,
+                 inductor=inductor, tune_kernels=args.tune_kernels)
+    for spec in tqdm(specs, desc="configurations", unit="config"):
+        result = run_child("cs336_basics.cli.bench_run", asdict(spec), args.timeout)
+        result.setdefault("name", spec.name)
+        fp8 = spec.config["fp8"]
+        result.setdefault("precision", f"fp8-{fp8['recipe']}" if fp8["enabled"] else "bf16")
+        result["config"] = spec.config  # the resolved config the row trained with
         rows.append(result)
         # Written after every configuration, so an interrupted or timed-out matrix keeps what it measured.
         write_text_atomic(out / "matrix.json", json.dumps(dict(about, rows=rows, complete=False), indent=1))
-        tqdm.write(f"{mode}: " + (f"{result['tokens_per_second']:,} tokens/s" if "tokens_per_second" in result
-                                  else f"FAILED ({result['error']})"))
+        tqdm.write(f"{spec.name}: " + (f"{result['tokens_per_second']:,} tokens/s" if "tokens_per_second" in result
+                                       else f"FAILED ({result['error']})"))
 
     layers: list[dict[str, Any]] = []
     if on_gpu and not args.no_layers:
@@ -397,31 +458,32 @@ def main(argv: list[str] | None = None) -> int:
                                                                         recipe="tensorwise"), args.timeout)
         layers = layers_result.get("layers", [layers_result])
 
-    reference = (run_reference(args.reference, cfg, batch_size, modes, steps, out, args.timeout)
+    reference = (run_reference(REFERENCE_SCRIPT, cfg, batch_size, modes, steps, out, args.timeout, device.type)
                  if args.compare_reference else [])
 
     table = format_table(rows, reference, on_gpu)
-    title = f"{preset}: {_param_count(cfg) / 1e6:.0f}M params, batch {batch_size} x {cfg.context_length}, {env.get('gpu') or 'CPU'}"
+    title = f"{label}: {params / 1e6:.0f}M params, batch {batch_size} x {cfg.context_length}, {env.get('gpu') or 'CPU'}"
     print("\n" + title + "\n" + table)
     if layers:
         print("\nper-layer fp8 (tensorwise) vs bf16, forward + backward, compiled:\n" + format_layers(layers))
-    source = str(out / "matrix.json")
-    factors = measured_factors({r["name"]: r for r in rows}, env, source)
-    result = dict(about, rows=rows, reference=reference, layers=layers, measured_factors=factors, complete=True)
-    write_text_atomic(out / "matrix.json", json.dumps(result, indent=1))
-    (out / "measured_factors.json").write_text(json.dumps(factors, indent=1))
-    md = [f"# Performance matrix: {title}", "", f"{env['date']}; torch {env['torch']}, torchao {env['torchao']}, "
+    write_text_atomic(out / "matrix.json", json.dumps(dict(about, rows=rows, reference=reference, layers=layers,
+                                                           complete=True), indent=1))
+    md = [f"# Benchmark matrix: {title}", "", f"{env['date']}; torch {env['torch']}, torchao {env['torchao']}, "
           f"CUDA {env['cuda']}, driver {env.get('driver')}", "", f"Command: `{env['command']}`", "", table]
     if inductor:
         md[4:4] = [f"TorchInductor overrides in every compiled row: `{inductor}`", ""]
     if layers:
         md += ["", "## Per-layer fp8 (tensorwise) vs bf16", "", format_layers(layers)]
-    (out / "matrix.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "matrix.md", "\n".join(md) + "\n")
     plot(rows, reference, layers, out, title)
-    print(f"\nwrote {out}/matrix.json, matrix.md, measured_factors.json and PNG charts")
+    print(f"\nwrote {out}/matrix.json, matrix.md and PNG charts")
     return 0
 
 
 def _param_count(cfg: ModelConfig) -> int:
     with torch.device("meta"):
         return Transformer(cfg).num_params()
+
+
+def cli() -> int:
+    return run_main(main)
