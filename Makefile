@@ -16,8 +16,8 @@ LOCK := $(or $(shell cat $(VENV)/lock 2>/dev/null),$(CPU_LOCK))
 endif
 
 # The quick start: a 4-layer model on CPython's own documentation text, a few minutes on 2 CPU cores.
-TRAIN_ARGS := --preset tiny --batch_size 32 --max_steps 300 --warmup_steps 30 --lr 2e-3 --min_lr 2e-4 \
-	--eval_interval 100 --checkpoint_interval 100 --log_interval 10 --out_dir runs/quickstart --overwrite
+# configs/tiny.toml holds its settings.
+TRAIN_ARGS := --config tiny --out_dir runs/quickstart --overwrite
 
 .PHONY: train test install install-gpu
 

@@ -1,4 +1,4 @@
-"""`generate.py`: sample text from a run directory (or a checkpoint file) written by train_h100.py."""
+"""Sample text from a run directory (or a checkpoint file) written by training (`cs336-generate`, `generate.py`)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                        args.top_p, stop_id=eot_id(tokenizer), generator=generator)
         print(f"--- sample {i + 1} (step {state['step']}) ---\n{args.prompt}{tokenizer.decode(ids)}")
     return 0
+
+
+def cli() -> int:
+    from cs336_basics.cli import run_main
+
+    return run_main(main)
