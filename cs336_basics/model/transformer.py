@@ -99,7 +99,7 @@ def rope_tables(head_dim: int, context_length: int, theta: float) -> tuple[torch
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[i], x[i + D/2]) by position-dependent angles. x: (B, T, H, D); cos, sin: (T, D/2) float32.
     The rotation is computed in float32 (bf16 q/k are promoted by the float32 tables) and returned in x's dtype:
-    more accurate, and measured 2.7% faster per 1B fp8 step than casting the tables to bf16 (benchmarks/NOTES.md 16)."""
+    more accurate, and measured faster at 1B than casting the tables to bf16 (docs/log.md)."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, D/2)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
