@@ -8,15 +8,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
-from cs336_basics.perf.measured import _experiment
 from cs336_basics.precision.bf16_cache import Bf16WeightCache, CachedCastLinear, cache_bf16_weights, weight_gradient
-from cs336_basics.training.trainer import resolve_bf16_weight_cache
-from cs336_basics.training.transforms import apply_activation_checkpointing, compile_model
 
 CFG = ModelConfig(vocab_size=512, context_length=32, dim=64, n_layers=2, n_heads=4, intermediate_size=128)
+
+
+def apply_activation_checkpointing(model: Transformer) -> None:
+    """Each block's activations recomputed in the backward pass, as training checkpoints a model."""
+    for i, block in enumerate(model.layers):
+        model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def compile_model(model: Transformer) -> None:
+    """torch.compile per block and of the output head + loss, in place, as training compiles a model."""
+    for block in model.layers:
+        block.compile(fullgraph=True)
+    model.output.compile(fullgraph=True)
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
@@ -58,7 +68,7 @@ def test_weights_cast_once_per_step_train_as_autocast_does(mode):
         if mode.startswith("checkpointed"):  # the Trainer's order: checkpointing, then compile
             apply_activation_checkpointing(model)
         if mode.endswith("compiled"):
-            compile_model(model, "default")
+            compile_model(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         losses[name] = []
         for step in range(3):
@@ -77,25 +87,9 @@ def test_weights_cast_once_per_step_train_as_autocast_does(mode):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=0, msg=lambda m: f"{name}: {m}")
 
 
-def test_bf16_cache_is_on_where_it_applies_and_refused_elsewhere(tmp_path, capsys, tiny_cli):
-    """Unset: on for bf16 on one GPU, off for float8, CPU (float32, no autocast) and torchrun; --no-bf16_weight_cache:
-    off; asked for where it does not apply: a one-line error, not ignored. A bf16 run with it is a baseline the
-    gains pair with (recorded in the entry), not an experiment left out."""
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert resolve_bf16_weight_cache(None, fp8=False, device=cuda, distributed=False)
-    assert not resolve_bf16_weight_cache(False, fp8=False, device=cuda, distributed=False)
-    assert resolve_bf16_weight_cache(True, fp8=False, device=cuda, distributed=False)
-    for fp8, device, distributed in ((True, cuda, False), (False, cpu, False), (False, cuda, True)):
-        assert not resolve_bf16_weight_cache(None, fp8, device, distributed)
-        with pytest.raises(UserError, match="--bf16_weight_cache applies to bf16 training under autocast on one GPU"):
-            resolve_bf16_weight_cache(True, fp8, device, distributed)
-    train, base = tiny_cli
-    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 1, "--bf16_weight_cache"]) == 2
-    assert "--bf16_weight_cache applies to bf16 training under autocast on one GPU" in capsys.readouterr().err
-    assert not _experiment({"bf16_weight_cache": True})
+def test_the_cache_needs_cached_layers():
     with pytest.raises(ValueError, match="no CachedCastLinear"):
         Bf16WeightCache(Transformer(CFG))
-
 
 def test_weight_gradient_in_float32_is_the_unrounded_product():
     """float32_out (a GPU's path, here its CPU reference): g^T x accumulated and kept in float32, ~1000x closer to

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cs336_basics.precision.float8 import E4M3, E4M3_MAX, E5M2, E5M2_MAX
 from cs336_basics.precision.fp8_cast import cast_both_reference
-from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_reference_casts_both_layouts_saturates_and_keeps_the_unscaled_amax(e5m2
 
 def test_kernels_refuse_what_was_not_checked_on_the_gpu():
     """The kernels' launch check: contiguous 2-D tensors of one shape, of the dtypes checked on the GPU: bf16, and
-    for the cast float32 too (whose tiles needed their own transpose, NOTES 42)."""
+    for the cast float32 too (whose tiles needed their own transpose on the GPU)."""
     from cs336_basics.precision.fp8_cast import check_2d
 
     a = torch.zeros(4, 8, dtype=torch.bfloat16)
@@ -91,97 +91,21 @@ def test_under_autocast_the_kernel_casts_the_input_from_bf16(which):
     assert torch.equal(*outs)
 
 
-def test_a_run_checks_the_cast_kernel_at_its_shapes_and_refuses_a_wrong_one(monkeypatch):
-    """With kernel casts, build_model checks the cast at every (tokens x width, format) the layers will cast before
-    training, and refuses a kernel whose transposed copy is wrong (as call 40 found ours on the GPU)."""
-    from cs336_basics.errors import UserError
-    from cs336_basics.model.transformer import ModelConfig
-    from cs336_basics.precision import fp8_cast
-    from cs336_basics.training.setup import Fp8Options, build_model
-
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
-    seen = []
-    build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="inputs"), 32, log=seen.append)
-    assert "fp8 cast kernel checked at 32 tokens x 32 (e4m3), 64 (e4m3): both layouts" in " ".join(seen)
-    seen.clear()
-    build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="all"), 32, log=seen.append)
-    assert "x 32 (e4m3), 32 (e5m2), 64 (e4m3), 64 (e5m2), 96 (e5m2)" in " ".join(seen)  # qkv's output is 3 x 32 wide
-    right = fp8_cast.cast_both
-
-    def transposed_wrong(x, scale, e5m2, config=None):
-        q, qt, amax = right(x, scale, e5m2)
-        return q, qt.view(torch.uint8).flip(1).view(qt.dtype), amax
-
-    monkeypatch.setattr(fp8_cast, "cast_both", transposed_wrong)
-    with pytest.raises(UserError, match=r"cast kernel computed wrong results .*cast e4m3 32 x 32 output 0: the transposed"):
-        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="all"), 32,
-                    log=lambda s: None)
-
-
-def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
-    import numpy as np
-
-    from cs336_basics.data.batches import RandomWindows
-    from cs336_basics.errors import UserError
-    from cs336_basics.model.transformer import ModelConfig
-    from cs336_basics.perf.matrix import parse_mode
-    from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
-    from cs336_basics.training.setup import Fp8Options, build_model
-    from cs336_basics.training.trainer import TrainConfig, Trainer
-
-    suffixes = ("", "-castnone", "-castinputs", "-castgrads", "-castall")
-    assert [parse_mode(f"fp8-delayed-compile{s}")["fp8_kernel_casts"] for s in suffixes] == [
-        "auto", "none", "inputs", "grads", "all"]
-    with pytest.raises(UserError, match="fp8-delayed only"):
-        parse_mode("fp8-tensorwise-compile-castall")
-    with pytest.raises(UserError, match="name one of"):
-        parse_mode("fp8-delayed-compile-castnone-castall")
-    with pytest.raises(ValueError, match="kernel_casts must be one of"):
-        Float8DelayedLinear(torch.nn.Linear(16, 16, bias=False), emulate=True, kernel_casts="some")
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
-    with pytest.raises(UserError, match="delayed recipe's layers"):
-        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, kernel_casts="all"))
-    with pytest.raises(UserError, match="expected auto or one of none, inputs, grads, all"):
-        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts="x"))
-    tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
-    losses = {}
-    for kernel_casts in ("none", "inputs", "grads", "all"):
-        torch.manual_seed(0)
-        model, _ = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, kernel_casts=kernel_casts),
-                               log=lambda s: None)
-        assert all(m.kernel_casts == kernel_casts for m in model.modules() if isinstance(m, Float8DelayedLinear))
-        trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=True, gradient_checkpointing=False),
-                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / kernel_casts,
-                          log=lambda s: None)
-        losses[kernel_casts] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
-    for kernel_casts in ("inputs", "grads", "all"):
-        assert losses[kernel_casts] == pytest.approx(losses["none"], rel=1e-4), kernel_casts
-
-
-def test_auto_casts_through_our_kernel_with_the_delayed_recipe_only():
-    """The default (auto): every delayed layer's casts through our kernel (call 55: the fastest measured), none
-    with TorchAO's recipes, whose layers cast themselves; the report names what ran."""
-    from cs336_basics.model.transformer import ModelConfig
+def test_auto_resolves_to_every_cast_with_the_delayed_recipe_only():
+    """The default (auto): every delayed layer's casts through our kernel (the fastest measured), none with
+    TorchAO's recipes, whose layers cast themselves; any other choice as given, an unknown one refused."""
     from cs336_basics.precision.fp8_cast import resolve_kernel_casts
-    from cs336_basics.precision.fp8_delayed import Float8DelayedLinear
-    from cs336_basics.training.setup import Fp8Options, build_model
 
-    assert Fp8Options().kernel_casts == "auto"
     assert [resolve_kernel_casts("auto", r) for r in ("delayed", "tensorwise", "rowwise")] == ["all", "none", "none"]
     assert resolve_kernel_casts("grads", "delayed") == "grads"
     with pytest.raises(ValueError, match="must be auto or one of"):
         resolve_kernel_casts("most", "delayed")
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
-    model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), log=lambda s: None)
-    layers = [m for m in model.modules() if isinstance(m, Float8DelayedLinear)]
-    assert layers and all(m.kernel_casts == "all" for m in layers) and report.kernel_casts == "all"
-    _, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True), log=lambda s: None)
-    assert report.kernel_casts == "none"
 
 
 INTERPRETED = """
 import torch
 from cs336_basics.precision import swiglu_fp8 as S
+from cs336_basics.precision.float8 import E4M3, E4M3_MAX, E5M2, E5M2_MAX
 from cs336_basics.precision.fp8_cast import cast_both_reference, launch
 torch.manual_seed(0)
 M, N = 100, 72  # ragged against every tile below
@@ -189,14 +113,14 @@ dg, h1, h3 = ((torch.randn(M, N) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
 s, s1, s3 = torch.tensor(30.0), torch.tensor(5e6), torch.tensor(6e6)
 for config in [(32, 32, 4), (64, 16, 4), (16, 64, 2)]:
     g8, _, g_amax = S.swiglu_forward_fp8_reference(h1, h3, s)
-    out = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
-    launch("swiglu_forward", config, M, N, h1, h3, s.reshape(1), *out, N, FP8_MAX=S.E4M3_MAX)
+    out = [torch.empty(M, N, dtype=E4M3), torch.empty(N, M, dtype=E4M3), torch.zeros(1)]
+    launch("swiglu_forward", config, M, N, h1, h3, s.reshape(1), *out, N, FP8_MAX=E4M3_MAX)
     assert torch.equal(out[1].view(torch.uint8), out[0].t().contiguous().view(torch.uint8)), config
     torch.testing.assert_close(out[2].reshape(()), g_amax, rtol=1e-2, atol=0)
     ref = S.swiglu_backward_fp8_reference(dg, h1, h3, s1, s3)
-    out = [torch.empty(M, N, dtype=S.E5M2), torch.empty(N, M, dtype=S.E5M2), torch.empty(M, N, dtype=S.E5M2),
-           torch.empty(N, M, dtype=S.E5M2), torch.zeros(2)]
-    launch("swiglu_backward", config, M, N, dg, h1, h3, torch.stack([s1, s3]), *out, N, N, FP8_MAX=S.E5M2_MAX)
+    out = [torch.empty(M, N, dtype=E5M2), torch.empty(N, M, dtype=E5M2), torch.empty(M, N, dtype=E5M2),
+           torch.empty(N, M, dtype=E5M2), torch.zeros(2)]
+    launch("swiglu_backward", config, M, N, dg, h1, h3, torch.stack([s1, s3]), *out, N, N, FP8_MAX=E5M2_MAX)
     for rows, cols in ((0, 1), (2, 3)):
         assert torch.equal(out[cols].view(torch.uint8), out[rows].t().contiguous().view(torch.uint8)), config
     torch.testing.assert_close(out[4], ref[4], rtol=1e-2, atol=0)
@@ -206,41 +130,31 @@ for config in [(32, 32, 4), (64, 16, 4), (16, 64, 2)]:
         assert float(gap.max()) <= 2, (config, float(gap.max()))
     # w1 | w3 as one product: h1 and h3 the halves of (M, 2N), the gradients into the halves of (M, 2N) and (2N, M)
     h13 = torch.cat([h1, h3], dim=1)
-    out = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
-    launch("swiglu_forward", config, M, N, *S.split_halves(h13), s.reshape(1), *out, 2 * N, FP8_MAX=S.E4M3_MAX)
-    want = [torch.empty(M, N, dtype=S.E4M3), torch.empty(N, M, dtype=S.E4M3), torch.zeros(1)]
-    launch("swiglu_forward", config, M, N, h1, h3, s.reshape(1), *want, N, FP8_MAX=S.E4M3_MAX)
-    assert all(torch.equal(a.view(torch.uint8) if a.dtype == S.E4M3 else a, b.view(torch.uint8) if b.dtype == S.E4M3 else b)
+    out = [torch.empty(M, N, dtype=E4M3), torch.empty(N, M, dtype=E4M3), torch.zeros(1)]
+    launch("swiglu_forward", config, M, N, *S.split_halves(h13), s.reshape(1), *out, 2 * N, FP8_MAX=E4M3_MAX)
+    want = [torch.empty(M, N, dtype=E4M3), torch.empty(N, M, dtype=E4M3), torch.zeros(1)]
+    launch("swiglu_forward", config, M, N, h1, h3, s.reshape(1), *want, N, FP8_MAX=E4M3_MAX)
+    assert all(torch.equal(a.view(torch.uint8) if a.dtype == E4M3 else a, b.view(torch.uint8) if b.dtype == E4M3 else b)
                for a, b in zip(out, want)), config
-    d13, d13t, amax13 = torch.empty(M, 2 * N, dtype=S.E5M2), torch.empty(2 * N, M, dtype=S.E5M2), torch.zeros(2)
+    d13, d13t, amax13 = torch.empty(M, 2 * N, dtype=E5M2), torch.empty(2 * N, M, dtype=E5M2), torch.zeros(2)
     launch("swiglu_backward", config, M, N, dg, *S.split_halves(h13), torch.stack([s1, s1]), d13[:, :N], d13t[:N],
-           d13[:, N:], d13t[N:], amax13, 2 * N, 2 * N, FP8_MAX=S.E5M2_MAX)
-    want = [torch.empty(M, N, dtype=S.E5M2), torch.empty(N, M, dtype=S.E5M2), torch.empty(M, N, dtype=S.E5M2),
-            torch.empty(N, M, dtype=S.E5M2), torch.zeros(2)]
-    launch("swiglu_backward", config, M, N, dg, h1, h3, torch.stack([s1, s1]), *want, N, N, FP8_MAX=S.E5M2_MAX)
+           d13[:, N:], d13t[N:], amax13, 2 * N, 2 * N, FP8_MAX=E5M2_MAX)
+    want = [torch.empty(M, N, dtype=E5M2), torch.empty(N, M, dtype=E5M2), torch.empty(M, N, dtype=E5M2),
+            torch.empty(N, M, dtype=E5M2), torch.zeros(2)]
+    launch("swiglu_backward", config, M, N, dg, h1, h3, torch.stack([s1, s1]), *want, N, N, FP8_MAX=E5M2_MAX)
     assert torch.equal(d13.view(torch.uint8), torch.cat([want[0], want[2]], dim=1).view(torch.uint8)), config
     assert torch.equal(d13t.view(torch.uint8), torch.cat([want[1], want[3]]).view(torch.uint8)), config
     assert torch.equal(amax13, want[4]), config
     for e5m2, scale, x in ((False, s, h1), (False, s, h1.float() * 1.001), (True, s1, dg)):  # float32 in too
         want = cast_both_reference(x, scale, e5m2)
         out = [torch.empty(M, N, dtype=want[0].dtype), torch.empty(N, M, dtype=want[0].dtype), torch.zeros(1)]
-        launch("cast", config, M, N, x, scale.reshape(1), *out, FP8_MAX=S.E5M2_MAX if e5m2 else S.E4M3_MAX, E5M2=e5m2,
+        launch("cast", config, M, N, x, scale.reshape(1), *out, FP8_MAX=E5M2_MAX if e5m2 else E4M3_MAX, E5M2=e5m2,
                TRANSPOSED_LOAD=x.dtype == torch.float32)
         assert torch.equal(out[1].view(torch.uint8), out[0].t().contiguous().view(torch.uint8)), config
         torch.testing.assert_close(out[2].reshape(()), want[2], rtol=0, atol=0)
         step = 0.25 if e5m2 else 0.125
         gap = (out[0].float() - want[0].float()).abs() / (want[0].float().abs() * step).clamp(min=2**-16 if e5m2 else 2**-9)
         assert float(gap.max()) <= 4, (config, e5m2, float(gap.max()))  # e4m3 truncated: up to 4 (sub)normal steps
-    # the head's logit gradient: softmax - onehot at e5m2's static scale, both layouts
-    from cs336_basics.precision.head_grad_fp8 import head_grad_fp8_reference
-    logits = (torch.randn(M, N) * 3).bfloat16()
-    lse, targets = torch.logsumexp(logits.float(), dim=-1), torch.randint(0, N, (M,))
-    want = head_grad_fp8_reference(logits, lse, targets)
-    out = [torch.empty(M, N, dtype=S.E5M2), torch.empty(N, M, dtype=S.E5M2)]
-    launch("head_grad", config, M, N, logits, lse, targets, *out, FP8_MAX=S.E5M2_MAX)
-    assert torch.equal(out[1].view(torch.uint8), out[0].t().contiguous().view(torch.uint8)), config
-    gap = (out[0].float() - want[0].float()).abs() / (want[0].float().abs() * 0.25).clamp(min=2**-16)
-    assert float(gap.max()) <= 2, (config, float(gap.max()))
 print("ok")
 """
 
@@ -257,8 +171,8 @@ def test_kernels_index_mask_and_transpose_in_tritons_interpreter():
 
 def test_kernels_compile_for_hopper():
     """Every kernel of fp8_triton.py compiled for sm90 (to a cubin, with Triton's own ptxas; no GPU needed) with
-    each input dtype and constant the launchers pass. Triton's interpreter accepts code the compiler refuses:
-    call 41's e5m2 cast did not compile (a jit helper returning two float8 types), which this catches."""
+    each input dtype and constant the launchers pass. Triton's interpreter accepts code the compiler refuses: an
+    e5m2 cast written as a jit helper returning two float8 types did not compile, which this catches."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -275,36 +189,12 @@ def test_kernels_compile_for_hopper():
             cases.append((k.cast_fp8_kernel, ["x_ptr"], x_type, "scale_ptr amax_ptr".split(), "q_ptr qt_ptr".split(),
                           "*fp8e5" if e5m2 else "*fp8e4nv",
                           {"FP8_MAX": 57344.0 if e5m2 else 448.0, "E5M2": e5m2, "TRANSPOSED_LOAD": x_type == "*fp32"}))
-    cases.append((k.head_grad_fp8_kernel, ["logits_ptr"], "*bf16", ["lse_ptr"], "g_ptr gt_ptr".split(), "*fp8e5",
-                  {"FP8_MAX": 57344.0}))
     for kernel, inputs, in_type, fp32_ptrs, outputs, out_type, constants in cases:
         signature = {**dict.fromkeys(inputs, in_type), **dict.fromkeys(fp32_ptrs, "*fp32"), **dict.fromkeys(outputs, out_type),
-                     "targets_ptr": "*i64", "M": "i32", "N": "i32", "stride_h": "i32", "stride_d": "i32", **dict.fromkeys([*constants, *tiles], "constexpr")}
+                     "M": "i32", "N": "i32", "stride_h": "i32", "stride_d": "i32", **dict.fromkeys([*constants, *tiles], "constexpr")}
         signature = {name: signature[name] for name in kernel.arg_names}  # the kernel's argument order
         compiled = triton.compile(ASTSource(kernel, signature, constexprs={**constants, **tiles}),
                                   target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], (kernel.fn.__name__, in_type, constants)
 
 
-def test_trainer_flag_runs_recorded_and_kept_on_resume(tmp_path, capsys, tiny_cli):
-    """--fp8_kernel_casts: the configuration summary says it, run.json records it, --resume keeps it; refused
-    without --use_fp8 and with a recipe other than delayed."""
-    import json
-
-    train, base = tiny_cli
-
-    assert train(base + ["--out_dir", tmp_path / "run", "--max_steps", 2, "--use_fp8", "--fp8_emulate",
-                         "--fp8_kernel_casts", "inputs"]) == 0
-    assert "fp8 casts of the layers' inputs: our Triton kernel" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["fp8_kernel_casts"] == "inputs"
-    assert train(["--resume", tmp_path / "run", "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
-                  "--sample_tokens", 0]) == 0
-    assert "(--fp8_kernel_casts inputs)" in capsys.readouterr().out
-    assert train(base + ["--out_dir", tmp_path / "default", "--max_steps", 1, "--use_fp8", "--fp8_emulate"]) == 0
-    assert "fp8 casts of inputs and output gradients: our Triton kernel" in capsys.readouterr().out
-    assert json.loads((tmp_path / "default" / "run.json").read_text())["fp8_kernel_casts"] == "all"
-    assert train(base + ["--out_dir", tmp_path / "bf16", "--max_steps", 1, "--fp8_kernel_casts", "all"]) == 2
-    assert "--fp8_kernel_casts only applies with --use_fp8" in capsys.readouterr().err
-    assert train(base + ["--out_dir", tmp_path / "tw", "--max_steps", 1, "--use_fp8", "--fp8_emulate", "--fp8_recipe",
-                         "tensorwise", "--fp8_kernel_casts", "all"]) == 2
-    assert "casts the delayed recipe's layers: use --fp8_recipe delayed" in capsys.readouterr().err

@@ -1,21 +1,15 @@
 """The fused fp8 SwiGLU (cs336_basics/precision/swiglu_fp8.py): the PyTorch references its Triton kernels are
-checked against on the GPU (benchmarks/kernel_swiglu_fp8.py), the kernels in Triton's CPU interpreter where
-Triton is installed, and Float8DelayedSwiGLU against the three float8 layers it replaces, alone and in
-compiled training (the CPU path runs the references)."""
-
-import subprocess
-import sys
-from pathlib import Path
+checked against on the GPU (benchmarks/kernel_swiglu_fp8.py; the kernels in Triton's CPU interpreter are in
+test_fp8_cast.py), the run-time kernel check, and Float8DelayedSwiGLU against the three float8 layers it replaces
+(the CPU path runs the references)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_head import E4M3_MAX, E5M2, E5M2_MAX
+from cs336_basics.precision.float8 import E4M3_MAX, E5M2, E5M2_MAX
 from cs336_basics.precision.swiglu_fp8 import (swiglu_backward, swiglu_backward_fp8, swiglu_backward_fp8_reference,
                                                swiglu_forward_fp8, swiglu_forward_fp8_reference)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_swiglu_backward_is_autograds():
@@ -65,12 +59,28 @@ def test_off_cuda_the_reference_runs():
         assert torch.equal(got.float(), want.float())
 
 
-def test_kernel_bench_without_a_gpu_is_a_one_line_error():
-    if torch.cuda.is_available():
-        return
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_swiglu_fp8.py")], capture_output=True,
-                         text=True, cwd=ROOT)
-    assert out.returncode == 2 and out.stderr.strip() == "error: kernel_swiglu_fp8.py times a Triton kernel: it needs a CUDA GPU"
+def test_kernel_check_passes_the_references_and_names_a_wrong_kernel(monkeypatch):
+    """check_kernels (what a run calls before it trains): on a CPU both sides are the references, so nothing is
+    wrong; a kernel whose transposed copy is wrong or whose values are off is named."""
+    from cs336_basics.precision import swiglu_fp8 as S
+
+    assert S.check_kernels(64, 48, torch.device("cpu")) == []
+    assert S.check_kernels(64, 48, torch.device("cpu"), merged=True) == []
+    right_forward, right_backward = S.swiglu_forward_fp8, S.swiglu_backward_fp8
+
+    def transposed_wrong(h1, h3, scale, config=None):
+        g8, g8t, amax = right_forward(h1, h3, scale)
+        return g8, g8t.flip(0).contiguous(), amax
+
+    def values_wrong(dg, h1, h3, s1, s3, config=None):
+        d1, d1t, d3, d3t, amax = right_backward(dg * 2, h1, h3, s1, s3)
+        return d1, d1t, d3, d3t, amax / 2
+
+    for broken, what in ((transposed_wrong, "forward output 0: the transposed copy differs"),
+                         (values_wrong, "backward output 0: values more than one float8 step")):
+        with monkeypatch.context() as m:
+            m.setattr(S, "swiglu_forward_fp8" if broken is transposed_wrong else "swiglu_backward_fp8", broken)
+            assert any(p.startswith(what) for p in S.check_kernels(64, 48, torch.device("cpu")))
 
 
 def _delayed_ffn(seed: int):
@@ -114,113 +124,6 @@ def test_fused_swiglu_computes_what_the_three_layers_compute():
         torch.testing.assert_close(ours[key], plain[key], rtol=1e-5, atol=1e-9, msg=lambda m: f"{key}: {m}")
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["kept", "recomputed"])
-def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path, checkpointing):
-    import numpy as np
-
-    from cs336_basics.data.batches import RandomWindows
-    from cs336_basics.model.transformer import ModelConfig
-    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
-    from cs336_basics.training.setup import Fp8Options, build_model
-    from cs336_basics.training.trainer import TrainConfig, Trainer
-
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
-    tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
-    losses = {}
-    for fused in (False, None):  # None: the default, fused with the delayed recipe
-        torch.manual_seed(0)  # w1 and w3 as two products: the same numbers as the layers (merged: test_merged_w13_...)
-        model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, fused_swiglu=fused,
-                                                                          merge_w13=False), log=lambda s: None)
-        kernel = fused is None
-        assert sum(isinstance(m, Float8DelayedSwiGLU) for m in model.modules()) == report.fused_swiglu == 2 * kernel
-        assert ("2 SwiGLU blocks: one function each" in report.summary()) == kernel
-        trainer = Trainer(model, TrainConfig(batch_size=2, max_steps=4, compile_model=True, gradient_checkpointing=checkpointing),
-                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / str(kernel),
-                          log=lambda s: None)
-        losses[kernel] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
-
-
-def test_a_run_checks_the_kernels_at_its_shape_and_refuses_wrong_ones(monkeypatch):
-    """build_model checks the fused SwiGLU's kernels at the run's shape (micro-batch tokens x SwiGLU width) before
-    training; a kernel whose transposed copy is wrong (as the device's Triton made one of ours, NOTES 42) or
-    whose values are off is refused with a one-line error saying how to train without it."""
-    from cs336_basics.errors import UserError
-    from cs336_basics.model.transformer import ModelConfig
-    from cs336_basics.precision import swiglu_fp8 as S
-    from cs336_basics.training.setup import Fp8Options, build_model
-
-    assert S.check_kernels(64, 48, torch.device("cpu")) == []  # on a CPU both sides are the references
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
-    seen = []
-    model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), 2 * 16, log=seen.append)
-    assert "fused SwiGLU kernels checked at 32 tokens x 64" in " ".join(seen)
-    assert report.kernels_checked == "32 tokens x 64"  # what a bench row records
-    right_forward, right_backward = S.swiglu_forward_fp8, S.swiglu_backward_fp8
-
-    def transposed_wrong(h1, h3, scale, config=None):
-        g8, g8t, amax = right_forward(h1, h3, scale)
-        return g8, g8t.flip(0).contiguous(), amax
-
-    def values_wrong(dg, h1, h3, s1, s3, config=None):
-        d1, d1t, d3, d3t, amax = right_backward(dg * 2, h1, h3, s1, s3)
-        return d1, d1t, d3, d3t, amax / 2
-
-    for broken, what in ((transposed_wrong, "forward output 0: the transposed copy differs"),
-                         (values_wrong, "backward output 0: values more than one float8 step")):
-        with monkeypatch.context() as m:
-            m.setattr(S, "swiglu_forward_fp8" if broken is transposed_wrong else "swiglu_backward_fp8", broken)
-            assert any(p.startswith(what) for p in S.check_kernels(64, 48, torch.device("cpu")))
-            with pytest.raises(UserError, match=f"wrong results on this machine at 32 x 64 .*{what}.*train with "
-                               r"--no-fp8_merge_w13 \(or --no-fp8_fused_swiglu\)"):  # the default merges w1 | w3
-                build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True), 2 * 16, log=lambda s: None)
-
-
-def test_fused_swiglu_needs_the_delayed_recipe():
-    from cs336_basics.errors import UserError
-    from cs336_basics.model.transformer import ModelConfig
-    from cs336_basics.perf.matrix import parse_mode
-    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
-    from cs336_basics.training.setup import Fp8Options, build_model
-
-    assert parse_mode("fp8-delayed-compile-unfused")["fp8_fused_swiglu"] is False
-    assert parse_mode("fp8-delayed-compile")["fp8_fused_swiglu"] is None
-    with pytest.raises(UserError, match="fp8-delayed only"):
-        parse_mode("fp8-tensorwise-compile-unfused")
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
-    model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True), log=lambda s: None)
-    assert report.fused_swiglu == 0 and not any(isinstance(m, Float8DelayedSwiGLU) for m in model.modules())
-    with pytest.raises(UserError, match="fuses the delayed recipe's layers"):
-        build_model(cfg, torch.device("cpu"), Fp8Options(recipe="tensorwise", emulate=True, fused_swiglu=True))
-
-
-def test_verify_check_of_the_fused_swiglu_catches_a_broken_kernel(monkeypatch):
-    import cs336_basics.precision.swiglu_fp8 as swiglu_fp8
-    from cs336_basics.precision.verify import check_swiglu_kernels
-
-    assert check_swiglu_kernels(torch.device("cpu")).passed
-    real = swiglu_fp8.swiglu_backward_fp8
-
-    def swapped(dg, h1, h3, scale1, scale3, *args):  # the two gradients exchanged
-        d1, d1t, d3, d3t, amax = real(dg, h1, h3, scale1, scale3, *args)
-        return d3, d3t, d1, d1t, amax
-
-    monkeypatch.setattr(swiglu_fp8, "swiglu_backward_fp8", swapped)
-    broken = check_swiglu_kernels(torch.device("cpu"))
-    assert broken.passed is False and "relative error" in broken.figure
-    monkeypatch.undo()
-    real_merged = swiglu_fp8.swiglu_backward_fp8_merged
-
-    def halves_swapped(dg, h13, scale, *args):  # the merged layout's two halves exchanged
-        d13, d13t, amax = real_merged(dg, h13, scale, *args)
-        n = d13.shape[1] // 2
-        return torch.cat([d13[:, n:], d13[:, :n]], 1), torch.cat([d13t[n:], d13t[:n]]), amax
-
-    monkeypatch.setattr(swiglu_fp8, "swiglu_backward_fp8_merged", halves_swapped)
-    broken = check_swiglu_kernels(torch.device("cpu"))
-    assert broken.passed is False and broken.figure.endswith("(over its bounds)")
-
-
 @pytest.mark.parametrize("cached", [False, True], ids=["cast-in-forward", "cast-once-per-step"])
 def test_merged_w13_computes_the_two_products_under_their_shared_scales(cached):
     """--fp8_merge_w13: w1 and w3 as one product each way compute what the two products compute when those use
@@ -261,80 +164,3 @@ def test_merged_w13_computes_the_two_products_under_their_shared_scales(cached):
     assert float(separate["dw0"].abs().max()) > 0 and float(separate["sinks"].min()) > 0
     for key in separate:
         torch.testing.assert_close(merged[key], separate[key], rtol=1e-5, atol=1e-9, msg=lambda m: f"{key}: {m}")
-
-
-def test_merged_w13_trains_compiled_and_is_recorded(tmp_path):
-    """build_model with merge_w13: the fused SwiGLUs run w1 and w3 as one product, the report says so and its
-    kernel check covers that layout; compiled training with the weights cast once per step follows the
-    separate products' losses (the shared scales round a little differently) and keeps the state-dict keys."""
-    import numpy as np
-
-    from cs336_basics.data.batches import RandomWindows
-    from cs336_basics.model.transformer import ModelConfig
-    from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
-    from cs336_basics.training.setup import Fp8Options, build_model
-    from cs336_basics.training.trainer import TrainConfig, Trainer
-
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=2, n_heads=2, intermediate_size=64)
-    tokens = (np.arange(8192) * 7 % 251).astype(np.uint16)
-    losses, keys = {}, {}
-    for merge in (False, True):
-        torch.manual_seed(0)
-        seen = []
-        model, report = build_model(cfg, torch.device("cpu"), Fp8Options(recipe="delayed", emulate=True, merge_w13=merge),
-                                    2 * 16, log=seen.append)
-        assert report.merge_w13 == merge and ("one float8 product each way" in report.summary()) == merge
-        assert all(m.merge_w13 == merge for m in model.modules() if isinstance(m, Float8DelayedSwiGLU))
-        keys[merge] = list(model.state_dict())
-        trainer = Trainer(model, TrainConfig(batch_size=2, gradient_accumulation_steps=2, max_steps=6, compile_model=True,
-                                             fp8_weight_cache=True), RandomWindows(tokens, 2, 16, 0), tokens[:200],
-                          torch.device("cpu"), tmp_path / str(merge), log=lambda s: None)
-        losses[merge] = [float(trainer.train_step(1e-3)[0]) for _ in range(6)]
-    assert keys[True] == keys[False]
-    assert losses[True] == pytest.approx(losses[False], rel=2e-2) and losses[True][-1] < losses[True][0]
-
-
-def test_merged_w13_is_the_fused_swiglus_default_and_needs_it(tmp_path, capsys, tiny_cli):
-    """w1 | w3 as one product: on by default wherever the fused SwiGLU runs, off without it (no error); asked for by
-    name without the fused SwiGLU, with another recipe or without --use_fp8: refused (one line); a run says it,
-    records it in run.json, and a resume keeps it (--no-fp8_merge_w13 too)."""
-    import json
-
-    from cs336_basics.errors import UserError
-    from cs336_basics.model.transformer import ModelConfig
-    from cs336_basics.perf.matrix import parse_mode
-    from cs336_basics.training.setup import Fp8Options, build_model
-
-    assert parse_mode("fp8-delayed-compile-w13")["fp8_merge_w13"] is True
-    assert parse_mode("fp8-delayed-compile-now13")["fp8_merge_w13"] is False
-    assert parse_mode("fp8-delayed-compile")["fp8_merge_w13"] is None
-    for mode, message in (("fp8-tensorwise-compile-w13", "fp8-delayed only"), ("fp8-delayed-compile-w13-now13", "contradict")):
-        with pytest.raises(UserError, match=message):
-            parse_mode(mode)
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
-    for options in (Fp8Options(recipe="delayed", emulate=True, fused_swiglu=False, merge_w13=True),
-                    Fp8Options(recipe="tensorwise", emulate=True, merge_w13=True)):
-        with pytest.raises(UserError, match="--fp8_merge_w13 runs the fused SwiGLU's w1 and w3 as one product"):
-            build_model(cfg, torch.device("cpu"), options)
-    for options, merged in ((Fp8Options(recipe="delayed", emulate=True), True),
-                            (Fp8Options(recipe="delayed", emulate=True, fused_swiglu=False), False),
-                            (Fp8Options(recipe="tensorwise", emulate=True), False),
-                            (Fp8Options(recipe="delayed", emulate=True, merge_w13=False), False)):
-        assert build_model(cfg, torch.device("cpu"), options)[1].merge_w13 is merged, options
-    train, base = tiny_cli
-    said = "one float8 product each way, one weight scale and one gradient scale for both"
-    for name, flags, merged in (("default", [], True), ("off", ["--no-fp8_merge_w13"], False)):
-        assert train(base + ["--out_dir", tmp_path / name, "--max_steps", 2, "--use_fp8", "--fp8_emulate", *flags]) == 0
-        assert (said in capsys.readouterr().out) is merged
-        assert json.loads((tmp_path / name / "run.json").read_text())["fp8_merge_w13"] is merged
-        assert train(["--resume", tmp_path / name, "--max_steps", 3, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
-                      "--sample_tokens", 0]) == 0
-        assert (said in capsys.readouterr().out) is merged
-    assert train(base + ["--out_dir", tmp_path / "unfused", "--max_steps", 1, "--use_fp8", "--fp8_emulate",
-                         "--no-fp8_fused_swiglu"]) == 0
-    assert said not in capsys.readouterr().out
-    for extra, message in ((["--use_fp8", "--fp8_emulate", "--no-fp8_fused_swiglu"], "needs --fp8_recipe delayed"),
-                           ([], "--fp8_merge_w13 / --no-fp8_merge_w13 only apply with --use_fp8")):
-        assert train(base + ["--out_dir", tmp_path / "refused", "--max_steps", 1, "--fp8_merge_w13", *extra]) == 2
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1

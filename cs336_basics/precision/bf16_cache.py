@@ -1,16 +1,15 @@
-"""bf16 weights cast once per optimizer step (`--bf16_weight_cache`, experimental): the bf16 counterpart of the
-delayed fp8 recipe's weight cache (fp8_delayed.py), so that the two precisions are compared with the same care.
+"""bf16 weights cast once per optimizer step (train.bf16_weight_cache): the bf16 counterpart of the delayed fp8
+recipe's weight cache (fp8_delayed.py), so that the two precisions are compared with the same care.
 
 Under bf16 autocast every nn.Linear casts its float32 weight to bf16 in each forward, so a step of A micro-batches
-casts every weight A times although the weights change only at the optimizer step: ~6 bytes a weight each time
-(benchmarks/NOTES.md 71). `cache_bf16_weights` swaps a model's nn.Linear layers for `CachedCastLinear`, which
-reads a bf16 buffer that `Bf16WeightCache.cast_weights()` writes once at the start of each step; the products
-are autocast's own (bf16 inputs, bf16 output), so on a CPU the numbers are those of the plain layers. On a GPU
-the float32 weight's gradient comes out of cuBLAS in float32 (`torch.mm(..., out_dtype=torch.float32)`, as the
-fp8 layers' weight gradients do) instead of being rounded to bf16 by the product and converted by a kernel of
-its own: 0.84 ms less a seed micro-batch, 2.7 ms at 1B (call 69, benchmarks/NOTES.md 85), and no bf16 rounding
-of the gradient. Parameter names and state-dict keys are unchanged; the buffers are not saved (they follow
-from the weights).
+casts every weight A times although the weights change only at the optimizer step: ~6 bytes a weight each time.
+`cache_bf16_weights` swaps a model's nn.Linear layers for `CachedCastLinear`, which reads a bf16 buffer that
+`Bf16WeightCache.cast_weights()` writes once at the start of each step; the products are autocast's own (bf16
+inputs, bf16 output), so on a CPU the numbers are those of the plain layers. On a GPU the float32 weight's
+gradient comes out of cuBLAS in float32 (`torch.mm(..., out_dtype=torch.float32)`, as the fp8 layers' weight
+gradients do) instead of being rounded to bf16 by the product and converted by a kernel of its own: measured
+faster at the seed size and at 1B (see docs/log.md), and no bf16 rounding of the gradient. Parameter names and
+state-dict keys are unchanged; the buffers are not saved (they follow from the weights).
 """
 
 from __future__ import annotations

@@ -1,19 +1,20 @@
-"""Float8 casts as Triton kernels of ours (issue 5, benchmarks/NOTES.md 38-41): the launcher shared by every
-kernel in fp8_triton.py, and the cast of one tensor into float8 in both layouts with its amax.
+"""Float8 casts as Triton kernels of ours: the launcher shared by every kernel in fp8_triton.py, the run-time
+comparison of a kernel's outputs with its reference's, and the cast of one tensor into float8 in both layouts
+with its amax.
 
 A delayed-scaling float8 layer casts its input (e4m3) and its output gradient (e5m2) once row-major, for one
 matmul, and once transposed, for the weight gradient's (cuBLAS wants the second operand column-major on
 Hopper), and keeps the unscaled amax for the scale history. Inductor fuses these into the kernel that produces
 the tensor (RMSNorm, its backward with the residual add, ...), but as row reductions (for the amax) whose
-transposed stores are strided: at the seed size the RMSNorm kernels carrying casts take ~10.7 ms a step
-against bf16's ~4.9 ms of norms (call 35). `cast_both_layouts` does the cast as an opaque op instead: one pass
-in 2-D tiles, each tile loaded once and stored both ways with coalesced stores, the amax by one atomic max a
-tile. The producer then writes its bf16 result plainly, and the op reads it once more: more bytes, fewer
-wasted cycles. Fp8Options.kernel_casts chooses which casts (bench suffixes -castnone, -castinputs, -castgrads,
--castall); the delayed recipe's default is all of them since call 55 measured it on the bf16 residual stream:
-+3.0% a seed step, +1.5% at 1B over inductor's casts (benchmarks/NOTES.md 62). The layers hand it bf16 under
-autocast (a float32 RMSNorm output is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs
-take a slower path in the kernel, the only one right on the H200's Triton (NOTES 42).
+transposed stores are strided: at the seed size the RMSNorm kernels carrying casts measured about twice as slow
+as bf16's norms. `cast_both_layouts` does the cast as an opaque op instead: one pass in 2-D tiles, each tile
+loaded once and stored both ways with coalesced stores, the amax by one atomic max a tile. The producer then
+writes its bf16 result plainly, and the op reads it once more: more bytes, fewer wasted cycles.
+The config's fp8.kernel_casts chooses which casts (none, inputs, grads, all); the delayed recipe's default is
+all of them: on the bf16 residual stream the fastest measured at the seed size, and
+faster than inductor's casts at 1B (see docs/log.md). The layers hand it bf16 under autocast (a float32 RMSNorm
+output is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs take a slower path in the
+kernel, the only one that came out right with the H200's Triton.
 
 The `_reference` function is the same computation in PyTorch ops: the CPU path, and what the kernel is
 checked against on the GPU (benchmarks/kernel_swiglu_fp8.py).
@@ -26,34 +27,29 @@ from typing import Any
 
 import torch
 
-from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to
+from cs336_basics.precision.float8 import E4M3, E4M3_MAX, E5M2, E5M2_MAX, amax, cast_to
 
 # (BLOCK_M, BLOCK_N, warps). Triton's autotuner times them on the first call of each shape and keeps the fastest
 # (the stores are idempotent and the amax a max, so the repeated runs are harmless). At the seed shape the
-# SwiGLU kernels took 103-140 us forward, 213-271 us backward over these tiles (call 33).
+# SwiGLU kernels' times differed by up to a third between these tiles.
 Config = tuple[int, int, int]
 CONFIGS: tuple[Config, ...] = ((64, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (32, 128, 4), (128, 32, 4))
-KERNELS = ("swiglu_forward", "swiglu_backward", "cast", "head_grad")
+KERNELS = ("swiglu_forward", "swiglu_backward", "cast")
 # Which of a delayed layer's casts go through cast_both_layouts: none (inductor's code, fused into the
-# producers), the inputs' only (in the forward), the output gradients' only (in the backward), or all. Call 55
-# (bf16 residual stream, seed / 1B over none): inputs -0.6% (seed), grads +1.2% (seed), all +3.0% / +1.5%.
+# producers), the inputs' only (in the forward), the output gradients' only (in the backward), or all. On the
+# bf16 residual stream "all" measured fastest at the seed size ("inputs" alone slower than none), and faster than
+# none at 1B.
 KERNEL_CASTS = ("none", "inputs", "grads", "all")
 
 
 def resolve_kernel_casts(choice: str, recipe: str) -> str:
-    """"auto": every cast through our kernel with the delayed recipe (the fastest measured, call 55), none with
-    TorchAO's recipes (their casts are TorchAO's); any other choice as given."""
+    """"auto": every cast through our kernel with the delayed recipe (the fastest measured), none with TorchAO's
+    recipes (their casts are TorchAO's); any other choice as given."""
     if choice == "auto":
         return "all" if recipe == "delayed" else "none"
     if choice not in KERNEL_CASTS:
         raise ValueError(f"kernel casts must be auto or one of {KERNEL_CASTS}, got {choice!r}")
     return choice
-
-
-def amax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| as a float32 scalar, reduced per row first (the same rows the cast walks, so the compiler can
-    put both in one kernel), then over rows."""
-    return x.detach().abs().amax(dim=-1).amax().float()
 
 
 @functools.cache
@@ -69,7 +65,7 @@ def kernels() -> dict[str, Any]:
 def check_2d(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,),
              rows_may_stride: bool = False) -> None:
     """The kernels' inputs: contiguous (M, N) tensors of one shape, of the dtypes checked on the GPU for that kernel
-    (a dtype's tiles can compile differently: float32 broke the transposed copies, NOTES 42). rows_may_stride:
+    (a dtype's tiles can compile differently: float32 broke the transposed copies on an H200). rows_may_stride:
     or rows spaced by one common stride (the halves of an (M, 2N) array), for kernels that take a row stride."""
     shape = tensors[0].shape
 
@@ -101,7 +97,7 @@ def compare_fp8(name: str, got: tuple[torch.Tensor, ...], want: tuple[torch.Tens
     """What is wrong in a kernel's outputs (row-major, transposed pairs of float8 tensors, then the amax(es))
     against its reference's: a transposed copy not byte-equal to its row-major copy transposed, a value more
     than one float8 step from the reference, an amax more than 1% off (one bf16 rounding of the largest value
-    may differ between kernel and reference). The run-time checks' comparison (NOTES 42, 44)."""
+    may differ between kernel and reference). The run-time checks' comparison."""
     *layouts, got_amax = got
     problems = []
     for i in range(0, len(layouts), 2):

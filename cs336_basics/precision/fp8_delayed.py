@@ -1,29 +1,28 @@
-"""Float8 linear layers with *delayed* scaling (issue 5): the scales of a layer's input and of its output
-gradient come from the amax seen in earlier steps, so the cast to float8 needs no pass over the tensor
-first and the compiler can fuse it into the kernel that produces the tensor (RMSNorm, SwiGLU, the
-attention output, and their backward counterparts). TorchAO's recipes scale dynamically: they read each
-activation once for its amax, then again to cast it. The weights keep a dynamic tensorwise scale (they
-are small and change every step).
+"""Float8 linear layers with *delayed* scaling: the scales of a layer's input and of its output gradient come
+from the amax seen in earlier steps, so the cast to float8 needs no pass over the tensor first and the compiler
+can fuse it into the kernel that produces the tensor (RMSNorm, SwiGLU, the attention output, and their backward
+counterparts). TorchAO's recipes scale dynamically: they read each activation once for its amax, then again to
+cast it. The weights keep a dynamic tensorwise scale (they are small and change every step).
 
 Each step every layer records the amax of its input (a buffer, maxed over micro-batches) and of its output
 gradient (returned by backward as the "gradient" of a 0-dim sink tensor; `after_backward()` between
 micro-batches keeps their max, where autograd would add them up). `DelayedScaling.update()` after the
 backward passes moves them into a history of the last `history` steps and sets each scale to float8's
-largest value / (the history's max x 2^margin; 2^grad_margin for the gradients). Casts saturate, so a value
-above that range is clipped, never inf; `update()` counts the casts that were (a tensor whose amax this step
-exceeded its scale's range) and `take_saturation()` reports them, so a run shows when its scales lagged its
-tensors. `calibrate()` fills the history once before training from one forward + backward with dynamic scales
-whose gradients are thrown away (the scales start unknown).
+largest value / (the history's max x 2^margin). Casts saturate, so a value above that range is clipped, never
+inf; `update()` counts the casts that were (a tensor whose amax this step exceeded its scale's range) and
+`take_saturation()` reports them, so a run shows when its scales lagged its tensors. `calibrate()` fills the
+history once before training from one forward + backward with dynamic scales whose gradients are thrown away
+(the scales start unknown).
 
-With `cache_weights` (`--fp8_weight_cache`) the weights are cast once per optimizer step instead of in every
+With `cache_weights` (fp8.weight_cache) the weights are cast once per optimizer step instead of in every
 micro-batch's forward (and their column-major copy once instead of in every backward): `DelayedScaling.
 cast_weights()` writes each layer's float8 weight, its column-major copy and its scale into buffers the layers
 read. The weights do not change between micro-batches, so the numbers are the same; the casts' time is
 divided by the gradient accumulation steps.
 
 The history is saved in checkpoints (`state_dict`), so a resumed run scales as the uninterrupted one would
-have. `emulate=True` computes each
-product as a float32 matmul of the dequantised fp8 values (exact fp8 numerics on any device, for tests).
+have. `emulate=True` computes each product as a float32 matmul of the dequantised fp8 values (exact fp8
+numerics on any device, for tests).
 """
 
 from __future__ import annotations
@@ -32,10 +31,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_cast import KERNEL_CASTS, amax, cast_both_layouts
-from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm, to_fp8
+from cs336_basics.precision.float8 import (E4M3, E4M3_MAX, E5M2, E5M2_MAX, amax, cast_to, column_major, scaled_mm,
+                                           to_fp8)
+from cs336_basics.precision.fp8_cast import KERNEL_CASTS, cast_both_layouts
 
 
 # A weight cast to float8: (w8 (N, K) e4m3 row-major, the same column-major, 1 / its scale).
@@ -50,7 +49,7 @@ def cast_weight(weight: torch.Tensor) -> WeightCast:
 
 
 LAYER_CAST = ("w8", "w8_columns", "inv_w")  # a Float8DelayedLinear's cast buffers (Float8DelayedLinear.weight_cast)
-MERGED_CAST = ("w13_8", "w13_columns", "inv_w13")  # a fused SwiGLU's [w1; w3] cast buffers (--fp8_merge_w13)
+MERGED_CAST = ("w13_8", "w13_columns", "inv_w13")  # a fused SwiGLU's [w1; w3] cast buffers (fp8.merge_w13)
 
 
 def register_weight_cast(module: nn.Module, n: int, k: int, like: torch.Tensor,
@@ -153,8 +152,7 @@ class Float8DelayedLinear(nn.Module):
         self.kernel_casts = kernel_casts  # which casts go through our kernel (fp8_cast.py), not inductor's code
         self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
         self.cache_weights = False  # set by DelayedScaling(cache_weights=True): read the weight cast once per step
-        self.fast_accum = False  # set by build_model (Fp8Options.fast_accum): the forward product's accumulation
-        self.high_precision = False  # set by set_float8_compute: compute as the plain layer (before --fp8_start_step)
+        self.fast_accum = False  # set from fp8.fast_accum: the forward product's accumulation
         self.weight = linear.weight
         device = linear.weight.device
         for name in ("x_scale", "g_scale"):
@@ -171,8 +169,6 @@ class Float8DelayedLinear(nn.Module):
         return cast_buffers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.high_precision:  # the plain layer's product (bf16 under autocast); no amax recorded
-            return F.linear(x, self.weight)
         y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.weight_cast(), self.x_scale, self.g_scale,
                                                   self.g_amax_sink, self.emulate, self.calibrating, *self.kernel_cast_flags,
                                                   self.fast_accum)
@@ -192,24 +188,20 @@ class Float8DelayedLinear(nn.Module):
 class DelayedScaling:
     """The amax histories and scales of every Float8DelayedLinear of a model, updated in a few batched ops."""
 
-    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False, margin: int = 0,
-                 grad_margin: int | None = None) -> None:
-        """margin: 2^margin of headroom above each history's max; grad_margin: the gradients' own (None: margin).
-        e5m2 spans ~32 powers of two, so gradient headroom costs only values ~2^-27 of the largest and below;
-        e4m3 spans ~18, so the inputs' costs more."""
+    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False, margin: int = 0) -> None:
+        """margin: 2^margin of headroom above each history's max, for inputs and gradients alike."""
         named = [(n, m) for n, m in model.named_modules() if isinstance(m, Float8DelayedLinear)]
         if not named:
             raise ValueError("the model has no Float8DelayedLinear layers")
-        grad_margin = margin if grad_margin is None else grad_margin
-        if min(margin, grad_margin) < 0:
-            raise ValueError(f"margin must be >= 0 (powers of two of headroom), got {margin} and {grad_margin}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0 (powers of two of headroom), got {margin}")
         self.names = [n for n, _ in named]
         self.layers = [m for _, m in named]
-        self.margin, self.grad_margin = margin, grad_margin
+        self.margin = margin
         device = self.layers[0].weight.device
-        self._headroom = torch.tensor([2.0**margin, 2.0**grad_margin], device=device)  # (input, gradient)
+        self._headroom = torch.tensor([2.0**margin, 2.0**margin], device=device)  # (input, gradient)
         self.cache_weights = cache_weights
-        # fused SwiGLUs running w1 and w3 as one product (swiglu_fp8.py, --fp8_merge_w13): [w1; w3] is cast as one
+        # fused SwiGLUs running w1 and w3 as one product (swiglu_fp8.py, fp8.merge_w13): [w1; w3] is cast as one
         self._merged = [m for m in model.modules() if getattr(m, "merge_w13", False)]
         paired = {id(layer) for pair in self._merged for layer in (pair.w1, pair.w3)}
         self._own_casts = [m for m in self.layers if id(m) not in paired]
@@ -288,7 +280,7 @@ class DelayedScaling:
 
     def _ranges(self) -> torch.Tensor:
         """(layer, 2) the largest magnitude the current scales cast without clipping: the history's max x the
-        headroom (2^margin for inputs, 2^grad_margin for gradients)."""
+        headroom, 2^margin."""
         return self.history.amax(dim=-1).clamp(min=1e-12) * self._headroom
 
     def _set_scales(self) -> None:
@@ -342,17 +334,6 @@ class DelayedScaling:
     def scales(self) -> torch.Tensor:
         """(layer, 2) current input and gradient scales, for inspection and tests."""
         return torch.stack([torch.stack([m.x_scale, m.g_scale]) for m in self.layers])
-
-
-def set_float8_compute(model: nn.Module, on: bool) -> None:
-    """Switch every delayed float8 layer and the float8 head of `model` between their float8 products (on) and the
-    plain layers' (off: bf16 under autocast), in place: --fp8_start_step trains its first steps so. The switch
-    is a module attribute, so a compiled model recompiles once when it flips."""
-    from cs336_basics.precision.fp8_head import Float8OutputHead
-
-    for m in model.modules():
-        if isinstance(m, (Float8DelayedLinear, Float8OutputHead)):
-            m.high_precision = not on
 
 
 def has_delayed_fp8(model: nn.Module) -> bool:

@@ -1,7 +1,6 @@
 """Our Triton kernels (imported by fp8_cast.kernels() on first use on a GPU: Triton comes with CUDA builds of
 torch, not with the CPU wheel the tests run on). Their PyTorch references, the wrappers that launch them and the
-reasons are in swiglu_fp8.py (SwiGLU's forward and backward with their casts), fp8_cast.py (a cast) and
-head_grad_fp8.py (the float8 head's logit gradient)."""
+reasons are in swiglu_fp8.py (SwiGLU's forward and backward with their casts) and fp8_cast.py (a cast)."""
 
 import triton
 import triton.language as tl
@@ -19,7 +18,7 @@ def this_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 def store_both(ptr, ptr_t, q, rows, cols, offsets, M, mask):
     """q (BLOCK_M, BLOCK_N), the tile at rows x cols (row-major offsets) of the (M, N) array at ptr, and at
     cols x rows of the (N, M) array at ptr_t. Triton's layout pass moves the tile through shared memory for the
-    second store, so both coalesce (storing tl.trans(q) as an (N, M) block instead measured the same, call 33)."""
+    second store, so both coalesce (storing tl.trans(q) as an (N, M) block instead measured the same)."""
     tl.store(ptr + offsets, q, mask=mask)
     tl.store(ptr_t + cols[None, :].to(tl.int64) * M + rows[:, None], q, mask=mask)
 
@@ -94,7 +93,7 @@ def cast_fp8_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, amax_ptr, M, N, FP8_MAX: tl
     if TRANSPOSED_LOAD:
         # float32 x (RMSNorm's output of the float32 residual stream): a tile loaded as float32 and transposed in
         # registers came out wrong on an H200 in every form tried (store_both, tl.trans of the float32, float8 or
-        # uint8 tile: 25-37% of the transposed copy, call 42), bf16 never did; loading the tile a second time in
+        # uint8 tile: 25-37% of the transposed copy), bf16 never did; loading the tile a second time in
         # transposed order was right. The second load mostly hits L2. Likely triton-lang/triton#11111: the ptxas
         # Triton bundles for Hopper (12.9) miscompiles a float8 tile stored both ways; ptxas 13.3 does not.
         tl.store(q_ptr + offsets, q, mask=mask)
@@ -105,18 +104,6 @@ def cast_fp8_kernel(x_ptr, scale_ptr, q_ptr, qt_ptr, amax_ptr, M, N, FP8_MAX: tl
     else:
         store_both(q_ptr, qt_ptr, q, rows, cols, offsets, M, mask)
     tl.atomic_max(amax_ptr, tl.max(tl.abs(x)))  # non-negative floats order as their bits do
-
-
-@triton.jit
-def head_grad_fp8_kernel(logits_ptr, lse_ptr, targets_ptr, g_ptr, gt_ptr, M, N, FP8_MAX: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows, cols, mask, offsets = this_tile(M, N, BLOCK_M, BLOCK_N)
-    logit = tl.load(logits_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    lse = tl.load(lse_ptr + rows, mask=rows < M, other=0.0)
-    target = tl.load(targets_ptr + rows, mask=rows < M, other=-1)
-    g = tl.exp(logit - lse[:, None]) - (cols[None, :] == target[:, None]).to(tl.float32)  # softmax - onehot
-    q = tl.clamp(g * FP8_MAX, -FP8_MAX, FP8_MAX).to(tl.float8e5)  # the static scale: |g| <= 1
-    store_both(g_ptr, gt_ptr, q, rows, cols, offsets, M, mask)
 
 
 def autotuned(kernel: triton.JITFunction, configs: tuple[tuple[int, int, int], ...]) -> triton.runtime.Autotuner:

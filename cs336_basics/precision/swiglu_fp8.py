@@ -1,12 +1,12 @@
 """A SwiGLU block's three delayed-scaling float8 layers as one function, with SwiGLU's forward and backward
-and their float8 outputs in one pass each (issue 5, benchmarks/NOTES.md 38-40). The delayed recipe's default
-(`--no-fp8_fused_swiglu`: the three layers one by one).
+and their float8 outputs in one pass each. The delayed recipe's default (fp8.fused_swiglu = false: the three
+layers one by one).
 
 In an fp8 step the gradients of w1 x and w3 x leave SwiGLU's backward only to be cast to e5m2 twice each: once
 row-major (for the input gradient's matmul) and once transposed (for the weight gradient's, which cuBLAS wants
 column-major on Hopper), with their amax kept for the delayed scales. Inductor fuses all of it into one
-row-reduction kernel (the amax) whose transposed stores are strided: at the seed size it moves ~0.6 GB in
-296 us a layer, ~2 TB/s (call 19). `swiglu_backward_fp8` does the same in 2-D tiles: each tile is loaded once,
+row-reduction kernel (the amax) whose transposed stores are strided: at the seed size it measured ~2 TB/s, well
+below the GPU's bandwidth. `swiglu_backward_fp8` does the same in 2-D tiles: each tile is loaded once,
 stored row-major and transposed (the transpose happens in registers and shared memory, so both stores are
 coalesced), and its amax joins the global one through an atomic max: no reduction pass shapes the kernel.
 
@@ -14,8 +14,9 @@ coalesced), and its amax joins the global one through an atomic max: no reductio
 transposed copy, which w2's weight gradient needs in the backward (saved instead of the row-major one, so the
 backward makes no copy of its own), and its amax.
 
-Measured on an H200 at the seed shape (calls 32-33): forward 103 us against inductor's 206, backward 213 us
-against 222 (bf16's SwiGLU backward alone: 140); the seed step 1.137x -> 1.215x bf16, 1B 1.282x -> 1.332x.
+Measured on an H200 at the seed shape, the forward kernel takes half the time of inductor's code and the
+backward slightly less; fused, the float8 step's speed-up over bf16 grew at the seed size and at 1B (see
+docs/log.md).
 
 The `_reference` functions are the same computations in PyTorch ops as inductor compiles the model's graph
 (fp32 throughout, each result rounded once to the bf16 it is in the graph, then scaled and cast; the amax as
@@ -31,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cs336_basics.precision.fp8_cast import Config, amax, check_2d, compare_fp8, launch
+from cs336_basics.precision.float8 import E4M3, E4M3_MAX, E5M2, E5M2_MAX, amax, cast_to, column_major, scaled_mm
+from cs336_basics.precision.fp8_cast import Config, check_2d, compare_fp8, launch
 from cs336_basics.precision.fp8_delayed import (MERGED_CAST, Float8DelayedLinear, WeightCast, cast_buffers, cast_grad,
                                                  cast_input, register_weight_cast, weight_fp8)
-from cs336_basics.precision.fp8_head import E4M3, E4M3_MAX, E5M2, E5M2_MAX, cast_to, column_major, scaled_mm
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -132,7 +133,7 @@ def swiglu_backward_fp8_merged_reference(dg: torch.Tensor, h13: torch.Tensor, sc
 
 def swiglu_backward_fp8_merged(dg: torch.Tensor, h13: torch.Tensor, scale: torch.Tensor, config: Config | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """swiglu_backward_fp8 for w1 and w3 run as one product (`--fp8_merge_w13`): h13 = [h1 | h3] (M, 2N); both
+    """swiglu_backward_fp8 for w1 and w3 run as one product (fp8.merge_w13): h13 = [h1 | h3] (M, 2N); both
     gradients scaled by the one `scale` (the products take one scale an operand) into [dh1 | dh3] (M, 2N)
     e5m2 and its transpose (2N, M); the amaxes of dh1 and dh3 (2,) as before, for w1's and w3's histories."""
     if dg.device.type != "cuda":
@@ -154,8 +155,8 @@ def random_inputs(M: int, N: int, device: torch.device | str, seed: int) -> tupl
 def check_kernels(M: int, N: int, device: torch.device, seed: int = 0, merged: bool = False) -> list[str]:
     """Both kernels as training runs them (the autotuner's tiles) at the training shape (M tokens, SwiGLU width
     N), on seeded random inputs of an activation's and a gradient's magnitudes, against the references
-    (fp8_cast.compare_fp8). Returns what failed (nothing: right). The device's Triton has miscompiled a
-    transposed copy at one shape and not at others (NOTES 42), so a run checks its own shape before it trains.
+    (fp8_cast.compare_fp8). Returns what failed (nothing: right). The GPU's Triton has miscompiled a
+    transposed copy at one shape and not at others, so a run checks its own shape before it trains.
     merged: also as they run when w1 and w3 are one product (h1, h3 and the gradients halves of (M, 2N) arrays).
     On a CPU both sides are the references."""
     dg, h1, h3 = random_inputs(M, N, device, seed)
@@ -232,15 +233,14 @@ class _Float8SwiGLU(torch.autograd.Function):
     input scales come from the same amaxes, so they are equal; w1's is used) and transposed once for their
     weight gradients.
 
-    merged (training's default; `--no-fp8_merge_w13` turns it off): w1 and w3 as one product each way, [w1; w3]
+    merged (training's default; fp8.merge_w13 = false turns it off): w1 and w3 as one product each way, [w1; w3]
     (2F, D) under one weight scale: the forward's N = 2F, the input gradient's one 2F-long sum (no add of two
     (M, D) outputs), 2F rows of weight gradient; their output gradients share one scale, the smaller of w1's and
-    w3's (the one for the larger amax), while each layer's history still gets its own amax. Measured alone (call
-    69): 1.12 ms less a seed micro-batch, 1.05 ms at 1B (NOTES 85); in training +1.0-1.4% (calls 70-72, NOTES 91).
+    w3's (the one for the larger amax), while each layer's history still gets its own amax. Measured about 1 ms
+    less a micro-batch at the seed size and at 1B, and faster training steps (see docs/log.md).
 
     Every scale is a tensor of its own, never a slice of a stacked one: cuBLAS wants the scales of
-    torch._scaled_mm 16-byte aligned, and element 1 or 2 of a float32 vector is not (pytorch/pytorch#159957;
-    call 32 failed so)."""
+    torch._scaled_mm 16-byte aligned, and element 1 or 2 of a float32 vector is not (pytorch/pytorch#159957)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor,
@@ -311,7 +311,7 @@ class Float8DelayedSwiGLU(nn.Module):
     """A FeedForward whose w1, w3, w2 are Float8DelayedLinear, run as one autograd function (above). It holds
     the same three layers, so parameter names, state-dict keys, scale buffers and the DelayedScaling history
     are those of the unfused model. While the scales calibrate it runs the layers one by one. merge_w13: w1 and
-    w3 as one product each way (training's default, `--no-fp8_merge_w13`); with the weight cache,
+    w3 as one product each way (training's default, fp8.merge_w13); with the weight cache,
     DelayedScaling casts [w1; w3] into this module's buffers (`allocate_merged_cast`) instead of w1's and w3's."""
 
     def __init__(self, w1: Float8DelayedLinear, w3: Float8DelayedLinear, w2: Float8DelayedLinear,
@@ -339,7 +339,7 @@ class Float8DelayedSwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w1, w3, w2 = self.w1, self.w3, self.w2
-        if any(m.calibrating or m.high_precision for m in (w1, w3, w2)):
+        if any(m.calibrating for m in (w1, w3, w2)):
             return w2(F.silu(w1(x)) * w3(x))
         y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, self._casts(), w1.x_scale, w2.x_scale,
                                         w1.g_scale, w3.g_scale, w2.g_scale, w1.g_amax_sink, w3.g_amax_sink,
