@@ -121,3 +121,38 @@ def test_default_corpus(tmp_path):
     train, val = write_default_corpus(tmp_path)
     text = train.read_text(encoding="utf-8")
     assert len(text) > 300_000 and EOT in text and val.stat().st_size > 10_000
+
+
+def test_prepare_data_holds_out_validation_caches_the_tokenizer_and_checks_the_resumed_one(small_corpus, tmp_path, capsys):
+    """data/prepare.py: no --val_data holds out the last 2% (at least a window) of the training tokens; the
+    tokenizer is trained once per (files, vocabulary) in the cache and saved into the run directory; a resumed
+    run must find its own tokenizer; a vocabulary larger than the model's is refused."""
+    from cs336_basics.config import DataConfig
+    from cs336_basics.data.prepare import prepare_data
+    from cs336_basics.data.tokenizer import tokenizer_fingerprint
+
+    data = DataConfig(train_data=(str(small_corpus),), cache_dir=str(tmp_path / "cache"))
+    first = prepare_data(data, 400, 32, tmp_path / "run")
+    assert "training a 400-token byte-level BPE tokenizer" in capsys.readouterr().out
+    total = len(first.train_tokens) + len(first.val_tokens)
+    assert len(first.val_tokens) == max(33, total // 50)
+    assert first.info["val_data"] is None and first.info["train_data"] == [str(small_corpus)]
+    assert (tmp_path / "run" / "tokenizer.json").exists()
+    assert first.info["tokenizer_fingerprint"] == tokenizer_fingerprint(first.tokenizer)
+
+    again = prepare_data(data, 400, 32, tmp_path / "other_run")  # the cached tokenizer and token files
+    assert "training a" not in capsys.readouterr().out
+    assert np.array_equal(again.train_tokens, first.train_tokens)
+    resumed = prepare_data(data, 400, 32, tmp_path / "run", resumed_fingerprint=first.info["tokenizer_fingerprint"])
+    assert np.array_equal(resumed.val_tokens, first.val_tokens)
+    with pytest.raises(UserError, match="not the one the checkpoint was trained with"):
+        prepare_data(data, 400, 32, tmp_path / "run", resumed_fingerprint="another")
+    given = DataConfig(train_data=data.train_data, tokenizer=str(tmp_path / "run" / "tokenizer.json"), cache_dir=data.cache_dir)
+    with pytest.raises(UserError, match="raise --vocab_size"):
+        prepare_data(given, 300, 32, tmp_path / "small_vocab")
+
+    val = tmp_path / "val.txt"
+    val.write_text("a separate validation text, long enough for a window or two of tokens. " * 20)
+    separate = prepare_data(DataConfig(train_data=(str(small_corpus),), val_data=str(val), cache_dir=data.cache_dir),
+                            400, 32, tmp_path / "run3")
+    assert len(separate.train_tokens) == total and separate.info["val_data"] == str(val)

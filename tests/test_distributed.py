@@ -1,7 +1,6 @@
 """Several CPU processes with gloo under torchrun: FSDP2 equivalence, FP8 (emulated) under FSDP2,
 sharded checkpoints across world sizes, and prompt failure."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,8 @@ import pytest
 import torch
 
 from cs336_basics.training.checkpoint import list_checkpoints, load_model_weights
-from conftest import ROOT
+from cs336_basics.config import read_toml
+from conftest import ROOT, TEST_FLAGS, losses
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}  # stacks on an abort
@@ -36,15 +36,10 @@ def why(proc: subprocess.CompletedProcess) -> str:
 
 
 def train_args(tmp_path: Path, corpus: Path, out: str, batch: int, steps: int = 6, extra: tuple = ()) -> list:
-    return ["train_h100.py", "--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache",
+    return ["train_h100.py", *TEST_FLAGS, "--train_data", corpus, "--set", f"data.cache_dir={tmp_path / 'cache'}",
             "--out_dir", tmp_path / out, "--max_steps", steps, "--batch_size", batch, "--warmup_steps", 2,
-            "--eval_interval", steps, "--eval_steps", 2, "--checkpoint_interval", steps, "--log_interval", 1,
-            "--sample_tokens", 0, "--lr", 3e-3, *extra]
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
+            "--eval_interval", steps, "--set", "train.eval_steps=2", "--set", f"train.checkpoint_interval={steps}",
+            "--set", "train.log_interval=1", "--set", "run.sample_tokens=0", "--lr", 3e-3, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +62,14 @@ def test_fsdp2_on_two_ranks_matches_one_process_on_the_same_global_batch(tmp_pat
 
 
 def test_emulated_fp8_under_fsdp2(tmp_path, corpus):
-    fp8 = ("--use_fp8", "--fp8_emulate")
-    single = run([sys.executable] + train_args(tmp_path, corpus, "single", 4, 8, fp8))
+    """TorchAO's tensorwise recipe in both (auto resolves to it under torchrun: the delayed recipe runs in one
+    process); its run directory records the recipe that ran."""
+    fp8 = ("--use_fp8", "--set", "fp8.emulate=true")
+    single = run([sys.executable] + train_args(tmp_path, corpus, "single", 4, 8, fp8 + ("--fp8_recipe", "tensorwise")))
     double = run(TORCHRUN + ["--nproc_per_node", 2] + train_args(tmp_path, corpus, "fsdp", 2, 8, fp8))
     assert single.returncode == 0 and double.returncode == 0, why(double)
     assert "TorchAO FP8 mode enabled" in double.stdout
+    assert read_toml(tmp_path / "fsdp" / "config.toml")["fp8"]["recipe"] == "tensorwise"
     a, b = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
     assert b[8] < b[1] - 0.3
     # per-rank activation scales differ from one process's, so agreement is close but not exact
@@ -97,15 +95,15 @@ def test_save_on_two_ranks_resume_on_one_and_four(tmp_path, corpus):
     plain = torch.load(exported, weights_only=False)["model"]
     assert all(torch.equal(plain[k], on_one[k]) for k in on_one)
 
-    # and training continues from it on one process and on four
-    resumed_one = run([sys.executable, "train_h100.py", "--resume", tmp_path / "two", "--max_steps", 8,
-                       "--cache_dir", tmp_path / "cache", "--sample_tokens", 0])
+    # and training continues from it on one process and on four, with the run's own settings (config.toml)
+    resumed_one = run([sys.executable, "train_h100.py", "--resume", tmp_path / "two", "--max_steps", 8])
     assert resumed_one.returncode == 0 and "resumed from" in resumed_one.stdout, why(resumed_one)
     assert sorted(losses(tmp_path / "two")) == list(range(1, 9))
     resumed_four = run(TORCHRUN + ["--nproc_per_node", 4, "train_h100.py", "--resume", tmp_path / "two",
-                                   "--max_steps", 10, "--cache_dir", tmp_path / "cache", "--sample_tokens", 0])
+                                   "--max_steps", 10])
     assert resumed_four.returncode == 0, why(resumed_four)
     assert max(losses(tmp_path / "two")) == 10
+    assert "x 4 ranks" in resumed_four.stdout and "batch_size = 2\n" in (tmp_path / "two" / "config.toml").read_text()
 
 
 def test_a_failing_rank_ends_the_job_promptly_with_its_error():

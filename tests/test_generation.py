@@ -1,7 +1,8 @@
 import torch
 
 from cs336_basics.generation import generate, sample_next
-from cs336_basics.model.transformer import PRESETS, Transformer
+from cs336_basics.model.transformer import Transformer
+from conftest import TEST
 
 
 def test_greedy_top_k_and_top_p():
@@ -25,7 +26,7 @@ class FavoursSeven(Transformer):
 
 def test_generate_stops_at_stop_token_and_respects_length():
     torch.manual_seed(0)
-    model = FavoursSeven(PRESETS["test"])
+    model = FavoursSeven(TEST)
     assert generate(model, [1, 2, 3], 10, temperature=0.0) == [7] * 10
     assert generate(model, [1, 2, 3], 10, temperature=0.0, stop_id=7) == []
     long_prompt = list(range(100))  # longer than the context (32): cropped, not an error

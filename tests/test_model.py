@@ -3,9 +3,11 @@ import math
 import pytest
 import torch
 
-from cs336_basics.model.transformer import PRESETS, ConfigError, ModelConfig, Transformer, apply_rope, rope_tables
+from cs336_basics.config import load_recipe
+from cs336_basics.model.transformer import ConfigError, ModelConfig, Transformer, apply_rope, rope_tables
+from conftest import TEST
 
-CFG = PRESETS["test"]
+CFG = TEST
 
 
 def test_output_shapes_and_loss():
@@ -73,8 +75,8 @@ def test_parameter_counts_and_tying():
     assert tied.num_params() == V * d + L * per_block + d
 
 
-def test_seed_preset_matches_guide():
-    seed = PRESETS["seed"]
+def test_seed_recipe_matches_guide():
+    seed = load_recipe("seed")[0].model
     assert (seed.dim, seed.n_heads, seed.n_layers, seed.intermediate_size) == (896, 14, 24, 3584)
     with torch.device("meta"):
         assert 398e6 < Transformer(seed).num_params() < 399e6  # 398.5M with the untied 50304-token head
@@ -82,9 +84,10 @@ def test_seed_preset_matches_guide():
 
 def test_init_scales_residual_projections():
     torch.manual_seed(0)
-    model = Transformer(PRESETS["small"])
+    small = load_recipe("small")[0].model
+    model = Transformer(small)
     assert abs(model.layers[0].attn.qkv.weight.std().item() - 0.02) < 0.002
-    expected = 0.02 / math.sqrt(2 * PRESETS["small"].n_layers)
+    expected = 0.02 / math.sqrt(2 * small.n_layers)
     assert abs(model.layers[0].ffn.w2.weight.std().item() - expected) < 0.001
 
 

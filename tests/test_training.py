@@ -1,40 +1,35 @@
+"""Training: the CLI end to end on CPU (resume exactness, errors, run-directory protection), the Trainer built
+from a config (resolve_config -> prepare_model -> Trainer), and the compile / CUDA-graph logic that runs on CPU."""
+
 import gc
 import json
 import math
 import re
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cs336_basics.cli import run_main
-from cs336_basics.cli.train import main as train_main
+from cs336_basics.config import Config, TrainConfig, read_toml
 from cs336_basics.data.batches import RandomWindows
-from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
-from cs336_basics.training.trainer import TrainConfig, Trainer
-from conftest import ROOT
+from cs336_basics.training.checkpoint import config_from_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from cs336_basics.training.lr_schedule import lr_at
+from conftest import CPU, ROOT, TEST, TEST_FLAGS, losses, make_config, make_trainer, one_line_error, run_train
 
-
-def train(argv, capsys=None) -> int:
-    return run_main(train_main, [str(a) for a in argv])
+train = run_train
+SMALL = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
 
 
 def base_args(tmp_path: Path, corpus: Path, out: str = "run", steps: int = 10) -> list:
-    return ["--preset", "test", "--train_data", corpus, "--cache_dir", tmp_path / "cache", "--out_dir", tmp_path / out,
-            "--max_steps", steps, "--batch_size", 4, "--warmup_steps", 2, "--eval_interval", 5, "--eval_steps", 2,
-            "--checkpoint_interval", 5, "--log_interval", 1, "--sample_tokens", 0, "--lr", 3e-3, "--min_lr", 3e-4]
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
+    return [*TEST_FLAGS, "--train_data", corpus, "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--out_dir", tmp_path / out, "--max_steps", steps, "--batch_size", 4, "--warmup_steps", 2,
+            "--eval_interval", 5, "--set", "train.eval_steps=2", "--set", "train.checkpoint_interval=5",
+            "--set", "train.log_interval=1", "--set", "run.sample_tokens=0", "--lr", 3e-3, "--set", "train.min_lr=3e-4"]
 
 
 def test_lr_schedule_values():
@@ -47,14 +42,17 @@ def test_lr_schedule_values():
     assert all(lr_at(s, **kw) >= lr_at(s + 1, **kw) for s in range(10, 120))
 
 
-@pytest.mark.parametrize("precision", [[], ["--use_fp8", "--fp8_emulate", "--fp8_recipe", "delayed"]], ids=["bf16", "fp8-delayed"])
+@pytest.mark.parametrize("precision", [[], ["--use_fp8", "--set", "fp8.emulate=true", "--fp8_recipe", "delayed"]],
+                         ids=["bf16", "fp8-delayed"])
 def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus, monkeypatch, precision):
     """Delayed float8 scaling too: its amax history travels in the checkpoint, so the resumed run uses the scales
-    the uninterrupted run had (a recalibration would give other scales, other losses)."""
+    the uninterrupted run had (a recalibration would give other scales, other losses). The resume passes no
+    settings: they all come from the run's config.toml."""
     assert train(base_args(tmp_path, small_corpus, "full") + precision) == 0
     expected = losses(tmp_path / "full")
     # the delayed recipe's default: each SwiGLU block fused (swiglu_fp8.py); its checkpoint resumes like the rest
-    assert json.loads((tmp_path / "full" / "run.json").read_text())["fp8_fused_swiglu"] == (True if precision else None)
+    fp8 = read_toml(tmp_path / "full" / "config.toml")["fp8"]
+    assert fp8["enabled"] == bool(precision) and fp8["fused_swiglu"] is True
 
     real_next = RandomWindows.next_batch
     calls = {"n": 0}
@@ -71,6 +69,11 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus,
     # written on Ctrl-C: after step 7, or 6 with delayed scaling, whose calibration draws the first batch once more
     last = 6 if precision else 7
     assert [int(p.stem.split("_")[1]) for p in list_checkpoints(tmp_path / "cut")] == [5, last]
+    state = load_checkpoint(tmp_path / "cut")
+    assert state["converter_names"] == (["Float8Converter"] if precision else [])
+    if precision:  # the delayed scales' amax histories are in the checkpoint
+        (scales,) = state["converters"]
+        assert scales and all(isinstance(t, torch.Tensor) for t in scales.values())
     # and what the steps done measured: summary.json says where the run stopped
     cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert cut["interrupted_at_step"] == cut["steps"] == last and cut["tokens_per_second"] > 0
@@ -78,8 +81,7 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus,
     # a hard kill after the step-7 checkpoint would leave records beyond it: the resumed run must not repeat them
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": last + 1, "loss": 99.0}) + "\n")
-    emulate = ["--fp8_emulate"] if precision else []  # a machine's choice, not the run's: not kept on resume
-    assert train(["--resume", tmp_path / "cut", "--cache_dir", tmp_path / "cache", "--sample_tokens", 0] + emulate) == 0
+    assert train(["--resume", tmp_path / "cut"]) == 0
     steps = [r["step"] for r in map(json.loads, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == sorted(set(steps))  # each step logged once
     resumed = losses(tmp_path / "cut")
@@ -91,9 +93,10 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_losses(tmp_path, small_corpus,
 
 
 def test_cli_trains_on_shakespeare_and_loss_falls(tmp_path, shakespeare, capsys):
-    rc = train(["--preset", "tiny", "--train_data", shakespeare, "--cache_dir", tmp_path / "cache", "--out_dir",
-                tmp_path / "shk", "--max_steps", 30, "--batch_size", 8, "--warmup_steps", 5, "--lr", 3e-3,
-                "--eval_interval", 15, "--eval_steps", 4, "--log_interval", 5, "--sample_tokens", 20])
+    rc = train(["--config", "tiny", "--train_data", shakespeare, "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                "--out_dir", tmp_path / "shk", "--max_steps", 30, "--batch_size", 8, "--warmup_steps", 5, "--lr", 3e-3,
+                "--eval_interval", 15, "--set", "train.eval_steps=4", "--set", "train.log_interval=5",
+                "--set", "run.sample_tokens=20"])
     out = capsys.readouterr().out
     assert rc == 0
     trace = losses(tmp_path / "shk")
@@ -102,6 +105,7 @@ def test_cli_trains_on_shakespeare_and_loss_falls(tmp_path, shakespeare, capsys)
     assert summary["steps"] == 30 and math.isfinite(summary["val_loss"]) and summary["tokens_per_second"] > 0
     assert (tmp_path / "shk" / "loss.png").stat().st_size > 1000
     assert "Configuration" in out and "CPU RUN" in out and "sample: " in out
+    assert "dim 128, 4 layers, 4 heads, SwiGLU 384, vocab 2048" in out  # the tiny recipe's model
 
 
 def test_checkpoints_keep_last_k_and_corrupt_file_is_reported(tmp_path):
@@ -115,43 +119,49 @@ def test_checkpoints_keep_last_k_and_corrupt_file_is_reported(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def one_line_error(capsys, rc: int, pattern: str) -> None:
-    """Exit 2 and one 'error: ...' line last on stderr (progress bars may precede it), never a traceback."""
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2, err
-    assert err[-1].startswith("error: ") and pattern in err[-1], err
-    assert not any("Traceback" in line for line in err), err
-
-
 @pytest.mark.parametrize("extra, pattern", [
     (["--dim", 100, "--n_heads", 3], "not divisible by --n_heads"),
     (["--dim", 96, "--n_heads", 32], "is odd"),
-    (["--batch_size", 0], "--batch_size must be a positive integer"),
-    (["--max_steps", -1], "--max_steps must be a positive integer"),
-    (["--grad_clip", -1.0], "--grad_clip must be >= 0"),
-    (["--gc_interval", -1], "--gc_interval must be >= 0"),
+    (["--batch_size", 0], "train.batch_size must be a positive integer"),
+    (["--max_steps", -1], "train.max_steps must be a positive integer"),
+    (["--set", "train.grad_clip=-1"], "train.grad_clip must be >= 0"),
+    (["--set", "train.gc_interval=-1"], "train.gc_interval must be >= 0"),
+    (["--set", "train.lr=fast"], "train.lr must be a number, got 'fast'"),
+    (["--set", "train.lr"], "--set takes SECTION.FIELD=VALUE"),
+    (["--set", "train.tune_kernels=true"], "train.tune_kernels tunes the compiled kernels: add --compile_model"),
+    (["--set", "train.tune_kernels=true", "--compile_model"], "tunes Triton kernels, which run on CUDA GPUs only"),
+    (["--set", "run.dp_replicate=2"], "needs several processes"),
     (["--context_length", 100000], "fewer than one context window"),
     (["--use_fp8"], "needs a GPU with float8 tensor cores"),
-    (["--use_fp8", "--fp8_emulate", "--fp8_filter", "auto"], "--fp8_filter auto times each layer"),
-    (["--fp8_emulate"], "--fp8_emulate only applies with --use_fp8"),
-    (["--no-fp8_head"], "--no-fp8_head only apply with --use_fp8"),
-    (["--no-fp8_fused_swiglu"], "--no-fp8_fused_swiglu only apply with --use_fp8"),
-    (["--use_fp8", "--fp8_emulate", "--fp8_recipe", "rowwise", "--fp8_fused_swiglu"], "fuses the delayed recipe's layers"),
+    (["--use_fp8", "--set", "fp8.emulate=true", "--set", "fp8.filter=auto"], "fp8.filter auto times each layer shape"),
+    (["--use_fp8", "--set", "fp8.emulate=true", "--fp8_recipe", "delayed", "--set", "fp8.filter=auto"],
+     "fp8.filter auto times TorchAO's layers"),
+    (["--use_fp8", "--set", "fp8.emulate=true", "--set", "fp8.margin=-1"], "fp8.margin must be >= 0"),
+    (["--set", "fp8.emulate=true"], "fp8.emulate only apply to float8 training: add --use_fp8"),
+    (["--set", "fp8.head=false"], "fp8.head only apply to float8 training"),
+    (["--set", "fp8.fused_swiglu=false"], "fp8.fused_swiglu only apply to float8 training"),
+    (["--use_fp8", "--set", "fp8.emulate=true", "--fp8_recipe", "rowwise", "--set", "fp8.fused_swiglu=true"],
+     "fp8.fused_swiglu set the delayed recipe's layers, not rowwise's"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
-    (["--residual_dtype", "fp16"], "--residual_dtype must be one of auto, fp32, bf16"),
-    (["--residual_dtype", "bf16"], "--residual_dtype bf16 needs bf16 autocast"),
+    (["--set", "train.residual_dtype=fp16"], "train.residual_dtype must be one of auto, fp32, bf16"),
+    (["--set", "train.residual_dtype=bf16"], "train.residual_dtype bf16 needs bf16 autocast"),
+    (["--set", "train.bf16_weight_cache=true"], "train.bf16_weight_cache applies to bf16 training on one GPU"),
 ])
 def test_bad_flags(tmp_path, small_corpus, capsys, extra, pattern):
     one_line_error(capsys, train(base_args(tmp_path, small_corpus) + extra), pattern)
 
 
 def test_bad_data_files(tmp_path, small_corpus, capsys):
-    args = base_args(tmp_path, small_corpus)
-    one_line_error(capsys, train(args[:3] + [tmp_path / "missing.txt"] + args[4:]), "does not exist")
+    def with_data(path: Path) -> list:
+        args = base_args(tmp_path, small_corpus)
+        args[args.index(small_corpus)] = path
+        return args
+
+    one_line_error(capsys, train(with_data(tmp_path / "missing.txt")), "does not exist")
     (tmp_path / "empty.txt").write_text("")
-    one_line_error(capsys, train(args[:3] + [tmp_path / "empty.txt"] + args[4:]), "is empty")
+    one_line_error(capsys, train(with_data(tmp_path / "empty.txt")), "is empty")
     (tmp_path / "latin1.txt").write_bytes("café crème brûlée ".encode("latin-1") * 100)
-    one_line_error(capsys, train(args[:3] + [tmp_path / "latin1.txt"] + args[4:]), "not UTF-8")
+    one_line_error(capsys, train(with_data(tmp_path / "latin1.txt")), "not UTF-8")
 
 
 def test_run_directory_protection_and_resume_errors(tmp_path, small_corpus, capsys):
@@ -159,7 +169,10 @@ def test_run_directory_protection_and_resume_errors(tmp_path, small_corpus, caps
     capsys.readouterr()
     one_line_error(capsys, train(base_args(tmp_path, small_corpus, steps=5)), "holds another run")
     assert list_checkpoints(tmp_path / "run")  # nothing was removed
-    one_line_error(capsys, train(["--resume", tmp_path / "run", "--dim", 64]), "contradicts the checkpoint")
+    one_line_error(capsys, train(["--resume", tmp_path / "run", "--dim", 64]), "model.dim differ from the checkpoint's model")
+    one_line_error(capsys, train(["--resume", tmp_path / "run", "--config", "tiny"]), "drop --config")
+    one_line_error(capsys, train(["--resume", tmp_path / "run", "--overwrite"]), "drop one of them")
+    one_line_error(capsys, train(["--resume", tmp_path / "run", "--out_dir", tmp_path / "elsewhere"]), "continues in DIR")
     one_line_error(capsys, train(["--resume", tmp_path / "nowhere"]), "does not exist")
     (tmp_path / "empty_run").mkdir()
     one_line_error(capsys, train(["--resume", tmp_path / "empty_run"]), "no checkpoint in")
@@ -169,7 +182,7 @@ def test_run_directory_protection_and_resume_errors(tmp_path, small_corpus, caps
     from cs336_basics.data.tokenizer import train_tokenizer
 
     train_tokenizer(iter_chunks(small_corpus), 300).save(str(other_tok))
-    one_line_error(capsys, train(["--resume", tmp_path / "run", "--tokenizer", other_tok, "--cache_dir", tmp_path / "cache"]),
+    one_line_error(capsys, train(["--resume", tmp_path / "run", "--tokenizer", other_tok]),
                    "not the one the checkpoint was trained with")
 
     ckpt = list_checkpoints(tmp_path / "run")[-1]
@@ -188,16 +201,8 @@ def test_token_ids_beyond_model_vocabulary(tmp_path, small_corpus, capsys):
     one_line_error(capsys, train(base_args(tmp_path, small_corpus) + ["--tokenizer", big]), "raise --vocab_size")
 
 
-def test_max_tokens_budget(tmp_path, small_corpus):
-    args = base_args(tmp_path, small_corpus)
-    i = args.index("--max_steps")
-    del args[i:i + 2]
-    assert train(args + ["--max_tokens", 4 * 32 * 6 + 1]) == 0  # 128 tokens/step -> 7 steps
-    assert max(losses(tmp_path / "run")) == 7
-
-
 def test_grad_clip_zero_disables_clipping_but_logs_the_norm(tmp_path, small_corpus):
-    assert train(base_args(tmp_path, small_corpus, steps=3) + ["--grad_clip", 0]) == 0
+    assert train(base_args(tmp_path, small_corpus, steps=3) + ["--set", "train.grad_clip=0"]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     norms = [r["grad_norm"] for r in records if "grad_norm" in r]
     assert len(norms) == 3 and all(n > 0 for n in norms)
@@ -205,90 +210,87 @@ def test_grad_clip_zero_disables_clipping_but_logs_the_norm(tmp_path, small_corp
 
 
 def test_training_collects_garbage_on_its_own_schedule(tmp_path, small_corpus, monkeypatch):
-    """Automatic collection is off while the steps run, a young collection comes every --gc_interval
+    """Automatic collection is off while the steps run, a young collection comes every train.gc_interval
     steps, and Python's automatic collection is back on afterwards."""
     seen: list[tuple[int, bool]] = []
     real_collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda generation=2: seen.append((generation, gc.isenabled())) or real_collect(generation))
     assert gc.isenabled()
-    assert train(base_args(tmp_path, small_corpus, steps=6) + ["--gc_interval", 2]) == 0
+    assert train(base_args(tmp_path, small_corpus, steps=6) + ["--set", "train.gc_interval=2"]) == 0
     assert gc.isenabled()
     during = [g for g, enabled in seen if not enabled]
     assert during == [1, 1, 1]  # after steps 2, 4 and 6, with automatic collection off
     seen.clear()
-    assert train(base_args(tmp_path, small_corpus, "auto", steps=3) + ["--gc_interval", 0]) == 0
+    assert train(base_args(tmp_path, small_corpus, "auto", steps=3) + ["--set", "train.gc_interval=0"]) == 0
     assert not [g for g, enabled in seen if not enabled]
 
 
 def test_divergence_stops_without_saving_a_bad_checkpoint(tmp_path, small_corpus, capsys):
-    args = base_args(tmp_path, small_corpus, steps=10) + ["--log_interval", 100, "--lr", 1e6, "--min_lr", 1e5,
-                                                         "--warmup_steps", 0, "--grad_clip", 0]
+    args = base_args(tmp_path, small_corpus, steps=10) + ["--set", "train.log_interval=100", "--lr", 1e6, "--set",
+                                                         "train.min_lr=1e5", "--warmup_steps", 0, "--set", "train.grad_clip=0"]
     rc = train(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and re.match(r"error: loss became (nan|inf) at step 5;", err[-1]), err[-1]
     assert list_checkpoints(tmp_path / "run") == []  # the diverged step-5 weights were not written
 
 
-def test_the_trainer_records_the_residual_stream_it_trains_with_and_old_checkpoints_keep_float32():
-    """TrainConfig's "auto" is resolved by the Trainer (float32 on CPU), so run.json and checkpoints name what
-    ran; a checkpoint saved before the setting existed trained with the float32 stream and resumes with it."""
-    from cs336_basics.cli.train import build_parser, resolve_train_config
-    from cs336_basics.model.transformer import PRESETS
+def test_the_run_records_the_residual_stream_it_trains_with_and_old_checkpoints_keep_float32(tmp_path):
+    """train.residual_dtype "auto" is resolved by prepare_model (float32 on CPU) and recorded beside the config in
+    each checkpoint; a checkpoint saved before the setting (and the config) existed trained with the float32
+    stream and resumes with it, unless the command line says otherwise."""
+    from cs336_basics.config import with_overrides
 
-    tokens = np.arange(4096, dtype=np.uint32) % PRESETS["test"].vocab_size
-    trainer = Trainer(Transformer(PRESETS["test"]), TrainConfig(batch_size=2, max_steps=1),
-                      RandomWindows(tokens, 2, PRESETS["test"].context_length, 0), tokens, torch.device("cpu"),
-                      Path("unused"), log=lambda s: None)
-    assert TrainConfig().residual_dtype == "auto" and trainer.cfg.residual_dtype == "fp32"
-    args = build_parser().parse_args([])
-    saved = {k: v for k, v in asdict(TrainConfig(batch_size=2)).items() if k != "residual_dtype"}
-    assert resolve_train_config(args, saved, 64).residual_dtype == "fp32"
-    assert resolve_train_config(args, None, 64).residual_dtype == "auto"  # resolved for the device afterwards
-    args = build_parser().parse_args(["--residual_dtype", "bf16"])
-    assert resolve_train_config(args, saved, 64).residual_dtype == "bf16"  # a flag still wins
+    tokens = np.arange(4096, dtype=np.uint32) % TEST.vocab_size
+    trainer = make_trainer(make_config(batch_size=2, max_steps=1), tokens, tmp_path)
+    assert TrainConfig().residual_dtype == "auto" and trainer.prepared.residual_dtype == "fp32"
+    old = {"model_config": TEST.to_dict(), "train_config": {"batch_size": 2, "fp8_weight_cache": None},
+           "fp8": True, "fp8_recipe": "delayed", "fp8_fused_swiglu": False, "train_data": ["a.txt"]}
+    config = config_from_checkpoint(old)
+    assert config.train.residual_dtype == "fp32" and config.train.batch_size == 2 and config.model == TEST
+    assert config.fp8.enabled and config.fp8.recipe == "delayed" and not config.fp8.fused_swiglu
+    assert config.data.train_data == ("a.txt",)
+    assert with_overrides(config, {"train.residual_dtype": "bf16"}).train.residual_dtype == "bf16"  # a flag still wins
+    new = config_from_checkpoint({"model_config": TEST.to_dict(), "config": Config(model=TEST).to_dict()})
+    assert new.train.residual_dtype == "auto"  # resolved for the device afterwards
 
 
 def test_resume_keeps_the_runs_speed_and_precision_settings_unless_flags_change_them(tmp_path, small_corpus, capsys):
     first = base_args(tmp_path, small_corpus, "run", steps=5) + [
-        "--no_gradient_checkpointing", "--use_flash_attn", "--fused_attention", "flash",
-        "--use_fp8", "--fp8_emulate", "--fp8_recipe", "rowwise", "--no-fp8_head"]
+        "--no_gradient_checkpointing", "--use_flash_attn", "--set", "train.fused_attention=flash",
+        "--use_fp8", "--set", "fp8.emulate=true", "--fp8_recipe", "rowwise", "--set", "fp8.head=false"]
     assert train(first) == 0
     assert "kept in bf16 (output head): output.proj" in capsys.readouterr().out
-    # --fp8_emulate is still needed on a CPU; everything else comes from the checkpoint
-    assert train(["--resume", tmp_path / "run", "--max_steps", 6, "--fp8_emulate", "--cache_dir", tmp_path / "cache",
-                  "--sample_tokens", 0]) == 0
+    # nothing but the new step count: everything else (float8 emulation included) comes from the run's config
+    assert train(["--resume", tmp_path / "run", "--max_steps", 6]) == 0
     out = capsys.readouterr().out
     assert re.search(r"grad checkpoint\s+off", out) and "rowwise" in out and "float8" in out.lower()
     assert re.search(r"attention\s+FLASH_ATTENTION", out)
     assert "kept in bf16 (output head): output.proj" in out and "cross-entropy: float8" not in out
+    assert read_toml(tmp_path / "run" / "config.toml")["train"]["max_steps"] == 6
     # flags still win: back to bf16 with checkpointing, the fp8 checkpoint loading into a plain model
-    assert train(["--resume", tmp_path / "run", "--max_steps", 7, "--no-use_fp8", "--gradient_checkpointing",
-                  "--cache_dir", tmp_path / "cache", "--sample_tokens", 0]) == 0
+    assert train(["--resume", tmp_path / "run", "--max_steps", 7, "--no-use_fp8", "--gradient_checkpointing"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"grad checkpoint\s+on", out) and "float8" not in out.lower()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # each segment's figures are kept
     assert summary["steps"] == 7 and [s["steps"] for s in summary["earlier"]] == [5, 6]
+    saved = read_toml(tmp_path / "run" / "config.toml")
+    assert saved["fp8"]["enabled"] is False and saved["train"]["gradient_checkpointing"] is True
+    assert load_checkpoint(tmp_path / "run")["config"]["fp8"]["enabled"] is False
 
 
 @pytest.mark.parametrize("grad_clip", [0.05, 1e6])  # clipping active / inactive
 def test_clipping_inside_the_fused_optimizer_matches_clip_then_step(tmp_path, grad_clip):
     """One device: the fused AdamW divides the gradients by max(1, norm / grad_clip) as it steps. The
     result must equal PyTorch's clip_grad_norm_ followed by a plain (for-loop) AdamW step."""
-    from cs336_basics.model.transformer import PRESETS, Transformer
-    from cs336_basics.training.trainer import TrainConfig, Trainer
-
     torch.manual_seed(0)
-    cfg = PRESETS["test"]
-    model = Transformer(cfg)
-    reference = Transformer(cfg)
+    tokens = torch.randint(0, TEST.vocab_size, (4096,)).numpy().astype("uint16")
+    torch.manual_seed(1)
+    trainer = make_trainer(make_config(batch_size=4, warmup_steps=0, grad_clip=grad_clip), tokens, tmp_path)
+    model = trainer.model
+    reference = Transformer(TEST)
     reference.load_state_dict(model.state_dict())
-    tokens = torch.randint(0, cfg.vocab_size, (4096,)).numpy().astype("uint16")
-    trainer = Trainer(model, TrainConfig(batch_size=4, max_steps=10, warmup_steps=0, grad_clip=grad_clip,
-                                         gradient_checkpointing=False),
-                      RandomWindows(tokens, 4, cfg.context_length, 0), tokens, torch.device("cpu"), tmp_path,
-                      log=lambda s: None)
     assert trainer._clip_in_optimizer
-    x, y = RandomWindows(tokens, 4, cfg.context_length, 0).next_batch(torch.device("cpu"))
+    x, y = RandomWindows(tokens, 4, TEST.context_length, 0).next_batch(CPU)
 
     _, norm = trainer.train_step(1e-2)
 
@@ -341,21 +343,25 @@ def test_compiling_silences_atens_norm_dtype_warning(how):
     assert "another warning still shows" in err
 
 
+def no_compile(monkeypatch, calls: list | None = None) -> None:
+    """prepare_model's torch.compile replaced by a record of the modes it was asked for (no compiling on CPU)."""
+    import cs336_basics.training.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "compile_model",
+                        lambda model, mode, tune_kernels=False: calls.append(mode) if calls is not None else None)
+
+
 def test_cuda_graph_generations_begin_at_every_step_and_evaluation_batch(tmp_path, monkeypatch):
     """With CUDA graphs each step and each evaluation batch starts a new graph generation (the blocks' graphs,
     chained in one forward, would otherwise free each other's outputs in no-grad evaluation)."""
-    import cs336_basics.training.trainer as trainer_module
-
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode, tune_kernels=False: marks.append(mode))  # no compile on CPU
-    cfg = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
+    no_compile(monkeypatch, marks)
     tokens = (np.arange(4096) % 97).astype(np.uint16)
     for mode, expected in (("reduce-overhead", 1), ("default", 0)):
         marks.clear()
-        trainer = Trainer(Transformer(cfg), TrainConfig(batch_size=2, max_steps=3, compile_model=True, compile_mode=mode,
-                                                        gradient_checkpointing=False, eval_steps=4),
-                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / mode, log=lambda s: None)
+        trainer = make_trainer(make_config(SMALL, batch_size=2, max_steps=3, compile_model=True, compile_mode=mode,
+                                           eval_steps=4), tokens, tmp_path / mode, val_tokens=tokens[:200])
         assert marks == [mode] and trainer.compile_mode == mode
         marks.clear()
         trainer.train_step(1e-3)
@@ -367,13 +373,12 @@ def test_cuda_graph_generations_begin_at_every_step_and_evaluation_batch(tmp_pat
 
 
 def test_compile_mode_auto_is_recorded_as_what_ran(tmp_path, small_corpus, capsys, monkeypatch):
-    import cs336_basics.training.trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "compile_model", lambda model, mode, tune_kernels=False: None)  # no compile on CPU
+    no_compile(monkeypatch)
     assert train(base_args(tmp_path, small_corpus, steps=2) + ["--compile_model"]) == 0
     assert "compile           default (per block + loss)" in capsys.readouterr().out  # auto: no CUDA graphs on CPU
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["train_config"]["compile_mode"] == "auto" and run["compile_mode"] == "default"
+    assert read_toml(tmp_path / "run" / "config.toml")["train"]["compile_mode"] == "auto"
+    state = load_checkpoint(tmp_path / "run")
+    assert state["config"]["train"]["compile_mode"] == "auto" and state["compile_mode"] == "default"
 
 
 def test_accumulation_under_cuda_graphs_sums_what_plain_accumulation_sums(tmp_path, monkeypatch):
@@ -385,10 +390,8 @@ def test_accumulation_under_cuda_graphs_sums_what_plain_accumulation_sums(tmp_pa
     results = []
     for graphs in (False, True):
         torch.manual_seed(0)
-        trainer = Trainer(Transformer(cfg), TrainConfig(batch_size=2, gradient_accumulation_steps=3, max_steps=3,
-                                                        gradient_checkpointing=False),
-                          RandomWindows(tokens, 2, 16, 0), tokens[:200], torch.device("cpu"), tmp_path / str(graphs),
-                          log=lambda s: None)
+        trainer = make_trainer(make_config(cfg, batch_size=2, gradient_accumulation_steps=3, max_steps=3), tokens,
+                               tmp_path / str(graphs), val_tokens=tokens[:200])
         trainer._cuda_graphs = graphs
         norms = [float(trainer.train_step(1e-3)[1]) for _ in range(2)]  # the second step reuses the buffers
         results.append((norms, [p.detach().clone() for p in trainer.model.parameters()]))
@@ -414,13 +417,6 @@ def test_tune_kernels_compiles_with_the_modes_options_and_the_tuning(monkeypatch
     calls.clear()
     compile_model(Transformer(cfg), "default", tune_kernels=True)
     assert calls[0]["options"] == TUNED_KERNELS and TUNED_KERNELS["coordinate_descent_tuning"]
-
-
-def test_tune_kernels_needs_compile_and_a_gpu(tmp_path, small_corpus, capsys):
-    assert train(base_args(tmp_path, small_corpus, steps=2) + ["--tune_kernels"]) == 2
-    assert "--tune_kernels tunes the compiled kernels: add --compile_model" in capsys.readouterr().err
-    assert train(base_args(tmp_path, small_corpus, steps=2) + ["--tune_kernels", "--compile_model", "--overwrite"]) == 2
-    assert "--tune_kernels tunes Triton kernels, which run on CUDA GPUs only (device: cpu)" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")  # CPU autocast leaves rms_norm mixed
@@ -452,7 +448,7 @@ def test_bf16_residual_stream_keeps_the_blocks_inputs_in_bf16_under_autocast():
 def test_residual_dtype_is_what_the_run_trains_with():
     """auto: bf16 on CUDA (bf16 autocast), float32 on CPU. One device: as asked (bf16 needs CUDA autocast). Under
     FSDP on CUDA the parameters compute in bf16 and each block's input is cast to bf16, so the stream is bf16:
-    recorded as such, and fp32 given as a flag is refused."""
+    recorded as such, and fp32 set explicitly is refused."""
     from cs336_basics.training.transforms import resolve_residual_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -465,7 +461,17 @@ def test_residual_dtype_is_what_the_run_trains_with():
     assert resolve_residual_dtype("fp32", cuda, distributed=False, asked=True) == "fp32"
     assert resolve_residual_dtype("fp32", cuda, distributed=True, asked=False) == "bf16"  # e.g. resumed, under FSDP
     assert resolve_residual_dtype("fp32", cpu, distributed=True, asked=True) == "fp32"  # gloo on CPU: float32 throughout
-    with pytest.raises(UserError, match="drop --residual_dtype fp32"):
+    with pytest.raises(UserError, match="drop train.residual_dtype=fp32"):
         resolve_residual_dtype("fp32", cuda, distributed=True, asked=True)
     with pytest.raises(UserError, match="CUDA GPUs only"):
         resolve_residual_dtype("bf16", cpu, distributed=False, asked=True)
+
+
+def test_an_evaluation_reports_the_train_loss_of_its_step(tmp_path, cli_data, capsys):
+    """An evaluation at a step that is not a logging step still says that step's training loss, not nan."""
+    corpus, cache = cli_data
+    assert train([*TEST_FLAGS, "--train_data", corpus, "--set", f"data.cache_dir={cache}", "--out_dir", tmp_path / "run",
+                  "--max_steps", 3, "--batch_size", 2, "--eval_interval", 2, "--set", "train.eval_steps=1",
+                  "--set", "train.log_interval=10", "--set", "run.sample_tokens=0"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step 2:"))
+    assert "train loss nan" not in line and re.match(r"step 2: train loss \d+\.\d+, val loss", line), line

@@ -68,17 +68,6 @@ def _divisors_near(dim: int, n_heads: int) -> str:
     return ", ".join(str(d) for d in sorted(divisors[:3]))
 
 
-# Presets: the seed guide's model, the seed's shape at other depths, a ~1B model, and small CPU ones.
-PRESETS: dict[str, ModelConfig] = {
-    "seed": ModelConfig(),
-    "seed-454m": ModelConfig(dim=1024, n_heads=16, n_layers=24, intermediate_size=4096),
-    "1b": ModelConfig(dim=2048, n_heads=16, n_layers=16, intermediate_size=5632, context_length=2048),
-    "small": ModelConfig(vocab_size=8192, context_length=512, dim=384, n_layers=6, n_heads=6, intermediate_size=1024),
-    "tiny": ModelConfig(vocab_size=2048, context_length=128, dim=128, n_layers=4, n_heads=4, intermediate_size=384),
-    "test": ModelConfig(vocab_size=512, context_length=32, dim=32, n_layers=2, n_heads=2, intermediate_size=64),
-}
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
