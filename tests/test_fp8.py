@@ -322,15 +322,18 @@ def test_kernel_casts_option_trains_compiled_as_without(tmp_path):
                        explicit=frozenset({"fp8.kernel_casts"}))
     tokens = periodic_tokens()
     losses = {}
-    for kernel_casts in ("none", "inputs", "grads", "all"):
+    # each choice eager, and the two ends compiled (the cast as an opaque op in the graph, or inductor's casts)
+    for kernel_casts, compiled in (("none", False), ("inputs", False), ("grads", False), ("all", False),
+                                   ("none", True), ("all", True)):
         torch.manual_seed(0)
         trainer = make_trainer(make_config(SMALL, fp8_config(kernel_casts=kernel_casts), batch_size=2, max_steps=4,
-                                           compile_model=True), tokens, tmp_path / kernel_casts, val_tokens=tokens[:200])
+                                           compile_model=compiled), tokens, tmp_path / f"{kernel_casts}{compiled}",
+                               val_tokens=tokens[:200])
         layers = [m for m in trainer.model.modules() if isinstance(m, Float8DelayedLinear)]
         assert layers and all(m.kernel_casts == kernel_casts for m in layers)
-        losses[kernel_casts] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
-    for kernel_casts in ("inputs", "grads", "all"):
-        assert losses[kernel_casts] == pytest.approx(losses["none"], rel=1e-4), kernel_casts
+        losses[kernel_casts, compiled] = [float(trainer.train_step(1e-3)[0]) for _ in range(4)]
+    for kernel_casts, compiled in losses:
+        assert losses[kernel_casts, compiled] == pytest.approx(losses["none", compiled], rel=1e-4), (kernel_casts, compiled)
 
 
 def test_kernel_casts_default_to_all_with_the_delayed_recipe_and_none_with_torchao():
@@ -366,14 +369,15 @@ def test_head_with_a_vocabulary_not_divisible_by_16_stays_in_bf16():
 
 
 # ------------------------------------------------------------------------------------- the fused SwiGLU
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["kept", "recomputed"])
-def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path, checkpointing):
+def test_fused_swiglu_compiles_and_calibrates_through_the_layers(tmp_path):
+    """Compiled, with activation checkpointing (its forward recomputed in the backward); compiled without
+    checkpointing: test_merged_w13_trains_compiled_and_is_recorded."""
     tokens = periodic_tokens()
     losses = {}
     for fused in (False, True):  # w1 and w3 as two products: the same numbers as the layers (merged: below)
         torch.manual_seed(0)
         trainer = make_trainer(make_config(SMALL, fp8_config(fused_swiglu=fused, merge_w13=False), batch_size=2,
-                                           max_steps=4, compile_model=True, gradient_checkpointing=checkpointing),
+                                           max_steps=4, compile_model=True, gradient_checkpointing=True),
                                tokens, tmp_path / str(fused), val_tokens=tokens[:200])
         report = trainer.prepared.fp8_report
         assert sum(isinstance(m, Float8DelayedSwiGLU) for m in trainer.model.modules()) == report.fused_swiglu == 2 * fused
@@ -473,8 +477,8 @@ def test_merged_w13_is_the_fused_swiglus_default_and_needs_it():
 
 # ------------------------------------------------------------------------------------- the weight cache
 @pytest.mark.parametrize("fused, compiled, checkpointing", [(False, False, False), (True, False, False),
-                                                            (True, True, False), (True, True, True)],
-                         ids=["layers-eager", "fused-swiglu-eager", "fused-swiglu-compiled", "compiled-checkpointed"])
+                                                            (True, False, True), (True, True, True)],
+                         ids=["layers-eager", "fused-swiglu-eager", "eager-checkpointed", "compiled-checkpointed"])
 def test_weights_cast_once_per_step_train_as_the_per_micro_batch_casts_do(tmp_path, fused, compiled, checkpointing):
     """fp8.weight_cache: the weights cast once per optimizer step (DelayedScaling.cast_weights) and read by
     every micro-batch give the losses and weights of casting them in each forward, over steps whose optimizer
