@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from cs336_basics.cli import run_main
-from cs336_basics.config import COMPILE_MODES, FP8_RECIPES, Config, load_recipe, parse_override, with_overrides
+from cs336_basics.config import (COMPILE_MODES, FP8_RECIPES, TORCHAO_RECIPES, Config, Fp8Config, load_recipe, parse_override,
+                                 with_overrides)
 from cs336_basics.data.batches import RandomWindows
 from cs336_basics.data.prepare import prepare_data
 from cs336_basics.data.tokenizer import eot_id
@@ -131,6 +133,11 @@ def load_config(args: argparse.Namespace, resumed: dict[str, Any] | None) -> tup
         saved_file = Path(resumed["run_dir"]) / CONFIG_FILE
         saved = config_from_checkpoint(resumed)
         config = with_overrides(saved, overrides)
+        if saved.fp8.recipe in TORCHAO_RECIPES and config.fp8.recipe in ("auto", "delayed"):
+            # a TorchAO recipe recorded the delayed recipe's settings as off; the delayed recipe starts from its own
+            fresh = Fp8Config()
+            config = replace(config, fp8=replace(config.fp8, **{
+                k: getattr(fresh, k) for k in Fp8Config.DELAYED_ONLY_OFF if f"fp8.{k}" not in explicit}))
         changed = [k for k in overrides if k.startswith("model.") and getattr(config.model, k[6:]) != getattr(saved.model, k[6:])]
         if changed:
             raise UserError(f"{', '.join(changed)} differ from the checkpoint's model ({saved_file}); "

@@ -42,16 +42,6 @@ KERNELS = ("swiglu_forward", "swiglu_backward", "cast")
 KERNEL_CASTS = ("none", "inputs", "grads", "all")
 
 
-def resolve_kernel_casts(choice: str, recipe: str) -> str:
-    """"auto": every cast through our kernel with the delayed recipe (the fastest measured), none with TorchAO's
-    recipes (their casts are TorchAO's); any other choice as given."""
-    if choice == "auto":
-        return "all" if recipe == "delayed" else "none"
-    if choice not in KERNEL_CASTS:
-        raise ValueError(f"kernel casts must be auto or one of {KERNEL_CASTS}, got {choice!r}")
-    return choice
-
-
 @functools.cache
 def kernels() -> dict[str, Any]:
     """Each kernel of fp8_triton.py by name, and under "NAME tuned" with the autotuner over CONFIGS; compiled

@@ -334,7 +334,7 @@ class Trainer:
         do_log = self.step % cfg.log_interval == 0 or last
         do_eval = self.step % cfg.eval_interval == 0 or last
         do_save = self.step % cfg.checkpoint_interval == 0 or last
-        if do_log or do_save:  # a checkpoint is written only after a finite loss
+        if do_log or do_eval or do_save:  # a checkpoint is written only after a finite loss
             self._last_loss = all_reduce_mean(loss_sum / cfg.gradient_accumulation_steps, self.ctx).item()
             if not math.isfinite(self._last_loss):
                 raise TrainingDiverged(
