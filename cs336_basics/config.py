@@ -29,6 +29,8 @@ KERNEL_CASTS = ("none", "inputs", "grads", "all")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FUSED_ATTENTION = ("auto", "flash", "cudnn")
 RESIDUAL_DTYPES = ("auto", "fp32", "bf16")
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_FP8_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class Fp8Config:
         _choice("fp8.kernel_casts", self.kernel_casts, KERNEL_CASTS)
         if self.margin < 0:
             raise UserError(f"fp8.margin must be >= 0 (powers of two of headroom), got {self.margin}")
+        if self.margin > MAX_FP8_MARGIN:
+            raise UserError(f"fp8.margin must be <= {MAX_FP8_MARGIN}: float8 (e4m3) spans about 2^17, so a headroom of "
+                            f"2^{self.margin} rounds every value to zero; got {self.margin}")
         return self
 
     def resolve(self, distributed: bool, explicit: frozenset[str] = frozenset()) -> "Fp8Config":
@@ -145,8 +150,8 @@ class TrainConfig:
             raise UserError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
             raise UserError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.seed < 0:
-            raise UserError(f"train.seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"train.seed must be in 0..{MAX_SEED} (a 32-bit seed), got {self.seed}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise UserError(f"need 0 < train.lr and 0 <= train.min_lr <= train.lr, got lr={self.lr}, min_lr={self.min_lr}")
         _choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
@@ -183,13 +188,29 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "Config":
+        for section in fields(self):  # no NaN or infinity anywhere, whatever the field
+            values = getattr(self, section.name)
+            for f in fields(values):
+                value = getattr(values, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise UserError(f"{section.name}.{f.name} must be a finite number, got {value}")
         self.model.validate()
+        for name in ("rope_theta", "norm_eps"):
+            if getattr(self.model, name) <= 0:
+                raise UserError(f"model.{name} must be > 0, got {getattr(self.model, name)}")
         self.train.validate()
         self.fp8.validate()
+        if not self.data.cache_dir.strip():
+            raise UserError("data.cache_dir must name a directory (default data_cache), got an empty string")
+        if any(not p.strip() for p in self.data.train_data):
+            raise UserError(f"data.train_data holds an empty file name: {list(self.data.train_data)}")
         if self.run.dp_replicate < 1:
             raise UserError(f"run.dp_replicate must be >= 1, got {self.run.dp_replicate}")
         if self.run.sample_tokens < 0:
             raise UserError(f"run.sample_tokens must be >= 0, got {self.run.sample_tokens}")
+        if self.run.sample_tokens > 0 and not self.run.prompt:
+            raise UserError("run.prompt is empty, and the sample after training starts from it: give a prompt "
+                            "(e.g. --set run.prompt=\"The \") or --set run.sample_tokens=0")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

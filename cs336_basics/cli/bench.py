@@ -33,10 +33,11 @@ from cs336_basics.cli import run_main
 from cs336_basics.cli.bench_run import BenchSpec
 from cs336_basics.config import COMPILE_MODES, Config, load_recipe, with_overrides
 from cs336_basics.errors import UserError
-from cs336_basics.files import write_text_atomic
+from cs336_basics.files import atomic_path, check_writable_dir, write_text_atomic
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.perf.flops import roofline_tokens_per_second, token_flops
 from cs336_basics.perf.hardware import current_device_peaks
+from cs336_basics.perf.memory import check_training_memory
 from cs336_basics.training.prepare import resolve_config
 from cs336_basics.training.transforms import CUDA_GRAPH_MODES
 
@@ -220,6 +221,26 @@ def row_spec(base: Config, mode: str, steps: int, device: torch.device, tune_ker
     return BenchSpec(name=mode, config=config.to_dict(), steps=steps, inductor=inductor or {})
 
 
+def check_before_work(args: argparse.Namespace, modes: list[str], specs: list[BenchSpec], device: torch.device) -> None:
+    """What the matrix needs, checked before its first row runs rather than found missing after it: rows to run,
+    a positive timeout, a writable --out, memory for every row, and yardstick modes for --compare-reference."""
+    if not modes:
+        raise UserError(f"--modes names no mode; give comma-separated modes ({GRAMMAR}) or 'all'")
+    if args.timeout < 1:
+        raise UserError(f"--timeout must be at least 1 second per configuration, got {args.timeout}")
+    check_writable_dir(args.out, "--out", "choose another results directory")
+    for spec in specs:
+        try:
+            check_training_memory(Config.from_dict(spec.config), device)
+        except UserError as e:
+            raise UserError(f"mode {spec.name}: {e}") from None
+    if args.compare_reference:
+        check_reference(REFERENCE_SCRIPT)
+        if not any(m in REFERENCE_MODES for m in modes):
+            raise UserError(f"--compare-reference: none of the modes has a yardstick counterpart; add one of "
+                            f"{', '.join(sorted(REFERENCE_MODES))} or drop --compare-reference")
+
+
 def environment() -> dict[str, Any]:
     env: dict[str, Any] = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), python=platform.python_version(),
                                torch=torch.__version__, cuda=torch.version.cuda, host=platform.node(),
@@ -282,7 +303,7 @@ def run_reference(script: Path, cfg: ModelConfig, batch_size: int, modes: list[s
            "--ffn", str(cfg.intermediate_size), "--vocab", str(cfg.vocab_size), "--seq", str(cfg.context_length),
            "--batch", str(batch_size), "--steps", str(steps), "--modes", ",".join(ref_modes), "--out", str(jsonl),
            "--device", device]
-    (out / "reference_command.txt").write_text(" ".join(cmd) + "\n")
+    write_text_atomic(out / "reference_command.txt", " ".join(cmd) + "\n")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * len(ref_modes))
     except subprocess.TimeoutExpired:
@@ -385,7 +406,8 @@ def plot(rows: list[dict[str, Any]], reference: list[dict[str, Any]], layers: li
         ax.set_xlabel("training tokens/s (median step)")
         ax.set_title(title, fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / "tokens_per_second.png", dpi=110)
+        with atomic_path(out / "tokens_per_second.png", keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
     good_layers = [r for r in layers if "speedup" in r]
     if good_layers:
@@ -397,7 +419,8 @@ def plot(rows: list[dict[str, Any]], reference: list[dict[str, Any]], layers: li
         ax.set_xlabel("fp8 speedup over bf16, forward + backward (compiled)")
         ax.set_title(f"per-layer fp8 gain at {good_layers[0]['tokens']} tokens", fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / "layer_fp8_speedup.png", dpi=110)
+        with atomic_path(out / "layer_fp8_speedup.png", keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
 
 
@@ -421,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     inductor = parse_inductor(args.inductor)
     # Every row resolved here, before any runs: one error line, not a table of failures.
     specs = [row_spec(base, mode, steps, device, args.tune_kernels, inductor) for mode in modes]
+    check_before_work(args, modes, specs, device)
     if not on_gpu:
         print("no CUDA device: running on the CPU ('bf16' rows compute in fp32, fp8 is emulated); these are CPU "
               "timings, not GPU predictions")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
 
 from cs336_basics.data.tokenizer import eot_id, load_tokenizer
 from cs336_basics.errors import UserError
+from cs336_basics.files import check_writable_dir
 from cs336_basics.generation import generate
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.training.checkpoint import load_model_weights
@@ -28,10 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, metavar="FILE",
                    help="instead of sampling, write the weights as one plain state-dict file (from sharded runs too)")
     args = p.parse_args(argv)
-    if args.max_new_tokens <= 0 or args.num_samples <= 0:
-        raise UserError("--max_new_tokens and --num_samples must be positive")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+    check_args(args)
 
     state = load_model_weights(args.checkpoint)
     if args.export:
@@ -49,6 +48,30 @@ def main(argv: list[str] | None = None) -> int:
                        args.top_p, stop_id=eot_id(tokenizer), generator=generator)
         print(f"--- sample {i + 1} (step {state['step']}) ---\n{args.prompt}{tokenizer.decode(ids)}")
     return 0
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag, before the checkpoint is loaded: one line naming the flag and the fix."""
+    if args.max_new_tokens <= 0 or args.num_samples <= 0:
+        raise UserError("--max_new_tokens and --num_samples must be positive")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UserError(f"--temperature must be a finite number >= 0 (0: greedy decoding), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top_k must be >= 1 (the k most likely tokens; omit it to keep all), got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:  # NaN fails this too
+        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.export is not None:
+        if args.export.is_dir():
+            raise UserError(f"--export {args.export} is a directory; name the file to write, e.g. {args.export}/model.pt")
+        check_writable_dir(args.export.parent, f"--export {args.export}: the directory", "choose another path")
+        return
+    if args.prompt == "":
+        raise UserError("--prompt is empty; the model continues a prompt of at least one token (e.g. --prompt \"The \")")
+    from cs336_basics.cli.train import resolve_device
+
+    resolve_device(args.device)
 
 
 def cli() -> int:

@@ -2,6 +2,18 @@
 
 Settings come from the config's defaults, a recipe (`--config seed`, or any TOML file), the run's own
 config on `--resume`, and last the flags below and `--set SECTION.FIELD=VALUE` for any other field.
+
+Without --config and without a model-shape flag the model is the 398M-parameter seed shape; on a machine
+without a GPU such a run is refused (it would take days): pass --config tiny (minutes on a CPU), or --config
+seed to train that shape anyway. A run whose estimated memory (weights, gradients, AdamW state, activations,
+logits) exceeds what the GPU or host has free is refused with the estimate and the fix; CS336_SKIP_MEMORY_CHECK=1
+starts it anyway.
+
+Everything is checked before the run directory is touched (the config, the data files, the tokenizer, that the
+directories can be written, the memory); --overwrite replaces the old run only once the new one can start.
+A run holds its directory's run.lock while it runs: a second run there (new, --resume or --overwrite) is
+refused; a lock left by a run that no longer runs is recovered. Bad input ends with one `error: ...` line and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -10,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -27,14 +38,18 @@ from cs336_basics.data.batches import RandomWindows
 from cs336_basics.data.prepare import prepare_data
 from cs336_basics.data.tokenizer import eot_id
 from cs336_basics.errors import UserError
-from cs336_basics.files import write_text_atomic
+from cs336_basics.files import describe_write_failure, is_write_failure, remove_stray_temps, write_text_atomic
 from cs336_basics.generation import generate
 from cs336_basics.perf.hardware import current_device_peaks
+from cs336_basics.perf.memory import check_training_memory, parameter_count
 from cs336_basics.training.attention import probe_backend
-from cs336_basics.training.checkpoint import config_from_checkpoint, list_checkpoints, load_checkpoint
+from cs336_basics.training.checkpoint import config_from_checkpoint, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
                                                shutdown)
 from cs336_basics.training.prepare import prepare_model, resolve_config
+from cs336_basics.training.run_dir import (RunDirPlan, check_inputs, clean_up_failed_start, clear_leftovers,
+                                           plan_run_dir, replace_old_run)
+from cs336_basics.training.run_lock import RunLock
 from cs336_basics.training.summary import format_summary, warnings_for
 from cs336_basics.training.trainer import Trainer
 
@@ -117,8 +132,13 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: this project runs on cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible (cuda:0 .. "
+                        f"cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -147,26 +167,51 @@ def load_config(args: argparse.Namespace, resumed: dict[str, Any] | None) -> tup
     return with_overrides(base, overrides), explicit | recipe_keys
 
 
-def prepare_out_dir(args: argparse.Namespace, config: Config) -> Path:
+def prepare_out_dir(args: argparse.Namespace, config: Config) -> RunDirPlan:
+    """The run directory and what will happen to it; checks only, nothing is created or deleted yet
+    (training/run_dir.py)."""
     if args.resume:
         if args.overwrite:
             raise UserError("--resume continues a run and --overwrite replaces one: drop one of them")
         if args.out_dir and Path(args.out_dir).resolve() != args.resume.resolve():
             raise UserError("--resume DIR continues in DIR; drop --out_dir or make it the same directory")
-        return args.resume
+        return plan_run_dir(args.resume, config, overwrite=False, resume=True)
     name = Path(args.config).stem if args.config else "run"
     out_dir = Path(config.run.out_dir) if config.run.out_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out_dir / CONFIG_FILE).exists() or (out_dir / "run.json").exists() or list_checkpoints(out_dir):
-        if not args.overwrite:
-            raise UserError(f"{out_dir} holds another run; pass --resume {out_dir} to continue it, --overwrite to "
-                            f"replace it, or another --out_dir")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+    return plan_run_dir(out_dir, config, overwrite=args.overwrite, resume=False)
+
+
+def check_default_model(args: argparse.Namespace, explicit: frozenset[str], resumed: dict[str, Any] | None,
+                        config: Config, device: torch.device) -> None:
+    """No recipe and no shape flag means the seed shape: refused on a CPU, where it would train for days."""
+    if resumed is not None or args.config or device.type != "cpu" or any(k.startswith("model.") for k in explicit):
+        return
+    m = config.model
+    raise UserError(f"no --config and no GPU: the default model is the {parameter_count(config) / 1e6:,.0f}M-parameter "
+                    f"seed shape (dim {m.dim}, {m.n_layers} layers, vocabulary {m.vocab_size:,}), days of training on a "
+                    f"CPU; pass --config tiny (minutes on a CPU) or --config small, or --config seed to train it anyway")
+
+
+def rank0_checked(ctx: DistributedContext, fn: Callable[[], T]) -> T:
+    """fn() on rank 0; its result, or its UserError, on every rank (no rank is left waiting for one that failed)."""
+    if not ctx.enabled:
+        return fn()
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    result, error = broadcast_from_rank0((result, error), ctx)
+    if error is not None:
+        raise UserError(error)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume:  # a run that is running is not resumed beside itself
+        RunLock(args.resume).check_free()
     resumed = load_checkpoint(args.resume) if args.resume else None
     config, explicit = load_config(args, resumed)
     ctx, device = init_distributed(resolve_device(config.run.device), config.run.dp_replicate)
@@ -193,15 +238,47 @@ def on_rank0_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
 
 def train(args: argparse.Namespace, config: Config, explicit: frozenset[str], resumed: dict[str, Any] | None,
           ctx: DistributedContext, device: torch.device) -> int:
+    """Check everything, claim the run directory, train; the old run of --overwrite is replaced only once the
+    new one can start, and a failure leaves no staging directory or temporary file behind."""
     config = resolve_config(config, device, ctx.enabled, explicit)
-    out_dir = broadcast_from_rank0(prepare_out_dir(args, config) if ctx.is_main else None, ctx)
+    check_default_model(args, explicit, resumed, config, device)
+    plan = rank0_checked(ctx, lambda: prepare_out_dir(args, config))
+    rank0_checked(ctx, lambda: check_inputs(config, plan))
+    check_training_memory(config, device, ctx.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    lock = RunLock(plan.out_dir) if ctx.is_main else None
+    rank0_checked(ctx, lambda: lock.acquire() and None)
+    try:
+        if ctx.is_main:
+            clear_leftovers(plan.out_dir)
+        return train_in(args, config, resumed, ctx, device, plan)
+    except BaseException as e:
+        if ctx.is_main:
+            if plan.started:
+                remove_stray_temps(plan.out_dir, plan.out_dir / "checkpoints")
+            else:
+                clean_up_failed_start(plan)
+        if is_write_failure(e):
+            raise UserError(describe_write_failure(e, plan.out_dir)) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_in(args: argparse.Namespace, config: Config, resumed: dict[str, Any] | None, ctx: DistributedContext,
+             device: torch.device, plan: RunDirPlan) -> int:
+    out_dir = plan.out_dir
     torch.manual_seed(config.train.seed)
     np.random.seed(config.train.seed)
     model_cfg = config.model
-    data = on_rank0_first(ctx, lambda: prepare_data(config.data, model_cfg.vocab_size, model_cfg.context_length, out_dir,
+    data = on_rank0_first(ctx, lambda: prepare_data(config.data, model_cfg.vocab_size, model_cfg.context_length,
+                                                    plan.data_dir,
                                                     resumed.get("tokenizer_fingerprint") if resumed else None))
     prepared = prepare_model(config, device, ctx)
     backend = probe_backend(config.train.use_flash_attn, config.train.fused_attention, model_cfg.head_dim, device)
+    if ctx.is_main:  # the new run can start: only now is an old run in the directory replaced
+        replace_old_run(plan)
+    barrier()
     print(format_summary(config, prepared, device, ctx.world_size, backend, current_device_peaks(device)))
     if ctx.is_main:
         for warning in warnings_for(config, device):

@@ -12,20 +12,31 @@ from cs336_basics.files import write_text_atomic
 CHUNK_CHARS = 1 << 20  # ~1 MB of text per chunk: bounded memory whatever the corpus size
 
 
-def check_text_file(path: Path) -> None:
-    """Fail early, with a fix, on a missing, empty or non-UTF-8 corpus file."""
+def check_text_file(path: Path, what: str = "data file") -> None:
+    """Fail early, with a fix, on a missing, unreadable, empty or non-UTF-8 corpus file, or a directory or
+    device given where a text file belongs."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a text file; pass the files in it "
+                        f"(e.g. --train_data {path}/*.txt)")
+    if not path.exists():
+        hint = "check the path or omit --train_data for the default corpus" if what == "data file" else "check the path"
+        raise UserError(f"{what} {path} does not exist; {hint}")
     if not path.is_file():
-        raise UserError(f"data file {path} does not exist; check the path or omit --train_data for the default corpus")
-    if path.stat().st_size == 0:
-        raise UserError(f"data file {path} is empty; give a UTF-8 text file with content")
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
+        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket); give a UTF-8 text file")
+    try:
+        if path.stat().st_size == 0:
+            raise UserError(f"{what} {path} is empty; give a UTF-8 text file with content")
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path} ({e.strerror.lower()}); fix its permissions") from None
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as e:
         if e.start < len(head) - 4:  # a multi-byte character cut at the end of the sample is fine
             raise UserError(
-                f"data file {path} is not UTF-8 text (bad byte at offset {e.start}); convert it with "
+                f"{what} {path} is not UTF-8 text (bad byte at offset {e.start}); convert it with "
                 f"`iconv -f <encoding> -t utf-8`"
             ) from None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sys
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks
 from cs336_basics.data.tokenizer import EOT, eot_id, tokenizer_fingerprint
-from cs336_basics.files import write_text_atomic
+from cs336_basics.files import atomic_path, write_text_atomic
 
 CHUNKS_PER_BATCH = 16  # chunks encoded together, in parallel, by tokenizers' thread pool
 
@@ -36,7 +36,8 @@ def encode_files(paths: list[Path], tokenizer: Tokenizer, cache_dir: Path, name:
 
     The cache key covers the tokenizer's full definition and each file's path, size and mtime, so a
     changed corpus or tokenizer produces a new file. Writes go to a temporary file renamed at the end: a
-    crash never leaves a truncated token file that a later run would trust.
+    crash never leaves a truncated token file that a later run would trust, and a cached file is used only if
+    its size is what its metadata says (n_tokens x the dtype's size): anything else is encoded again.
     """
     for p in paths:
         check_text_file(p)
@@ -45,29 +46,59 @@ def encode_files(paths: list[Path], tokenizer: Tokenizer, cache_dir: Path, name:
     cache_dir.mkdir(parents=True, exist_ok=True)
     bin_path, meta_path = cache_dir / f"{name}-{key}.bin", cache_dir / f"{name}-{key}.json"
     dtype = token_dtype(tokenizer.get_vocab_size())
-    if bin_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return TokenFile(bin_path, np.memmap(bin_path, dtype=meta["dtype"], mode="r"), meta["max_id"])
+    cached = read_cached(bin_path, meta_path, dtype)
+    if cached is not None:
+        return cached
 
-    tmp_path = bin_path.with_suffix(".tmp")
     n_tokens, max_id, eot = 0, 0, eot_id(tokenizer)
     total_bytes = sum(p.stat().st_size for p in paths)
-    with open(tmp_path, "wb") as out, tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"encoding {name}") as bar:
-        for i, path in enumerate(paths):
-            if i > 0:
-                np.array([eot], dtype=dtype).tofile(out)
-                n_tokens += 1
-            chunks = iter_chunks(path)
-            while batch := list(islice(chunks, CHUNKS_PER_BATCH)):
-                for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
-                    ids = np.asarray(enc.ids, dtype=np.int64)
-                    if ids.size:
-                        max_id = max(max_id, int(ids.max()))
-                        ids.astype(dtype).tofile(out)
-                        n_tokens += ids.size
-                bar.update(sum(len(c.encode("utf-8")) for c in batch))
-    os.replace(tmp_path, bin_path)
+    with atomic_path(bin_path) as tmp_path:  # a failure (a full disk, Ctrl-C) removes the partial file
+        with open(tmp_path, "wb") as out, tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"encoding {name}") as bar:
+            for i, path in enumerate(paths):
+                if i > 0:
+                    np.array([eot], dtype=dtype).tofile(out)
+                    n_tokens += 1
+                chunks = iter_chunks(path)
+                while batch := list(islice(chunks, CHUNKS_PER_BATCH)):
+                    for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
+                        ids = np.asarray(enc.ids, dtype=np.int64)
+                        if ids.size:
+                            max_id = max(max_id, int(ids.max()))
+                            ids.astype(dtype).tofile(out)
+                            n_tokens += ids.size
+                    bar.update(sum(len(c.encode("utf-8")) for c in batch))
     meta = dict(dtype=np.dtype(dtype).name, n_tokens=n_tokens, max_id=max_id, sources=[file_key(p) for p in paths],
                 tokenizer=tokenizer_fingerprint(tokenizer), separator=EOT)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
-    return TokenFile(bin_path, np.memmap(bin_path, dtype=dtype, mode="r"), max_id)
+    return TokenFile(bin_path, _memmap(bin_path, dtype, n_tokens), max_id)
+
+
+def _memmap(path: Path, dtype, n_tokens: int) -> np.ndarray:
+    if n_tokens == 0:  # np.memmap cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n_tokens,))
+
+
+def read_cached(bin_path: Path, meta_path: Path, expected_dtype=None) -> TokenFile | None:
+    """The cached token file if it is whole: its metadata readable and its size n_tokens x the dtype's size;
+    otherwise (a truncated or damaged file, metadata of another write) None, and it is encoded again."""
+    if not (bin_path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        dtype = np.dtype(meta["dtype"])
+        n_tokens, max_id = int(meta["n_tokens"]), int(meta["max_id"])
+        size = bin_path.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"cached token file {bin_path}: its metadata {meta_path} is unreadable ({type(e).__name__}); "
+              f"encoding again", file=sys.stderr)
+        return None
+    if expected_dtype is not None and dtype != np.dtype(expected_dtype):
+        print(f"cached token file {bin_path} holds {dtype.name}, not the {np.dtype(expected_dtype).name} this "
+              f"tokenizer needs; encoding again", file=sys.stderr)
+        return None
+    if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)) or size != n_tokens * dtype.itemsize:
+        print(f"cached token file {bin_path} has {size:,} bytes, not the {n_tokens:,} x {dtype.itemsize} its metadata "
+              f"says (truncated or damaged); encoding again", file=sys.stderr)
+        return None
+    return TokenFile(bin_path, _memmap(bin_path, dtype, n_tokens), max_id)

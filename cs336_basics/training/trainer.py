@@ -337,10 +337,9 @@ class Trainer:
         if do_log or do_eval or do_save:  # a checkpoint is written only after a finite loss
             self._last_loss = all_reduce_mean(loss_sum / cfg.gradient_accumulation_steps, self.ctx).item()
             if not math.isfinite(self._last_loss):
-                raise TrainingDiverged(
-                    f"loss became {self._last_loss} at step {self.step}; lower --lr (now {cfg.lr}) or raise "
-                    f"--warmup_steps; the last good checkpoint is kept in {self.out_dir / 'checkpoints'}"
-                )
+                from cs336_basics.training.divergence import divergence_message  # the cause, existing checkpoints
+
+                raise TrainingDiverged(divergence_message(self._last_loss, self.step, cfg, self.out_dir, float(grad_norm)))
         if do_log:
             self._log_step(lr, self._last_loss, float(grad_norm), throughput.interval_rate(), bar)
         if do_eval or do_save:
