@@ -79,20 +79,20 @@ def test_emulated_fp8_under_fsdp2(tmp_path, corpus):
 def test_save_on_two_ranks_resume_on_one_and_four(tmp_path, corpus):
     assert run(TORCHRUN + ["--nproc_per_node", 2] + train_args(tmp_path, corpus, "two", 2)).returncode == 0
     saved = list_checkpoints(tmp_path / "two")[-1]
-    assert saved.is_dir() and (saved / "meta.pt").exists()
+    assert saved.is_dir() and (saved / "meta.json").exists() and (saved / ".metadata").exists()
     on_one = load_model_weights(tmp_path / "two")["model"]  # one process, no process group
 
     gathered = tmp_path / "four.pt"
     four = run(TORCHRUN + ["--nproc_per_node", 4, "tests/dist_worker.py", "gather", tmp_path / "two", gathered])
     assert four.returncode == 0, why(four)
-    on_four = torch.load(gathered, weights_only=False)
+    on_four = torch.load(gathered, weights_only=True)
     assert on_one.keys() == on_four.keys()
     for name in on_one:
         torch.testing.assert_close(on_four[name], on_one[name], rtol=0, atol=0)
 
-    exported = tmp_path / "plain.pt"
+    exported = tmp_path / "plain.safetensors"
     assert run([sys.executable, "generate.py", tmp_path / "two", "--export", exported]).returncode == 0
-    plain = torch.load(exported, weights_only=False)["model"]
+    plain = load_model_weights(exported)["model"]
     assert all(torch.equal(plain[k], on_one[k]) for k in on_one)
 
     # and training continues from it on one process and on four, with the run's own settings (config.toml)

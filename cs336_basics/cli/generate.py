@@ -1,4 +1,4 @@
-"""Sample text from a run directory (or a checkpoint file) written by training (`cs336-generate`, `generate.py`)."""
+"""Sample text from a run directory, a checkpoint or an exported model (`cs336-generate`, `generate.py`)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from pathlib import Path
 
 import torch
 
-from cs336_basics.data.tokenizer import eot_id, load_tokenizer
+from cs336_basics.data.tokenizer import eot_id
 from cs336_basics.errors import UserError
 from cs336_basics.files import check_writable_dir
 from cs336_basics.generation import generate
 from cs336_basics.model.transformer import ModelConfig, Transformer
-from cs336_basics.training.checkpoint import load_model_weights
+from cs336_basics.training.checkpoint import export_model, load_model_weights, tokenizer_from_json
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="run directory (newest checkpoint) or a step_*.pt file")
+    p.add_argument("checkpoint", type=Path, help="a run directory (its newest intact checkpoint), a checkpoints/step_N directory, "
+                   "or a file written by --export")
     p.add_argument("--prompt", default="The ")
     p.add_argument("--max_new_tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
@@ -28,20 +29,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--export", type=Path, metavar="FILE",
-                   help="instead of sampling, write the weights as one plain state-dict file (from sharded runs too)")
+                   help="instead of sampling, write the weights as one safetensors file with the config and the "
+                        "tokenizer in its metadata (from sharded runs too); generate samples from it alone")
     args = p.parse_args(argv)
     check_args(args)
 
-    state = load_model_weights(args.checkpoint)
+    state = load_model_weights(args.checkpoint)  # safetensors and JSON: nothing loaded can run code
     if args.export:
-        torch.save({"model": state["model"], "model_config": state["model_config"], "step": state["step"]}, args.export)
-        print(f"wrote {args.export}: {len(state['model'])} tensors, step {state['step']}")
+        export_model(state, args.export)
+        print(f"wrote {args.export}: {len(state['model'])} tensors, step {state['step']}, with the config and the "
+              f"tokenizer (safetensors); sample from it with generate.py {args.export}")
         return 0
-    run_dir = Path(state["path"]).parent.parent
-    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    tokenizer = tokenizer_from_json(state["tokenizer"], state["path"])
     device = torch.device(args.device)
     model = Transformer(ModelConfig(**state["model_config"])).to(device)
-    model.load_state_dict(state["model"])  # plain tensors whether the run trained in fp8 or bf16
+    try:
+        model.load_state_dict(state["model"])  # plain tensors whether the run trained in fp8 or bf16
+    except RuntimeError as e:
+        raise UserError(f"the weights in {state['path']} do not fit its model config "
+                        f"({str(e).strip().splitlines()[0][:200]})") from None
     generator = torch.Generator(device).manual_seed(args.seed)
     for i in range(args.num_samples):
         ids = generate(model, tokenizer.encode(args.prompt).ids, args.max_new_tokens, args.temperature, args.top_k,

@@ -46,6 +46,7 @@ from cs336_basics.training.attention import probe_backend
 from cs336_basics.training.checkpoint import config_from_checkpoint, load_checkpoint
 from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
                                                shutdown)
+from cs336_basics.training.metrics import dumps_strict
 from cs336_basics.training.prepare import prepare_model, resolve_config
 from cs336_basics.training.run_dir import (RunDirPlan, check_inputs, clean_up_failed_start, clear_leftovers,
                                            plan_run_dir, replace_old_run)
@@ -162,9 +163,34 @@ def load_config(args: argparse.Namespace, resumed: dict[str, Any] | None) -> tup
         if changed:
             raise UserError(f"{', '.join(changed)} differ from the checkpoint's model ({saved_file}); "
                             "drop the flag or start a new run")
+        check_resumable(config, saved, resumed, explicit)
         return config, explicit
     base, recipe_keys = load_recipe(args.config) if args.config else (Config(), frozenset())
     return with_overrides(base, overrides), explicit | recipe_keys
+
+
+def check_resumable(config: Config, saved: Config, resumed: dict[str, Any], explicit: frozenset[str]) -> None:
+    """What a resumed run cannot do: train to a step it is already past, or continue on other data."""
+    step, steps = resumed["step"], config.train.max_steps
+    if steps < step:
+        raise UserError(f"--max_steps {steps} is below step {step}, where checkpoint {resumed['path']} is; pass "
+                        f"--max_steps above {step} to train further (or start a new run for fewer steps)")
+
+    def files(names: Any) -> list[str]:
+        return [str(Path(n).resolve()) for n in ([names] if isinstance(names, str) else names) if n]
+
+    for key, flag in (("train_data", "--train_data"), ("val_data", "--val_data")):
+        if f"data.{key}" in explicit and files(getattr(config.data, key)) != files(getattr(saved.data, key)):
+            was = ", ".join(files(getattr(saved.data, key))) or "the default corpus"
+            raise UserError(f"{flag} differs from the data run {resumed['run_dir']} trained on ({was}); a resumed "
+                            f"run continues on its own data: drop {flag}, or start a new run (--out_dir NEW) to "
+                            "train on other data")
+
+
+def print_on_rank0(message: str) -> None:
+    """A line on stderr from rank 0 only (before the process group exists: by torchrun's RANK)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 def prepare_out_dir(args: argparse.Namespace, config: Config) -> RunDirPlan:
@@ -212,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume:  # a run that is running is not resumed beside itself
         RunLock(args.resume).check_free()
-    resumed = load_checkpoint(args.resume) if args.resume else None
+    resumed = load_checkpoint(args.resume, log=print_on_rank0) if args.resume else None
     config, explicit = load_config(args, resumed)
     ctx, device = init_distributed(resolve_device(config.run.device), config.run.dp_replicate)
     try:
@@ -318,7 +344,7 @@ def report_results(summary: dict[str, Any], out_dir: Path, resumed: bool = False
         before = None
     if isinstance(before, dict):
         summary = {**summary, "earlier": [*before.pop("earlier", []), before]}
-    write_text_atomic(path, json.dumps(summary, indent=1))
+    write_text_atomic(path, dumps_strict(summary, indent=1))  # NaN and infinities as null
     parts = [f"interrupted after {summary['steps']} steps" if "interrupted_at_step" in summary
              else f"trained {summary['steps']} steps"]
     if math.isfinite(summary.get("final_train_loss") or math.nan):

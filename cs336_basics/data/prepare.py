@@ -4,6 +4,7 @@ the run's own on resume, or trained once and cached), and the cached token files
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,34 +31,62 @@ class PreparedData:
 def prepare_tokenizer(data: DataConfig, train_paths: list[Path], vocab_size: int, out_dir: Path,
                       resumed_fingerprint: str | None) -> Tokenizer:
     """The given tokenizer, the run's own on resume, or one trained on the training data (cached by its inputs);
-    saved into the run directory."""
+    written into the run directory as tokenizer.json, replacing whatever an earlier attempt left there."""
     saved = out_dir / "tokenizer.json"
     cache_dir = Path(data.cache_dir)
+    key = "|".join(file_key(p) for p in train_paths) + f"|{vocab_size}"
+    cached = cache_dir / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if data.tokenizer:
         tokenizer = load_tokenizer(Path(data.tokenizer))
     elif resumed_fingerprint is not None:
-        if not saved.exists():
-            raise UserError(f"{saved} is missing; the run cannot be resumed without its tokenizer")
-        tokenizer = load_tokenizer(saved)
+        tokenizer = resumed_tokenizer(out_dir, resumed_fingerprint, cached)
+    elif cached.exists():
+        tokenizer = load_tokenizer(cached)
     else:
-        key = "|".join(file_key(p) for p in train_paths) + f"|{vocab_size}"
-        cached = cache_dir / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-        if cached.exists():
-            tokenizer = load_tokenizer(cached)
-        else:
-            print(f"training a {vocab_size}-token byte-level BPE tokenizer on {', '.join(map(str, train_paths))}")
-            chunks = (chunk for p in train_paths for chunk in iter_chunks(p))
-            tokenizer = train_tokenizer(chunks, vocab_size)
-            save_tokenizer(tokenizer, cached)
+        print(f"training a {vocab_size}-token byte-level BPE tokenizer on {', '.join(map(str, train_paths))}")
+        chunks = (chunk for p in train_paths for chunk in iter_chunks(p))
+        tokenizer = train_tokenizer(chunks, vocab_size)
+        save_tokenizer(tokenizer, cached)
     if resumed_fingerprint is not None and tokenizer_fingerprint(tokenizer) != resumed_fingerprint:
         raise UserError("this tokenizer is not the one the checkpoint was trained with; resume with the run's own "
                         f"{saved} (drop --tokenizer)")
     if tokenizer.get_vocab_size() > vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab_size is "
                         f"{vocab_size}; raise --vocab_size or use a smaller tokenizer")
-    if not saved.exists():
-        save_tokenizer(tokenizer, saved)
+    if not saved.exists() or _fingerprint_or_none(_read_or_none(saved)) != tokenizer_fingerprint(tokenizer):
+        save_tokenizer(tokenizer, saved)  # a new run's, or the checkpoint's where the run's file was another
     return tokenizer
+
+
+def _read_or_none(path: Path) -> Tokenizer | None:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception:
+        return None
+
+
+def resumed_tokenizer(out_dir: Path, fingerprint: str, cached: Path) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with, by its fingerprint (which the checkpoint records): the run's
+    tokenizer.json, else the copy each checkpoint keeps, else the data cache's. A run's tokenizer.json that is
+    another tokenizer (one an earlier failed attempt left) is replaced by the checkpoint's, and said so."""
+    saved = out_dir / "tokenizer.json"
+    candidates = [saved, *sorted((out_dir / "checkpoints").glob("step_*/tokenizer.json"), reverse=True), cached]
+    for candidate in candidates:
+        tokenizer = _read_or_none(candidate) if candidate.is_file() else None
+        if tokenizer is not None and tokenizer_fingerprint(tokenizer) == fingerprint:
+            if candidate != saved:
+                print(f"{saved} {'is not' if saved.exists() else 'is missing, not'} the tokenizer the checkpoint "
+                      f"was trained with; restored from {candidate}", file=sys.stderr)
+            return tokenizer
+    if not saved.exists():
+        raise UserError(f"{saved} is missing and no checkpoint holds the tokenizer the run was trained with; the run "
+                        "cannot be resumed without it")
+    raise UserError(f"{saved} is not the one the checkpoint was trained with (fingerprint {fingerprint}), and no "
+                    "copy of that tokenizer was found; put the run's own tokenizer.json back, or start a new run")
+
+
+def _fingerprint_or_none(tokenizer: Tokenizer | None) -> str | None:
+    return tokenizer_fingerprint(tokenizer) if tokenizer is not None else None
 
 
 def prepare_data(data: DataConfig, vocab_size: int, context_length: int, out_dir: Path,

@@ -46,6 +46,15 @@ class Converter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def snapshot(self) -> Any:
+        """The checkpointed state as it is now, kept without synchronizing the device: the Trainer takes one at the
+        start of every optimizer step, so that a step interrupted part-way is checkpointed as not taken."""
+        return None
+
+    def snapshot_state(self, snapshot: Any) -> dict[str, Any] | None:
+        """What state_dict() returned when `snapshot` was taken."""
+        return None
+
     def log_metrics(self, record: dict[str, Any]) -> str | None:
         """Add this converter's figures to a log record; returns a line worth printing, if any."""
         return None
@@ -169,6 +178,13 @@ class Float8Converter(Converter):
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.scales.state_dict() if self.scales is not None and self.scales.calibrated else None
+
+    def snapshot(self) -> Any:
+        # a copy on the device: update() replaces the history each step, load_state_dict writes into it
+        return self.scales.history.clone() if self.scales is not None and self.scales.calibrated else None
+
+    def snapshot_state(self, snapshot: Any) -> dict[str, Any] | None:
+        return None if snapshot is None else {"history": snapshot.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scales is None:

@@ -10,6 +10,7 @@ test, and it also gives float8 all-gathers for the tensorwise recipe.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,29 +117,35 @@ def apply_fsdp(model: nn.Module, ctx: DistributedContext, device: torch.device) 
 
 # ------------------------------------------------------------------------------------- checkpoints
 def save_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
-                 ctx: DistributedContext) -> None:
-    """A torch.distributed.checkpoint directory (each rank writes its shards) plus meta.pt from rank 0;
-    written under a temporary name and renamed by rank 0 once every rank has finished."""
-    import shutil
-
+                 ctx: DistributedContext, files: dict[str, str] | None = None) -> None:
+    """A torch.distributed.checkpoint directory (each rank writes its shards of the weights and optimizer moments)
+    plus, from rank 0, meta.json and state.pt (checkpoint.write_checkpoint_files: `meta` without weights) and
+    `files`; written under a temporary name and renamed by rank 0 once every rank has finished."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    from cs336_basics.training.checkpoint import publish, temp_dir_for, write_checkpoint_files
 
     tmp = path.with_name(path.name + ".tmp")
-    if ctx.is_main and tmp.exists():
-        shutil.rmtree(tmp)
-    barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
     if ctx.is_main:
-        torch.save(meta, tmp / "meta.pt")
-        os.replace(tmp, path)
+        temp_dir_for(path)
+    barrier()
+    if meta.get("optimizer_saved", True):
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
+    else:  # before the first step: no optimizer state (get_state_dict would make some by a step of its own)
+        dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(tmp))
+    if ctx.is_main:
+        write_checkpoint_files(tmp, {k: v for k, v in meta.items() if k not in ("model", "optimizer")}, files)
+        publish(tmp, path)
     barrier()
 
 
 def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-    """Load a sharded checkpoint into a model sharded over any number of ranks (or none): DCP reshards."""
+    """Load a sharded checkpoint into a model sharded over any number of ranks (or none): DCP reshards. Read
+    without unpickling code (see _SafeReader and _SafeLoadPlanner)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     optimizers = [optimizer] if optimizer is not None else []
@@ -146,5 +153,101 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     state = {"model": model_state, "optimizer": optim_state} if optimizers else {"model": model_state}
     with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended, not a mistake
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(path))
+        try:
+            dcp.load(state, storage_reader=_safe_reader(path), planner=_safe_planner())
+        except (Exception, CheckpointException) as e:  # DCP gathers the ranks' failures in a CheckpointException
+            causes = [failure[0] for failure in e.failures.values()] if isinstance(e, CheckpointException) else [e]
+            if any(isinstance(c, pickle.UnpicklingError) for c in causes):
+                raise UserError(f"sharded checkpoint {path} is refused: it holds Python objects other than tensors "
+                                "and plain data (loading it could run code)") from None
+            text = str(causes[0]).strip() if causes else ""
+            first = f"{type(causes[0]).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+            raise UserError(f"sharded checkpoint {path} does not load into this model ({first})") from None
     set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state.get("optimizer", {}))
+
+
+# torch.distributed.checkpoint writes its `.metadata` with pickle and its FileSystemReader reads it back with plain
+# pickle.load, which would run whatever a crafted file asks for; its default planner loads the shards' byte items
+# with torch.load(weights_only=False). These are read here with an unpickler that admits only the classes DCP's
+# metadata is made of, and with weights_only=True.
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_ALLOWED_GLOBALS = {
+    *((_DCP_METADATA, name) for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                                         "ChunkStorageMetadata", "TensorProperties", "MetadataIndex", "StorageMeta",
+                                         "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "Path"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"its .metadata names {module}.{name}, which is not part of a checkpoint's "
+                                     "metadata (loading it could run code)")
+
+
+def read_sharded_metadata(path: Path) -> Any:
+    """The DCP metadata of a sharded checkpoint directory, unpickled with DCP's metadata classes only."""
+    with open(Path(path) / ".metadata", "rb") as f:
+        return _MetadataUnpickler(f).load()
+
+
+def check_sharded(path: Path) -> None:
+    """A sharded checkpoint's metadata reads safely and names shard files that are all there, whole."""
+    from cs336_basics.training.checkpoint import _corrupt
+
+    path = Path(path)
+    try:
+        metadata = read_sharded_metadata(path)
+    except pickle.UnpicklingError as e:
+        if "not part of a checkpoint" in str(e):
+            raise UserError(f"sharded checkpoint {path} is refused: {e}") from None
+        raise _corrupt(path, f".metadata: {e}") from None
+    except Exception as e:
+        raise _corrupt(path, f".metadata: {type(e).__name__}") from None
+    storage = getattr(metadata, "storage_data", None)
+    if not isinstance(storage, dict):
+        raise _corrupt(path, ".metadata lists no shards")
+    ends: dict[str, int] = {}
+    for info in storage.values():
+        name = getattr(info, "relative_path", None)
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise _corrupt(path, f".metadata names a shard outside the checkpoint ({name!r})")
+        ends[name] = max(ends.get(name, 0), int(info.offset) + int(info.length))
+    for name, end in ends.items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size < end:
+            raise _corrupt(path, f"shard {name} is {'missing' if not file.is_file() else 'truncated'}")
+
+
+def _safe_reader(path: Path):  # -> FileSystemReader
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class _SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):  # as FileSystemReader's, without pickle.load
+            metadata = read_sharded_metadata(Path(str(self.path)))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = getattr(self, "load_id", None)
+            return metadata
+
+    return _SafeReader(str(path))
+
+
+def _safe_planner():  # -> DefaultLoadPlanner
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._traverse import set_element
+
+    class _SafeLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value) -> None:  # noqa: ANN001  as DefaultLoadPlanner's, weights_only=True
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return _SafeLoadPlanner()

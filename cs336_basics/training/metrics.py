@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -11,24 +12,55 @@ from cs336_basics.files import write_text_atomic
 
 
 class MetricsLog:
+    """One JSON object a line. A crash can leave the last line part-written: reading skips a line that is not
+    a whole record, and a resumed run's truncate_after removes it. Non-finite numbers are written as null
+    (strict JSON, which every reader parses)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records past the checkpoint's step (written before a crash), which the resumed
-        run logs again. Rewritten atomically."""
+        run logs again, and a part-written last line. Rewritten atomically."""
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(self.path, "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in kept))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a part-written line (a crash or a full disk mid-write)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, inf) as None and tuples as lists: what strict JSON can hold,
+    for json.dumps(..., allow_nan=False)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    """json.dumps of `value` as strict JSON (NaN and infinities as null)."""
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
 
 
 def plot_losses(records: list[dict[str, Any]], png_path: Path, title: str) -> Path | None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
@@ -22,7 +25,7 @@ from cs336_basics.errors import UserError
 from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context
-from cs336_basics.training.checkpoint import checkpoint_dir, prune_checkpoints, save_checkpoint
+from cs336_basics.training.checkpoint import TOKENIZER, prune_checkpoints, save_checkpoint, step_path
 from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, load_sharded,
                                                save_sharded)
 from cs336_basics.training.garbage import ScheduledGC
@@ -37,16 +40,35 @@ class TrainingDiverged(UserError):
     pass
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def _raw_rng_state() -> tuple:
+    """The global RNGs' state as their own objects: cheap to take at every step."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return random.getstate(), np.random.get_state(legacy=False), torch.get_rng_state(), cuda
+
+
+def _plain_rng_state(raw: tuple) -> dict[str, Any]:
+    """A _raw_rng_state as tensors, numbers, strings, lists and dicts, which torch.load(weights_only=True) reads."""
+    (version, internal, gauss), numpy, cpu, cuda = raw
+    state = {"python": [version, list(internal), gauss],
+             "numpy": {"bit_generator": numpy["bit_generator"], "pos": int(numpy["state"]["pos"]),
+                       "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+                       "has_gauss": int(numpy["has_gauss"]), "gauss": float(numpy["gauss"])},
+             "torch": cpu}
+    if cuda is not None:
+        state["cuda"] = list(cuda)
     return state
 
 
+def rng_state() -> dict[str, Any]:
+    return _plain_rng_state(_raw_rng_state())
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state({"bit_generator": numpy["bit_generator"], "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"],
+                         "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]}})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -95,6 +117,14 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self._announced = False  # the first measured tokens/s after warm-up is printed once
         self._last_loss = float("nan")  # the last synchronized (rank-averaged) training loss
+        # Exact resume after a stop at any moment: the sampler, RNG and converter state at the start of the step in
+        # progress (None between steps), which an interrupted step is checkpointed with: the step is not taken.
+        self._step_start: dict[str, Any] | None = None
+        self._critical = False  # in the optimizer step and its bookkeeping: a signal waits until they are done
+        self._signal_pending = False
+        self._stop_requested = False  # several processes: a signal stops every rank at an agreed step boundary
+        self._stop_check: tuple[torch.Tensor, Any] | None = None
+        self._saved_step: int | None = None  # the step of the last checkpoint written
 
     def _first_pass(self) -> None:
         """One forward + backward on the batch the first step will draw (the sampler is rewound): what a
@@ -125,33 +155,49 @@ class Trainer:
                 * self.ctx.world_size)
 
     # ----------------------------------------------------------------------------------------- state
+    def _resumable_state(self) -> dict[str, Any]:
+        """What a step changes besides the weights and optimizer moments, as it is now (no device sync)."""
+        return {"sampler": self.train_data.state_dict(), "rng": _raw_rng_state(),
+                "converters": [converter.snapshot() for converter in self.converters]}
+
     def meta_state(self) -> dict[str, Any]:
-        """Everything but the weights and optimizer moments."""
+        """Everything but the weights and optimizer moments: tensors and plain data only. In the middle of a step
+        (a stop), the sampler, RNG and converter state of the step's start: the checkpoint is of the steps done."""
+        at = self._step_start if self._step_start is not None else self._resumable_state()
         return {
-            "format": 3,
             "step": self.step,
             "world_size": self.ctx.world_size,
-            "sampler": self.train_data.state_dict(),
-            "rng": rng_state(),
+            "sampler": at["sampler"],
+            "rng": _plain_rng_state(at["rng"]),
             "model_config": self.model_cfg.to_dict(),
             "config": self.config.to_dict(),
             "converter_names": [type(converter).__name__ for converter in self.converters],
-            "converters": [converter.state_dict() for converter in self.converters],
+            "converters": [c.snapshot_state(snapshot) for c, snapshot in zip(self.converters, at["converters"])],
+            "optimizer_saved": bool(self.optimizer.state),  # (no state before the first step: see state_dict)
             **self.run_info,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """One-process checkpoint: weights and optimizer state keyed by parameter name (plain tensors)."""
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        """One-process checkpoint: weights and optimizer state keyed by parameter name (plain tensors). Before the
+        first step the optimizer has no state, and None is saved: get_state_dict would create it by a step of its
+        own (with zero gradients and learning rate), which would count as a step in AdamW's bias correction."""
+        if self.optimizer.state:
+            model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        else:
+            model_state, optim_state = get_model_state_dict(self.model), None
         return {**self.meta_state(), "model": model_state, "optimizer": optim_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """From either checkpoint kind, into this run's (possibly sharded) model, whatever the old world size."""
+        options = StateDictOptions(full_state_dict=self.ctx.enabled)
         if "sharded_path" in state:
-            load_sharded(Path(state["sharded_path"]), self.model, self.optimizer)
+            load_sharded(Path(state["sharded_path"]), self.model,
+                         self.optimizer if state.get("optimizer_saved", True) else None)
+        elif state.get("optimizer") is None:  # saved before the first step: the optimizer starts afresh
+            set_model_state_dict(self.model, state["model"], options=options)
         else:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                           options=StateDictOptions(full_state_dict=self.ctx.enabled))
+                           options=options)
         self.train_data.load_state_dict(state["sampler"])
         saved = state.get("converters") or []
         # a checkpoint of another precision holds another list of converters: their state does not carry over
@@ -160,22 +206,92 @@ class Trainer:
                 if converter_state is not None:
                     converter.load_state_dict(converter_state)
         set_rng_state(state["rng"])
-        self.step = state["step"]
+        self.step = self._saved_step = state["step"]
+        self._step_start = None
         if self.ctx.is_main:
             self.metrics.truncate_after(self.step)
 
+    def _checkpoint_files(self) -> dict[str, str]:
+        """Text files each checkpoint carries: the run's tokenizer, so that the checkpoint alone can be sampled."""
+        tokenizer = self.out_dir / TOKENIZER
+        return {TOKENIZER: tokenizer.read_text(encoding="utf-8")} if tokenizer.is_file() else {}
+
     def save(self) -> Path:
         if self.ctx.enabled:
-            path = checkpoint_dir(self.out_dir) / f"step_{self.step:07d}"
+            path = step_path(self.out_dir, self.step)
             if self.ctx.is_main:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            save_sharded(path, self.model, self.optimizer, self.meta_state(), self.ctx)
+            save_sharded(path, self.model, self.optimizer, self.meta_state(), self.ctx,
+                         self._checkpoint_files() if self.ctx.is_main else None)
             if self.ctx.is_main:
                 prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
         else:
-            path = save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints)
+            path = save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints,
+                                   self._checkpoint_files())
+        self._saved_step = self.step
         self.log(f"checkpoint: {path}")
         return path
+
+    # ------------------------------------------------------------------------------------- stopping
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGINT / SIGTERM while training. One process: a KeyboardInterrupt at once (the step in progress is
+        checkpointed as not taken), or, within the optimizer step, as soon as it is done. Several processes: every
+        rank stops at the same step boundary (_agreed_stop); a second signal interrupts at once. (Nothing is
+        printed here: a handler that prints while the interrupted code prints fails.)"""
+        if self.ctx.enabled and not self._stop_requested:
+            self._stop_requested = True
+        elif self._critical:
+            self._signal_pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _signals_handled(self) -> Any:
+        """The Trainer's SIGINT/SIGTERM handling while it trains (main thread only), the previous handlers after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def _uninterruptible(self) -> Any:
+        """The optimizer step and the bookkeeping that makes it a step done: a signal arriving meanwhile takes
+        effect right after (a step is taken whole or not at all)."""
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+        if self._signal_pending:
+            self._signal_pending = False
+            raise KeyboardInterrupt
+
+    def _agreed_stop(self) -> bool:
+        """Several processes: whether a rank was asked to stop, the same answer on every rank. Each step boundary
+        reduces the ranks' flags; the reduction started at the previous boundary is read, so the host never waits
+        for the step it has just queued."""
+        if not self.ctx.enabled:
+            return False
+        # a fill on the device, not a copy from the host (which would wait for the queued work)
+        flag = (torch.ones if self._stop_requested else torch.zeros)(1, device=self.device)
+        reduced = all_reduce_sum(flag, self.ctx)
+        event = None
+        if self.device.type == "cuda":
+            reduced = reduced.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        previous, self._stop_check = self._stop_check, (reduced, event)
+        if previous is None:
+            return False
+        value, done = previous
+        if done is not None:
+            done.synchronize()
+        return bool(value.item() > 0)
 
     # ------------------------------------------------------------------------------------- training
     @torch.no_grad()
@@ -216,22 +332,36 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def train(self) -> dict[str, Any]:
-        """Train to cfg.max_steps. A Ctrl-C or SIGTERM (raised as KeyboardInterrupt) writes a checkpoint first."""
-        with attention_context(self.cfg.use_flash_attn, self.cfg.fused_attention):
+        """Train to cfg.max_steps. A Ctrl-C or SIGTERM writes a checkpoint first, of the steps done: one
+        interrupted part-way is not counted, and the resumed run takes it whole (resume is exact)."""
+        with attention_context(self.cfg.use_flash_attn, self.cfg.fused_attention), self._signals_handled():
             try:
                 self._train_loop()
             except KeyboardInterrupt:
-                self.log(f"\ninterrupted at step {self.step}: writing a final checkpoint")
-                self.save()
+                self._abandon_step()
+                if self._saved_step == self.step:
+                    self.log(f"\ninterrupted at step {self.step}, whose checkpoint is written")
+                else:
+                    self.log(f"\ninterrupted at step {self.step}: writing a final checkpoint")
+                    self.save()
                 raise
             finally:
                 if self.ctx.is_main:
                     plot_losses(self.metrics.read(), self.out_dir / "loss.png", f"{self.run_info.get('run_name', 'training')}")
         return self.summary
 
+    def _abandon_step(self) -> None:
+        """An interrupted step: its gradients are dropped (the checkpoint takes the step's start state)."""
+        if self._step_start is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns (summed micro-batch
-        losses, gradient norm before clipping) as device tensors, without synchronizing."""
+        losses, gradient norm before clipping) as device tensors, without synchronizing; self.step counts it.
+        Everything up to the optimizer step can be interrupted (the step is then not taken, see meta_state); the
+        optimizer step and its bookkeeping run whole."""
+        if self._step_start is None:
+            self._step_start = self._resumable_state()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self._prepare_hooks()
@@ -264,10 +394,13 @@ class Trainer:
                 torch.nn.utils.clip_grads_with_norm_(self._params, self.cfg.grad_clip, grad_norm)
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        for converter in self.converters:
-            converter.after_optimizer_step()
+        with self._uninterruptible():
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            for converter in self.converters:
+                converter.after_optimizer_step()
+            self.step += 1
+            self._step_start = None
         return loss_sum, grad_norm
 
     def _move_grads_out(self, first: bool) -> None:
@@ -285,6 +418,8 @@ class Trainer:
         cfg = self.cfg
         # The first steps (compilation, allocator and kernel warm-up) are excluded from tokens/s.
         throughput = Throughput(warmup_steps=3 if cfg.compile_model else 1, sync=self._sync)
+        if self._step_start is None:  # the calibration below draws a batch: part of the first step
+            self._step_start = self._resumable_state()
         self._prepare_hooks()  # here rather than in the first step: before the progress bar
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -300,11 +435,14 @@ class Trainer:
                         loss_sum, grad_norm = self.train_step(lr)
                     if kernels is not None and kernels.ran is not None:
                         self._report_attention(kernels.ran, bar)
-                    self.step += 1
                     collector.step_done(self.step)
                     bar.update(1)
                     throughput.step_done(self.tokens_per_step)
                     self._after_step(lr, loss_sum, grad_norm, throughput, bar)
+                    if self._agreed_stop():
+                        self.log(f"\na stop was asked for: every rank stops after step {self.step}")
+                        raise KeyboardInterrupt
+                self._step_start = None  # (no step was left to take)
         except KeyboardInterrupt:  # the figures of the steps done are kept (the CLI writes them to summary.json)
             self.summary["interrupted_at_step"] = self.step
             self._summarize(throughput, interrupted=True)
