@@ -177,6 +177,7 @@ class RunConfig:
     dp_replicate: int = 1  # under torchrun: replicate across this many groups, shard within each (HSDP)
     sample_tokens: int = 80  # tokens sampled after training (0: none)
     prompt: str = "The "
+    check_memory: bool = True  # refuse a run whose estimated memory exceeds what the device has free
 
 
 @dataclass(frozen=True)

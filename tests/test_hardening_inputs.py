@@ -589,12 +589,12 @@ def test_a_run_that_cannot_fit_is_refused_with_the_estimate_and_the_fix(monkeypa
     with pytest.raises(UserError, match=r"this run needs about .* but 1.0 MiB is available host memory; lower "
                                         r"--batch_size") as e:
         memory.check_training_memory(with_overrides(config, {"train.batch_size": 4096}), torch.device("cpu"))
-    assert "CS336_SKIP_MEMORY_CHECK=1" in str(e.value)
+    assert "--set run.check_memory=false" in str(e.value)
     with pytest.raises(UserError, match="use a smaller model"):
         memory.check_training_memory(with_overrides(config, {"model.vocab_size": 10**6, "train.batch_size": 1}),
                                      torch.device("cpu"))
-    monkeypatch.setenv(memory.SKIP_ENV, "1")
-    memory.check_training_memory(with_overrides(config, {"train.batch_size": 4096}), torch.device("cpu"))
+    memory.check_training_memory(with_overrides(config, {"train.batch_size": 4096, "run.check_memory": False}),
+                                 torch.device("cpu"))
 
 
 @pytest.mark.skipif(not CPU_ONLY, reason="the default shape is refused only without a GPU")

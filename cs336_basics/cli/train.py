@@ -6,8 +6,8 @@ config on `--resume`, and last the flags below and `--set SECTION.FIELD=VALUE` f
 Without --config and without a model-shape flag the model is the 398M-parameter seed shape; on a machine
 without a GPU such a run is refused (it would take days): pass --config tiny (minutes on a CPU), or --config
 seed to train that shape anyway. A run whose estimated memory (weights, gradients, AdamW state, activations,
-logits) exceeds what the GPU or host has free is refused with the estimate and the fix; CS336_SKIP_MEMORY_CHECK=1
-starts it anyway.
+logits) exceeds what the GPU or host has free is refused with the estimate and the fix; --set
+run.check_memory=false starts it anyway.
 
 Everything is checked before the run directory is touched (the config, the data files, the tokenizer, that the
 directories can be written, the memory); --overwrite replaces the old run only once the new one can start.

@@ -15,7 +15,6 @@ Measured peaks of the seed and 1B recipes on an H100 lie 10-30% below this estim
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import torch
 from cs336_basics.config import Config
 from cs336_basics.errors import UserError
 
-SKIP_ENV = "CS336_SKIP_MEMORY_CHECK"  # set to 1 to start a run the estimate refuses
 GiB = 2**30
 
 
@@ -120,9 +118,9 @@ def memory_fix(config: Config, estimate: MemoryEstimate, device_type: str) -> st
 def check_training_memory(config: Config, device: torch.device, world_size: int = 1,
                           processes_here: int = 1) -> MemoryEstimate:
     """Refuse a run whose estimate exceeds the memory this device has free (on a CPU: the host's available
-    memory shared by `processes_here` processes). Set CS336_SKIP_MEMORY_CHECK=1 to start it anyway."""
+    memory shared by `processes_here` processes). run.check_memory = false starts it anyway."""
     estimate = estimate_training_memory(config, device.type, world_size)
-    if os.environ.get(SKIP_ENV, "") not in ("", "0"):
+    if not config.run.check_memory:
         return estimate
     available, where = available_memory(device)
     if available is None:
@@ -133,5 +131,5 @@ def check_training_memory(config: Config, device: torch.device, world_size: int 
         raise UserError(
             f"this run needs about {_size(needed)}{per} ({estimate.breakdown()} at micro-batch "
             f"{config.train.batch_size} x {config.model.context_length}) but {_size(available)} is {where}; "
-            f"{memory_fix(config, estimate, device.type)} (or set {SKIP_ENV}=1 to start anyway)")
+            f"{memory_fix(config, estimate, device.type)} (or --set run.check_memory=false to start anyway)")
     return estimate
