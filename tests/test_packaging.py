@@ -28,6 +28,7 @@ SCRIPTS = {
     "cs336-generate": "cs336_basics.cli.generate:cli",
     "cs336-verify": "cs336_basics.cli.verify:cli",
     "cs336-bench": "cs336_basics.cli.bench:cli",
+    "cs336-export": "cs336_basics.cli.export:cli",
 }
 DEV_ONLY = {"pytest", "pytest-timeout", "iniconfig", "pluggy", "pygments"}
 
@@ -153,10 +154,14 @@ def test_gpu_lock_pins_the_measured_stack():
     assert not DEV_ONLY & pins.keys(), f"test tools belong in {DEV_LOCK.name}: {sorted(DEV_ONLY & pins.keys())}"
 
 
-def test_dev_lock_pins_the_test_tools():
+def test_dev_lock_pins_the_test_tools_and_the_hf_extra():
     pins = read_lock(DEV_LOCK)
-    assert {"pytest", "pytest-timeout"} <= pins.keys()
-    assert pins.keys() <= DEV_ONLY, f"runtime packages in {DEV_LOCK.name}: {sorted(pins.keys() - DEV_ONLY)}"
+    assert {"pytest", "pytest-timeout", "transformers"} <= pins.keys()
+    runtime = {canonicalize_name(Requirement(line).name) for line in pyproject()["project"]["dependencies"]}
+    assert not runtime & pins.keys(), f"runtime packages belong in the runtime locks: {sorted(runtime & pins.keys())}"
+    for line in pyproject()["project"]["optional-dependencies"]["hf"]:
+        req = Requirement(line)
+        assert req.specifier.contains(pins[canonicalize_name(req.name)]), f"{DEV_LOCK.name} pins {req.name} outside {req}"
 
 
 @pytest.mark.parametrize("lock", [CPU_LOCK, GPU_LOCK], ids=lambda p: p.name)
