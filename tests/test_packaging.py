@@ -29,6 +29,7 @@ SCRIPTS = {
     "cs336-verify": "cs336_basics.cli.verify:cli",
     "cs336-bench": "cs336_basics.cli.bench:cli",
     "cs336-export": "cs336_basics.cli.export:cli",
+    "cs336-eval": "cs336_basics.cli.eval:cli",
 }
 DEV_ONLY = {"pytest", "pytest-timeout", "iniconfig", "pluggy", "pygments"}
 
