@@ -240,3 +240,21 @@ def test_cache_runs_checkpoint_wrapped_compiled_and_bf16_cast_layers():
     torch.testing.assert_close(got, want[:, :11], rtol=0.05, atol=0.1)
     rows = generate_batch(model, PROMPTS, 8, temperature=0.0)
     assert [len(r) for r in rows] == [8] * len(PROMPTS)
+
+
+def test_the_generate_command_samples_several_prompts_as_one_batch_with_or_without_the_cache(tiny_cli, tmp_path, capsys):
+    """Greedy samples of two prompts, twice each: the cached batch prints what the cacheless sampler prints."""
+    from cs336_basics.cli import run_main
+    from cs336_basics.cli.generate import main as generate_main
+
+    train, base = tiny_cli
+    assert train([*base, "--out_dir", tmp_path / "run", "--max_steps", 2]) == 0
+    argv = [str(tmp_path / "run"), "--prompt", "the quick", "--prompt", "lazy dog", "--num_samples", "2",
+            "--temperature", "0", "--max_new_tokens", "12", "--device", "cpu"]
+    capsys.readouterr()
+    assert run_main(generate_main, argv) == 0
+    cached = capsys.readouterr().out
+    assert run_main(generate_main, [*argv, "--no_cache"]) == 0
+    assert capsys.readouterr().out == cached
+    assert cached.count("--- sample") == 4 and "the quick" in cached and "lazy dog" in cached
+    assert run_main(generate_main, [str(tmp_path / "run"), "--prompt", "ok", "--prompt", ""]) == 2

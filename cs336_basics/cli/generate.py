@@ -11,7 +11,7 @@ import torch
 from cs336_basics.data.tokenizer import eot_id
 from cs336_basics.errors import UserError
 from cs336_basics.files import check_writable_dir
-from cs336_basics.generation import generate
+from cs336_basics.generation import generate_batch
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.training.checkpoint import export_model, load_model_weights, tokenizer_from_json
 
@@ -20,18 +20,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a run directory (its newest intact checkpoint), a checkpoints/step_N directory, "
                    "or a file written by --export")
-    p.add_argument("--prompt", default="The ")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="text to continue; repeat it for several prompts, sampled together as one batch (default: 'The ')")
     p.add_argument("--max_new_tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
     p.add_argument("--top_k", type=int, default=None)
     p.add_argument("--top_p", type=float, default=0.95)
-    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--num_samples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--no_cache", action="store_true",
+                   help="run the model's full forward for every new token instead of the K/V cache (slower; the same "
+                        "tokens within the context length)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--export", type=Path, metavar="FILE",
                    help="instead of sampling, write the weights as one safetensors file with the config and the "
                         "tokenizer in its metadata (from sharded runs too); generate samples from it alone")
     args = p.parse_args(argv)
+    args.prompt = args.prompt or ["The "]
     check_args(args)
 
     state = load_model_weights(args.checkpoint)  # safetensors and JSON: nothing loaded can run code
@@ -49,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"the weights in {state['path']} do not fit its model config "
                         f"({str(e).strip().splitlines()[0][:200]})") from None
     generator = torch.Generator(device).manual_seed(args.seed)
-    for i in range(args.num_samples):
-        ids = generate(model, tokenizer.encode(args.prompt).ids, args.max_new_tokens, args.temperature, args.top_k,
-                       args.top_p, stop_id=eot_id(tokenizer), generator=generator)
-        print(f"--- sample {i + 1} (step {state['step']}) ---\n{args.prompt}{tokenizer.decode(ids)}")
+    texts = [text for text in args.prompt for _ in range(args.num_samples)]
+    outputs = generate_batch(model, [tokenizer.encode(text).ids for text in texts], args.max_new_tokens,
+                             args.temperature, args.top_k, args.top_p, stop_id=eot_id(tokenizer), generator=generator,
+                             use_cache=not args.no_cache)
+    for i, (text, ids) in enumerate(zip(texts, outputs)):
+        print(f"--- sample {i + 1} (step {state['step']}) ---\n{text}{tokenizer.decode(ids)}")
     return 0
 
 
@@ -73,7 +80,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--export {args.export} is a directory; name the file to write, e.g. {args.export}/model.pt")
         check_writable_dir(args.export.parent, f"--export {args.export}: the directory", "choose another path")
         return
-    if args.prompt == "":
+    if any(text == "" for text in args.prompt):
         raise UserError("--prompt is empty; the model continues a prompt of at least one token (e.g. --prompt \"The \")")
     from cs336_basics.cli.train import resolve_device
 
