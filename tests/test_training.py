@@ -19,7 +19,7 @@ from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.training.checkpoint import config_from_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from cs336_basics.training.lr_schedule import lr_at
-from conftest import CPU, ROOT, TEST, TEST_FLAGS, losses, make_config, make_trainer, one_line_error, run_train
+from conftest import CPU, ROOT, TEST, TEST_FLAGS, losses, make_config, make_trainer, one_line_error, quiet, run_train
 
 train = run_train
 SMALL = ModelConfig(vocab_size=256, context_length=16, dim=32, n_layers=1, n_heads=2, intermediate_size=64)
@@ -475,3 +475,26 @@ def test_an_evaluation_reports_the_train_loss_of_its_step(tmp_path, cli_data, ca
                   "--set", "train.log_interval=10", "--set", "run.sample_tokens=0"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step 2:"))
     assert "train loss nan" not in line and re.match(r"step 2: train loss \d+\.\d+, val loss", line), line
+
+
+def test_validation_reports_bits_per_byte_from_the_bytes_each_token_stands_for(tmp_path):
+    """Bits per byte = the validation windows' summed nats / ln 2 / the bytes of their target tokens: with every
+    token standing for 3 bytes that is val loss / (3 ln 2); without byte counts there is no such figure."""
+    from cs336_basics.training.trainer import Trainer
+
+    config = make_config(batch_size=2, eval_steps=2)
+    tokens = (np.arange(4096, dtype=np.uint32) * 7) % TEST.vocab_size
+    trainer = make_trainer(config, tokens, tmp_path)
+    assert trainer.evaluate() > 0 and trainer.val_bits_per_byte is None
+    trainer = Trainer(trainer.prepared, trainer.config, trainer.train_data, tokens, CPU, tmp_path, log=quiet,
+                      token_bytes=np.full(TEST.vocab_size, 3))
+    val_loss = trainer.evaluate()
+    assert trainer.val_bits_per_byte == pytest.approx(val_loss / (3 * math.log(2)), rel=1e-9)
+    sizes = np.arange(TEST.vocab_size) % 4 + 1  # 1 to 4 bytes, as a byte-level vocabulary has
+    trainer = Trainer(trainer.prepared, trainer.config, trainer.train_data, tokens, CPU, tmp_path, log=quiet,
+                      token_bytes=sizes)
+    val_loss = trainer.evaluate()
+    T = TEST.context_length
+    targets = np.stack([tokens[w * T + 1: w * T + T + 1] for w in range(4)])  # the 2 x 2 windows evaluated
+    assert trainer.val_bits_per_byte == pytest.approx(val_loss * targets.size / math.log(2) / sizes[targets].sum(),
+                                                      rel=1e-9)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from cs336_basics.data.corpus import check_text_file, iter_chunks
+from cs336_basics.data.tokenizer import token_bytes
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import ModelConfig, Transformer
 from cs336_basics.training.checkpoint import load_model_weights, tokenizer_from_json
@@ -125,32 +126,6 @@ def build_model(state: dict[str, Any], device: torch.device) -> Transformer:
 
 
 # ----------------------------------------------------------------------------------------------- bytes
-def token_bytes(tokenizer) -> np.ndarray:  # noqa: ANN001
-    """(vocab,) int64: the UTF-8 bytes of the text each token id stands for.
-
-    Exact for the byte-level BPE tokenizers this project trains (and cs336-export writes): the byte-level
-    pre-tokenizer maps each of the 256 byte values to one character of ByteLevel.alphabet(), so a vocabulary
-    token of n such characters stands for exactly n bytes of the text, and a text's tokens concatenate back to
-    its bytes (the decoder joins them with nothing added or dropped). Added tokens (<|endoftext|>) are matched
-    literally in the text, so they stand for the UTF-8 bytes of their content. Decoding one id at a time would
-    not be exact (a token holding part of a multi-byte character decodes to U+FFFD, 3 bytes), nor would decoding a
-    window (a character cut at its ends). Any other kind of tokenizer is refused."""
-    from tokenizers import pre_tokenizers
-
-    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
-    added = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items()}
-    sizes = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
-    for token, i in tokenizer.get_vocab(with_added_tokens=True).items():
-        if i in added:
-            sizes[i] = len(added[i].encode("utf-8"))
-        elif all(c in alphabet for c in token):
-            sizes[i] = len(token)
-        else:
-            raise UserError(f"the model's tokenizer is not byte-level BPE (token {token!r}); bits per byte are "
-                            "counted exactly for byte-level tokenizers only, such as this project's")
-    return sizes
-
-
 # ----------------------------------------------------------------------------------------------- evaluation
 def iter_token_blocks(path: Path, tokenizer) -> Any:  # noqa: ANN001
     """The token ids of a file, a block of chunks at a time (bounded memory), encoded as training encodes it."""

@@ -36,7 +36,7 @@ from cs336_basics.config import (COMPILE_MODES, FP8_RECIPES, TORCHAO_RECIPES, Co
                                  with_overrides)
 from cs336_basics.data.batches import RandomWindows
 from cs336_basics.data.prepare import prepare_data
-from cs336_basics.data.tokenizer import eot_id
+from cs336_basics.data.tokenizer import eot_id, token_bytes
 from cs336_basics.errors import UserError
 from cs336_basics.files import describe_write_failure, is_write_failure, remove_stray_temps, write_text_atomic
 from cs336_basics.generation import generate
@@ -315,7 +315,13 @@ def train_in(args: argparse.Namespace, config: Config, resumed: dict[str, Any] |
                 "residual_dtype": prepared.residual_dtype}
     sampler = RandomWindows(data.train_tokens, config.train.batch_size, model_cfg.context_length, config.train.seed,
                             ctx.rank, ctx.world_size)
-    trainer = Trainer(prepared, config, sampler, data.val_tokens, device, out_dir, run_info, ctx=ctx)
+    try:  # bits per byte need the bytes each token stands for: exact for byte-level BPE tokenizers
+        byte_counts = token_bytes(data.tokenizer)
+    except UserError as e:
+        byte_counts = None
+        print(f"validation reports loss and perplexity only: {e}")
+    trainer = Trainer(prepared, config, sampler, data.val_tokens, device, out_dir, run_info, ctx=ctx,
+                      token_bytes=byte_counts)
     if resumed is not None:
         trainer.load_state_dict(resumed)
         print(f"resumed from {resumed['path']} at step {trainer.step}")
@@ -352,6 +358,8 @@ def report_results(summary: dict[str, Any], out_dir: Path, resumed: bool = False
                      else f"final train loss {summary['final_train_loss']:.4f}")
     if "val_loss" in summary:
         parts.append(f"val loss {summary['val_loss']:.4f}")
+    if "val_bits_per_byte" in summary:
+        parts.append(f"{summary['val_bits_per_byte']:.4f} bits/byte")
     if "tokens_per_second" in summary:
         parts.append(f"measured {summary['tokens_per_second']:,.0f} tokens/s")
         if summary.get("world_size", 1) > 1:

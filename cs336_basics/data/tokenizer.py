@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from cs336_basics.errors import UserError
@@ -51,3 +52,27 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
 
 def eot_id(tokenizer: Tokenizer) -> int:
     return tokenizer.token_to_id(EOT)
+
+
+def token_bytes(tokenizer: Tokenizer) -> np.ndarray:
+    """(vocab,) int64: the UTF-8 bytes of the text each token id stands for.
+
+    Exact for the byte-level BPE tokenizers this project trains (and cs336-export writes): the byte-level
+    pre-tokenizer maps each of the 256 byte values to one character of ByteLevel.alphabet(), so a vocabulary
+    token of n such characters stands for exactly n bytes of the text, and a text's tokens concatenate back to
+    its bytes (the decoder joins them with nothing added or dropped). Added tokens (<|endoftext|>) are matched
+    literally in the text, so they stand for the UTF-8 bytes of their content. Decoding one id at a time would
+    not be exact (a token holding part of a multi-byte character decodes to U+FFFD, 3 bytes), nor would decoding a
+    window (a character cut at its ends). Any other kind of tokenizer is refused."""
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    added = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items()}
+    sizes = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    for token, i in tokenizer.get_vocab(with_added_tokens=True).items():
+        if i in added:
+            sizes[i] = len(added[i].encode("utf-8"))
+        elif all(c in alphabet for c in token):
+            sizes[i] = len(token)
+        else:
+            raise UserError(f"the model's tokenizer is not byte-level BPE (token {token!r}); bits per byte are "
+                            "counted exactly for byte-level tokenizers only, such as this project's")
+    return sizes

@@ -86,11 +86,16 @@ class Trainer:
         run_info: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         ctx: DistributedContext = DistributedContext(),
+        token_bytes: np.ndarray | None = None,
     ) -> None:
         self.config, self.cfg = config, config.train.validate()
         self.device, self.out_dir, self.ctx = device, out_dir, ctx
         self.log = log if ctx.is_main else (lambda message: None)
         self.train_data, self.val_tokens = train_data, val_tokens
+        # (vocab,) UTF-8 bytes each token id stands for: validation also reports bits per byte, which compare
+        # across tokenizers (None: loss and perplexity only)
+        self._token_bytes = None if token_bytes is None else torch.as_tensor(token_bytes, device=device)
+        self.val_bits_per_byte: float | None = None
         self.run_info = run_info or {}
         self.model_cfg = config.model
         self.prepared = prepared
@@ -296,18 +301,24 @@ class Trainer:
     # ------------------------------------------------------------------------------------- training
     @torch.no_grad()
     def evaluate(self) -> float:
+        """The mean validation loss (nats a token); with token byte counts, bits per byte too (val_bits_per_byte)."""
         self.eval_model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of window losses, windows)
+        # (sum of window losses, windows, sum of target bytes)
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in validation_batches(self.val_tokens, self.cfg.batch_size, self.model_cfg.context_length,
                                        self.cfg.eval_steps, self.device, self.ctx.rank, self.ctx.world_size):
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             with self.autocast:
                 loss = self.eval_model(x, y).double()
-            total += torch.stack([loss * x.shape[0], torch.tensor(float(x.shape[0]), device=self.device, dtype=torch.float64)])
+            n_bytes = self._token_bytes[y].sum().double() if self._token_bytes is not None else loss.new_zeros(())
+            total += torch.stack([loss * x.shape[0], loss.new_tensor(float(x.shape[0])), n_bytes])
         self.eval_model.train()
         total = all_reduce_sum(total, self.ctx)
-        return (total[0] / total[1]).item()
+        loss, windows, n_bytes = total.tolist()
+        if n_bytes > 0:  # every window holds context_length target tokens
+            self.val_bits_per_byte = loss * self.model_cfg.context_length / math.log(2) / n_bytes
+        return loss / windows
 
     def roofline_bound(self) -> float:
         """Upper bound on this run's global tokens/s from the device's datasheet peaks (needs self.peaks)."""
@@ -485,11 +496,17 @@ class Trainer:
             if do_eval:
                 val_loss = self.evaluate()
                 if self.ctx.is_main:
-                    self.metrics.write({"step": self.step, "val_loss": round(val_loss, 5),
-                                        "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
+                    record = {"step": self.step, "val_loss": round(val_loss, 5),
+                              "val_perplexity": round(math.exp(min(val_loss, 50)), 3)}
+                    if self.val_bits_per_byte is not None:
+                        record["val_bits_per_byte"] = round(self.val_bits_per_byte, 5)
+                    self.metrics.write(record)
+                bpb = f", {self.val_bits_per_byte:.4f} bits/byte" if self.val_bits_per_byte is not None else ""
                 bar.write(f"step {self.step}: train loss {self._last_loss:.4f}, val loss {val_loss:.4f}, "
-                          f"val perplexity {math.exp(min(val_loss, 50)):.2f}")
+                          f"val perplexity {math.exp(min(val_loss, 50)):.2f}{bpb}")
                 self.summary["val_loss"] = val_loss
+                if self.val_bits_per_byte is not None:
+                    self.summary["val_bits_per_byte"] = self.val_bits_per_byte
             if do_save:
                 self.save()
             throughput.resume()
