@@ -164,10 +164,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_data: tuple[str, ...] = ()  # UTF-8 text files; empty: the text that ships with Python (no download)
+    train_data: tuple[str, ...] = ()  # corpus files, directories, globs (data/sources.py); empty: Python's own text
     val_data: str = ""  # empty: the last 2% of the training tokens
     tokenizer: str = ""  # a tokenizer.json to use; empty: train a byte-level BPE tokenizer on the training data
     cache_dir: str = "data_cache"  # tokenizers and token files, keyed by their inputs
+    text_field: str = "text"  # the text of each .jsonl(.gz) line, .parquet and .arrow row (saved datasets too)
+
+    def __post_init__(self) -> None:
+        if not self.text_field.strip():
+            raise UserError("data.text_field must name the text field of JSON lines and column of Parquet and Arrow "
+                            "files (default text), got an empty string")
 
 
 @dataclass(frozen=True)

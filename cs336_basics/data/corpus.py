@@ -14,7 +14,21 @@ CHUNK_CHARS = 1 << 20  # ~1 MB of text per chunk: bounded memory whatever the co
 
 def check_text_file(path: Path, what: str = "data file") -> None:
     """Fail early, with a fix, on a missing, unreadable, empty or non-UTF-8 corpus file, or a directory or
-    device given where a text file belongs."""
+    device given where a corpus file belongs. JSON Lines (plain or gzip), Parquet and Arrow files and datasets
+    saved with `save_to_disk` are checked as such (their text field when they are read: see data/sources.py)."""
+    from cs336_basics.data.sources import check_file, check_source, file_format, is_hf_dataset
+
+    path = Path(path)
+    if path.is_dir() and is_hf_dataset(path):
+        check_source(path, what)
+    elif not path.is_dir() and file_format(path) not in ("text", "jsonl"):
+        check_file(path, what)
+    else:
+        check_utf8_file(path, what)
+
+
+def check_utf8_file(path: Path, what: str = "data file") -> None:
+    """check_text_file of a file read as UTF-8 text (a .txt or a .jsonl)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a text file; pass the files in it "
@@ -41,8 +55,26 @@ def check_text_file(path: Path, what: str = "data file") -> None:
             ) from None
 
 
-def iter_chunks(path: Path) -> Iterator[str]:
-    """Yield pieces of about CHUNK_CHARS characters that end at a line boundary."""
+def iter_chunks(path: Path, text_field: str = "text") -> Iterator[str]:
+    """Yield pieces of about CHUNK_CHARS characters that end at a line boundary. A source of other documents
+    (JSON Lines, Parquet, Arrow, a saved dataset, a directory or glob pattern of them) yields its documents
+    separated by <|endoftext|>, its files too, as training encodes them."""
+    from cs336_basics.data.sources import file_format, iter_file_chunks, resolve_source
+
+    path = Path(path)
+    if path.is_file() and file_format(path) == "text":
+        yield from iter_text_chunks(path)
+        return
+    for i, file in enumerate(resolve_source(path)):
+        if i > 0:
+            yield EOT
+        for chunk, _ in iter_file_chunks(file, text_field):
+            if chunk:
+                yield chunk
+
+
+def iter_text_chunks(path: Path) -> Iterator[str]:
+    """iter_chunks of a UTF-8 text file."""
     pending: list[str] = []
     size = 0
     try:

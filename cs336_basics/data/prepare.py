@@ -1,4 +1,5 @@
-"""From a run's data settings to token arrays: the text files (or the default corpus), the tokenizer (given,
+"""From a run's data settings to token arrays: the corpus files (text, JSON Lines, Parquet, Arrow, saved datasets,
+directories and glob patterns of them: data/sources.py) or the default corpus, the tokenizer (given,
 the run's own on resume, or trained once and cached), and the cached token files; the validation split."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from tokenizers import Tokenizer
 
 from cs336_basics.config import DataConfig
 from cs336_basics.data.batches import check_length
-from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks, write_default_corpus
+from cs336_basics.data.corpus import iter_chunks, write_default_corpus
+from cs336_basics.data.sources import check_source, source_key
 from cs336_basics.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
 from cs336_basics.data.tokens import encode_files
 from cs336_basics.errors import UserError
@@ -34,7 +36,7 @@ def prepare_tokenizer(data: DataConfig, train_paths: list[Path], vocab_size: int
     written into the run directory as tokenizer.json, replacing whatever an earlier attempt left there."""
     saved = out_dir / "tokenizer.json"
     cache_dir = Path(data.cache_dir)
-    key = "|".join(file_key(p) for p in train_paths) + f"|{vocab_size}"
+    key = "|".join(source_key(p, data.text_field) for p in train_paths) + f"|{vocab_size}"
     cached = cache_dir / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if data.tokenizer:
         tokenizer = load_tokenizer(Path(data.tokenizer))
@@ -43,8 +45,10 @@ def prepare_tokenizer(data: DataConfig, train_paths: list[Path], vocab_size: int
     elif cached.exists():
         tokenizer = load_tokenizer(cached)
     else:
-        print(f"training a {vocab_size}-token byte-level BPE tokenizer on {', '.join(map(str, train_paths))}")
-        chunks = (chunk for p in train_paths for chunk in iter_chunks(p))
+        names = ", ".join(map(str, train_paths[:3]))
+        names += f" and {len(train_paths) - 3:,} more files" if len(train_paths) > 3 else ""
+        print(f"training a {vocab_size}-token byte-level BPE tokenizer on {names}")
+        chunks = (chunk for p in train_paths for chunk in iter_chunks(p, data.text_field))
         tokenizer = train_tokenizer(chunks, vocab_size)
         save_tokenizer(tokenizer, cached)
     if resumed_fingerprint is not None and tokenizer_fingerprint(tokenizer) != resumed_fingerprint:
@@ -94,16 +98,19 @@ def prepare_data(data: DataConfig, vocab_size: int, context_length: int, out_dir
     cache_dir = Path(data.cache_dir)
     if not data.train_data:
         default_train, default_val = write_default_corpus(cache_dir / "default_corpus")
-        train_paths, val_path = [default_train], default_val
-        print(f"data: CPython's bundled documentation topics (pydoc_data.topics), written to {train_paths[0].parent}")
+        train_names, val_name = [default_train], default_val
+        print(f"data: CPython's bundled documentation topics (pydoc_data.topics), written to {default_train.parent}")
     else:
-        train_paths, val_path = [Path(p) for p in data.train_data], Path(data.val_data) if data.val_data else None
-    for p in train_paths + ([val_path] if val_path else []):
-        check_text_file(p)
+        train_names, val_name = [Path(p) for p in data.train_data], Path(data.val_data) if data.val_data else None
+    # directories and glob patterns stand for their files (sorted); every file is checked before any is read
+    train_paths = [p for name in train_names for p in check_source(name, "data file", data.text_field)]
+    val_paths = check_source(val_name, "validation file", data.text_field) if val_name else None
+    if len(train_paths) > len(train_names):
+        print(f"data: {len(train_paths):,} training files")
     tokenizer = prepare_tokenizer(data, train_paths, vocab_size, out_dir, resumed_fingerprint)
-    train_file = encode_files(train_paths, tokenizer, cache_dir, "train")
-    if val_path is not None:
-        val_file = encode_files([val_path], tokenizer, cache_dir, "val")
+    train_file = encode_files(train_paths, tokenizer, cache_dir, "train", data.text_field)
+    if val_paths is not None:
+        val_file = encode_files(val_paths, tokenizer, cache_dir, "val", data.text_field)
         train_tokens, val_tokens = train_file.tokens, val_file.tokens
         max_id = max(train_file.max_id, val_file.max_id)
     else:  # hold out the tail of the training tokens; training never samples it
@@ -121,6 +128,6 @@ def prepare_data(data: DataConfig, vocab_size: int, context_length: int, out_dir
     check_length(val_tokens, context_length, "the validation data")
     print(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} validation tokens "
           f"(vocabulary {tokenizer.get_vocab_size():,})")
-    info = {"train_data": [str(p) for p in train_paths], "val_data": str(val_path) if val_path else None,
+    info = {"train_data": [str(p) for p in train_names], "val_data": str(val_name) if val_name else None,
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
     return PreparedData(tokenizer, train_tokens, val_tokens, info)

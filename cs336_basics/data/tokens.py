@@ -13,7 +13,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from cs336_basics.data.corpus import check_text_file, file_key, iter_chunks
+from cs336_basics.data.corpus import iter_chunks
+from cs336_basics.data.sources import check_file, file_format, iter_file_chunks, resolve_sources, source_key
 from cs336_basics.data.tokenizer import EOT, eot_id, tokenizer_fingerprint
 from cs336_basics.files import atomic_path, write_text_atomic
 
@@ -31,17 +32,22 @@ def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def encode_files(paths: list[Path], tokenizer: Tokenizer, cache_dir: Path, name: str) -> TokenFile:
+def encode_files(paths: list[Path], tokenizer: Tokenizer, cache_dir: Path, name: str,
+                 text_field: str = "text") -> TokenFile:
     """Encode `paths` (in order, separated by <|endoftext|>) into `cache_dir`, or reuse the cached result.
 
-    The cache key covers the tokenizer's full definition and each file's path, size and mtime, so a
-    changed corpus or tokenizer produces a new file. Writes go to a temporary file renamed at the end: a
+    Paths may be text, JSON Lines (plain or gzip), Parquet or Arrow files, directories or glob patterns of them,
+    or datasets saved with `save_to_disk` (data/sources.py); their documents are separated by <|endoftext|> too,
+    and `text_field` names the text in each. The cache key covers the tokenizer's full definition and each file's
+    path, size and mtime (and the text field, but for text files), so a changed corpus or tokenizer produces a
+    new file. Writes go to a temporary file renamed at the end: a
     crash never leaves a truncated token file that a later run would trust, and a cached file is used only if
     its size is what its metadata says (n_tokens x the dtype's size): anything else is encoded again.
     """
+    paths = resolve_sources(paths)
     for p in paths:
-        check_text_file(p)
-    key_src = tokenizer_fingerprint(tokenizer) + "|" + "|".join(file_key(p) for p in paths)
+        check_file(p, text_field=text_field)
+    key_src = tokenizer_fingerprint(tokenizer) + "|" + "|".join(source_key(p, text_field) for p in paths)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache_dir.mkdir(parents=True, exist_ok=True)
     bin_path, meta_path = cache_dir / f"{name}-{key}.bin", cache_dir / f"{name}-{key}.json"
@@ -51,26 +57,37 @@ def encode_files(paths: list[Path], tokenizer: Tokenizer, cache_dir: Path, name:
         return cached
 
     n_tokens, max_id, eot = 0, 0, eot_id(tokenizer)
-    total_bytes = sum(p.stat().st_size for p in paths)
+    total_bytes = sum(p.stat().st_size for p in paths)  # the progress counts bytes read from disk (compressed ones)
+    desc = f"encoding {name}" + ("" if all(file_format(p) == "text" for p in paths) else " (bytes on disk)")
     with atomic_path(bin_path) as tmp_path:  # a failure (a full disk, Ctrl-C) removes the partial file
-        with open(tmp_path, "wb") as out, tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"encoding {name}") as bar:
+        with open(tmp_path, "wb") as out, tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc) as bar:
             for i, path in enumerate(paths):
                 if i > 0:
                     np.array([eot], dtype=dtype).tofile(out)
                     n_tokens += 1
-                chunks = iter_chunks(path)
+                chunks = _chunks(path, text_field)
                 while batch := list(islice(chunks, CHUNKS_PER_BATCH)):
-                    for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
+                    for enc in tokenizer.encode_batch([c for c, _ in batch], add_special_tokens=False):
                         ids = np.asarray(enc.ids, dtype=np.int64)
                         if ids.size:
                             max_id = max(max_id, int(ids.max()))
                             ids.astype(dtype).tofile(out)
                             n_tokens += ids.size
-                    bar.update(sum(len(c.encode("utf-8")) for c in batch))
-    meta = dict(dtype=np.dtype(dtype).name, n_tokens=n_tokens, max_id=max_id, sources=[file_key(p) for p in paths],
+                    bar.update(sum(n for _, n in batch))
+    meta = dict(dtype=np.dtype(dtype).name, n_tokens=n_tokens, max_id=max_id,
+                sources=[source_key(p, text_field) for p in paths],
                 tokenizer=tokenizer_fingerprint(tokenizer), separator=EOT)
     write_text_atomic(meta_path, json.dumps(meta, indent=1))
     return TokenFile(bin_path, _memmap(bin_path, dtype, n_tokens), max_id)
+
+
+def _chunks(path: Path, text_field: str):
+    """(text chunk, bytes of the file on disk it covers) of one corpus file."""
+    if file_format(path) == "text":
+        for chunk in iter_chunks(path):
+            yield chunk, len(chunk.encode("utf-8"))
+    else:
+        yield from iter_file_chunks(path, text_field)
 
 
 def _memmap(path: Path, dtype, n_tokens: int) -> np.ndarray:
