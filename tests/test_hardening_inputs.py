@@ -109,10 +109,10 @@ BAD_TRAIN_INPUTS = [
     (["--set", "run.sample_tokens=5", "--set", "run.prompt="], "run.prompt is empty"),
     (["--set", "run.sample_tokens=-1"], "run.sample_tokens must be >= 0"),
     (["--set", "data.cache_dir="], "data.cache_dir must name a directory"),
-    (["--train_data", "{tmp}"], "is a directory, not a text file"),
+    (["--train_data", "{empty}"], "is a directory holding no"),
     (["--train_data", "{tmp}/missing.txt"], "does not exist"),
     (["--train_data", "/dev/null"], "is not a regular file"),
-    (["--val_data", "{tmp}"], "validation file {tmp} is a directory"),
+    (["--val_data", "{empty}"], "is a directory holding no"),
     (["--tokenizer", "{tmp}"], "--tokenizer {tmp} is a directory"),
     (["--tokenizer", "{tmp}/missing.json"], "does not exist"),
     (["--tokenizer", "{file}"], "cannot load tokenizer"),
@@ -134,7 +134,8 @@ BAD_TRAIN_INPUTS = [
 def test_a_bad_training_input_is_one_line_and_touches_nothing(tmp_path, tiny_cli, capsys, extra, message):
     train, base = tiny_cli
     (tmp_path / "plain.txt").write_text("not a directory, not a tokenizer\n")
-    fill = {"tmp": str(tmp_path), "file": str(tmp_path / "plain.txt")}
+    (tmp_path / "empty").mkdir()
+    fill = {"tmp": str(tmp_path), "file": str(tmp_path / "plain.txt"), "empty": str(tmp_path / "empty")}
     extra = [e.format(**fill) for e in extra]
     out = tmp_path / "run"
     argv = [*base, "--out_dir", out, "--max_steps", 2, *extra]

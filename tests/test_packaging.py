@@ -68,7 +68,7 @@ def test_pyproject_metadata():
     assert pyproject()["build-system"]["build-backend"] == "setuptools.build_meta"
     assert pyproject()["tool"]["setuptools"]["packages"]["find"]["include"] == ["cs336_basics*"]
     runtime = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
-    assert runtime == {"torch", "torchao", "tokenizers", "safetensors", "numpy", "tqdm", "matplotlib"}
+    assert runtime == {"torch", "torchao", "tokenizers", "safetensors", "numpy", "tqdm", "matplotlib", "pyarrow"}
     dev = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["dev"]}
     assert dev == {"pytest", "pytest-timeout"}
 

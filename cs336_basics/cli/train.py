@@ -74,8 +74,9 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("train.seed", int, "random seed (weights, batches)"),
     "compile_mode": ("train.compile_mode", str, "torch.compile mode; auto: CUDA graphs for fp8 in one process"),
     "fp8_recipe": ("fp8.recipe", str, "auto: delayed (ours) in one process, tensorwise under torchrun"),
-    "train_data": ("data.train_data", list, "UTF-8 text file(s); default: the text that ships with Python"),
-    "val_data": ("data.val_data", Path, "UTF-8 text; default: the last 2%% of the training tokens"),
+    "train_data": ("data.train_data", list, "text, .jsonl(.gz), .parquet files, directories or globs of them, or a "
+                   "save_to_disk dataset (column: data.text_field); default: the text that ships with Python"),
+    "val_data": ("data.val_data", Path, "the same kinds; default: the last 2%% of the training tokens"),
     "tokenizer": ("data.tokenizer", Path, "a tokenizer.json to use instead of training one"),
     "out_dir": ("run.out_dir", Path, "run directory (default runs/<recipe>-<time>)"),
     "device": ("run.device", str, "cpu, cuda, cuda:N (default: cuda if available)"),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cs336_basics.config import Config
-from cs336_basics.data.corpus import check_text_file
+from cs336_basics.data.sources import check_source, file_format
 from cs336_basics.errors import UserError
 from cs336_basics.files import check_writable_dir, free_bytes, remove_quietly, remove_stray_temps
 from cs336_basics.perf.memory import parameter_count
@@ -106,12 +106,13 @@ def check_inputs(config: Config, plan: RunDirPlan) -> None:
     from cs336_basics.data.tokenizer import load_tokenizer
 
     data = config.data
-    for name in data.train_data:
-        check_text_file(Path(name))
+    files = [path for name in data.train_data for path in check_source(name, "data file", data.text_field)]
     if data.val_data:
-        check_text_file(Path(data.val_data), "validation file")
-    if data.train_data:  # every token covers at least one byte: more tokens than bytes cannot come out
-        most = sum(Path(name).stat().st_size for name in data.train_data) + len(data.train_data) - 1
+        check_source(data.val_data, "validation file", data.text_field)
+    # every token covers at least one byte of text, so a text file bounds its tokens (compressed or columnar
+    # files do not: they are checked once encoded)
+    if files and all(file_format(path) in ("text", "jsonl") for path in files):
+        most = sum(path.stat().st_size for path in files) + len(files) - 1
         if most < config.model.context_length + 1:
             raise UserError(f"the training data has at most {most:,} tokens (one a byte), fewer than one context window "
                             f"plus one ({config.model.context_length + 1}); give more text or a smaller --context_length")
