@@ -18,7 +18,6 @@ the tokenizer, so models with different tokenizers compare.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from itertools import islice
 from pathlib import Path
@@ -31,8 +30,8 @@ import torch.nn.functional as F
 from cs336_basics.data.corpus import check_text_file, iter_chunks
 from cs336_basics.data.tokenizer import token_bytes
 from cs336_basics.errors import UserError
-from cs336_basics.model.transformer import ModelConfig, Transformer
-from cs336_basics.training.checkpoint import load_model_weights, tokenizer_from_json
+from cs336_basics.model.transformer import Transformer
+from cs336_basics.training.checkpoint import load_model_weights, model_from_weights, tokenizer_from_json
 
 CHUNKS_PER_BATCH = 16  # text chunks encoded together by the tokenizer's thread pool (as data/tokens.py does)
 
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     state = load_hf_dir(args.model) if is_hf_dir(args.model) else load_model_weights(args.model)
     tokenizer = tokenizer_from_json(state["tokenizer"], state["path"])
-    model = build_model(state, device)
+    model = model_from_weights(state, device)
     result = evaluate(model, tokenizer, args.data, args.batch_size, args.max_tokens, device)
     result = {"model": state["path"], "step": state.get("step"), **result}
     if args.json:
@@ -97,32 +96,11 @@ def is_hf_dir(path: Path) -> bool:
 def load_hf_dir(hf_dir: Path) -> dict[str, Any]:
     """A transformers Llama directory as load_model_weights returns a checkpoint ({"model", "model_config", "step",
     "path", "tokenizer"}), read by cs336_basics.interop.hf's import functions, with nothing written."""
-    from cs336_basics.interop.hf import HF_CONFIG, from_hf_state_dict, model_config_from_hf, read_hf_weights
-    from cs336_basics.training.checkpoint import TOKENIZER
+    from cs336_basics.interop.hf import from_hf_state_dict, read_hf_header, read_hf_weights
 
-    try:
-        config = json.loads((hf_dir / HF_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{hf_dir / HF_CONFIG} cannot be read ({e})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{hf_dir / HF_CONFIG} is not a JSON object")
-    model_config = model_config_from_hf(config, str(hf_dir / HF_CONFIG))
-    if not (hf_dir / TOKENIZER).is_file():
-        raise UserError(f"{hf_dir} has no {TOKENIZER} (a tokenizers file); evaluation needs the model's tokenizer")
-    tokenizer = (hf_dir / TOKENIZER).read_text(encoding="utf-8")
+    model_config, tokenizer = read_hf_header(hf_dir, "evaluation")
     weights = from_hf_state_dict(read_hf_weights(hf_dir), model_config, where=str(hf_dir))
     return {"model": weights, "model_config": model_config, "step": None, "path": str(hf_dir), "tokenizer": tokenizer}
-
-
-def build_model(state: dict[str, Any], device: torch.device) -> Transformer:
-    """The plain model of load_model_weights' state on `device`, in eval mode (as generate builds it)."""
-    model = Transformer(ModelConfig(**state["model_config"])).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"the weights in {state['path']} do not fit its model config "
-                        f"({str(e).strip().splitlines()[0][:200]})") from None
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------- bytes

@@ -12,8 +12,7 @@ from cs336_basics.data.tokenizer import eot_id
 from cs336_basics.errors import UserError
 from cs336_basics.files import check_writable_dir
 from cs336_basics.generation import generate_batch
-from cs336_basics.model.transformer import ModelConfig, Transformer
-from cs336_basics.training.checkpoint import export_model, load_model_weights, tokenizer_from_json
+from cs336_basics.training.checkpoint import export_model, load_model_weights, model_from_weights, tokenizer_from_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tokenizer = tokenizer_from_json(state["tokenizer"], state["path"])
     device = torch.device(args.device)
-    model = Transformer(ModelConfig(**state["model_config"])).to(device)
-    try:
-        model.load_state_dict(state["model"])  # plain tensors whether the run trained in fp8 or bf16
-    except RuntimeError as e:
-        raise UserError(f"the weights in {state['path']} do not fit its model config "
-                        f"({str(e).strip().splitlines()[0][:200]})") from None
+    model = model_from_weights(state, device)
     generator = torch.Generator(device).manual_seed(args.seed)
     texts = [text for text in args.prompt for _ in range(args.num_samples)]
     outputs = generate_batch(model, [tokenizer.encode(text).ids for text in texts], args.max_new_tokens,

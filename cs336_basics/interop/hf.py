@@ -326,6 +326,25 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{hf_dir} has no {HF_WEIGHTS} nor {HF_INDEX}")
 
 
+def read_hf_header(hf_dir: Path, needed_by: str) -> tuple[dict[str, Any], str]:
+    """(our model config, the tokenizer's JSON text) of a transformers Llama directory, checked: what can be
+    refused before its weights are read. `needed_by` names what needs the tokenizer, for the error."""
+    from cs336_basics.training.checkpoint import TOKENIZER
+
+    if not (hf_dir / HF_CONFIG).is_file():
+        raise UserError(f"{hf_dir} is not a transformers model directory (no {HF_CONFIG})")
+    try:
+        config = json.loads((hf_dir / HF_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{hf_dir / HF_CONFIG} cannot be read ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{hf_dir / HF_CONFIG} is not a JSON object")
+    model_config = model_config_from_hf(config, str(hf_dir / HF_CONFIG))
+    if not (hf_dir / TOKENIZER).is_file():
+        raise UserError(f"{hf_dir} has no {TOKENIZER} (a tokenizers file); {needed_by} needs the model's tokenizer")
+    return model_config, (hf_dir / TOKENIZER).read_text(encoding="utf-8")
+
+
 def import_hf(hf_dir: Path, out_run_dir: Path) -> Path:
     """A transformers Llama directory as a new run directory `out_run_dir` (new or empty) with one checkpoint,
     checkpoints/step_0000000/ (meta.json, model.safetensors, tokenizer.json), in the project's checkpoint layout.
@@ -338,18 +357,7 @@ def import_hf(hf_dir: Path, out_run_dir: Path) -> Path:
     from cs336_basics.training.metrics import dumps_strict
 
     hf_dir, out_run_dir = Path(hf_dir), Path(out_run_dir)
-    if not (hf_dir / HF_CONFIG).is_file():
-        raise UserError(f"{hf_dir} is not a transformers model directory (no {HF_CONFIG})")
-    try:
-        config = json.loads((hf_dir / HF_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{hf_dir / HF_CONFIG} cannot be read ({e})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{hf_dir / HF_CONFIG} is not a JSON object")
-    model_config = model_config_from_hf(config, str(hf_dir / HF_CONFIG))
-    if not (hf_dir / TOKENIZER).is_file():
-        raise UserError(f"{hf_dir} has no {TOKENIZER} (a tokenizers file); generate needs the model's tokenizer")
-    tokenizer_text = (hf_dir / TOKENIZER).read_text(encoding="utf-8")
+    model_config, tokenizer_text = read_hf_header(hf_dir, "generate")
     tokenizer = tokenizer_from_json(tokenizer_text, str(hf_dir))  # refuses one without <|endoftext|>
     _fresh_dir(out_run_dir, "the run directory")
     weights = from_hf_state_dict(read_hf_weights(hf_dir), model_config, where=str(hf_dir))

@@ -317,6 +317,20 @@ def tokenizer_text(state: dict[str, Any]) -> str:
     raise UserError(f"no {TOKENIZER} beside checkpoint {state['path']} nor in its run directory {state['run_dir']}")
 
 
+def model_from_weights(state: dict[str, Any], device: torch.device):  # -> Transformer
+    """The plain model of a load_model_weights state on `device`, in eval mode: plain tensors whether the run
+    trained in fp8 or bf16; weights that do not fit the recorded config are a one-line error."""
+    from cs336_basics.model.transformer import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig(**state["model_config"])).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"the weights in {state['path']} do not fit its model config "
+                        f"({str(e).strip().splitlines()[0][:200]})") from None
+    return model.eval()
+
+
 def load_model_weights(path: Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """For generate: {"model" (a plain state dict), "model_config", "config", "step", "path", "tokenizer" (its JSON)}
     from a run directory, a checkpoint directory of either kind, or a file written by `generate --export`."""
