@@ -48,8 +48,8 @@ from cs336_basics.training.distributed import (DistributedContext, barrier, broa
                                                shutdown)
 from cs336_basics.training.metrics import dumps_strict
 from cs336_basics.training.prepare import prepare_model, resolve_config
-from cs336_basics.training.run_dir import (RunDirPlan, check_inputs, clean_up_failed_start, clear_leftovers,
-                                           plan_run_dir, replace_old_run)
+from cs336_basics.training.run_dir import (RunDirPlan, check_checkpoint_space, check_inputs, clean_up_failed_start,
+                                           clear_leftovers, plan_run_dir, replace_old_run)
 from cs336_basics.training.run_lock import RunLock
 from cs336_basics.training.summary import format_summary, warnings_for
 from cs336_basics.training.trainer import Trainer
@@ -202,10 +202,10 @@ def prepare_out_dir(args: argparse.Namespace, config: Config) -> RunDirPlan:
             raise UserError("--resume continues a run and --overwrite replaces one: drop one of them")
         if args.out_dir and Path(args.out_dir).resolve() != args.resume.resolve():
             raise UserError("--resume DIR continues in DIR; drop --out_dir or make it the same directory")
-        return plan_run_dir(args.resume, config, overwrite=False, resume=True)
+        return plan_run_dir(args.resume, overwrite=False, resume=True)
     name = Path(args.config).stem if args.config else "run"
     out_dir = Path(config.run.out_dir) if config.run.out_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return plan_run_dir(out_dir, config, overwrite=args.overwrite, resume=False)
+    return plan_run_dir(out_dir, overwrite=args.overwrite, resume=False)
 
 
 def check_default_model(args: argparse.Namespace, explicit: frozenset[str], resumed: dict[str, Any] | None,
@@ -272,6 +272,7 @@ def train(args: argparse.Namespace, config: Config, explicit: frozenset[str], re
     plan = rank0_checked(ctx, lambda: prepare_out_dir(args, config))
     rank0_checked(ctx, lambda: check_inputs(config, plan))
     check_training_memory(config, device, ctx.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    rank0_checked(ctx, lambda: check_checkpoint_space(config, plan))
     lock = RunLock(plan.out_dir) if ctx.is_main else None
     rank0_checked(ctx, lambda: lock.acquire() and None)
     try:

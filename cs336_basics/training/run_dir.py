@@ -72,7 +72,7 @@ def _precious(out_dir: Path) -> str | None:
     return None
 
 
-def plan_run_dir(out_dir: Path, config: Config, overwrite: bool, resume: bool) -> RunDirPlan:
+def plan_run_dir(out_dir: Path, overwrite: bool, resume: bool) -> RunDirPlan:
     """Check the run directory, changing nothing (see the module's docstring)."""
     what = "run directory" if resume else "--out_dir"
     check_writable_dir(out_dir, what, "choose another --out_dir" if not resume else "move the run somewhere writable")
@@ -87,12 +87,20 @@ def plan_run_dir(out_dir: Path, config: Config, overwrite: bool, resume: bool) -
         raise UserError(f"--overwrite replaces everything in {out_dir}, which is {why}; train into a directory "
                         f"of its own (--out_dir runs/NAME)")
     leftovers = existed and any((out_dir / name).exists() for name in RUN_FILES)
-    free = free_bytes(out_dir)
-    need = checkpoint_bytes(config)
-    if not has_run and free is not None and free < need:
-        raise UserError(f"{out_dir} has {free / 2**20:,.1f} MiB free, and one checkpoint of this model takes about "
-                        f"{need / 2**20:,.1f} MiB; free some space or choose another --out_dir")
     return RunDirPlan(out_dir, overwrite=has_run, stage=has_run or leftovers, created=not existed)
+
+
+def check_checkpoint_space(config: Config, plan: RunDirPlan) -> None:
+    """A new run's directory has room for one checkpoint (an overwritten run frees its own; a resumed one has
+    written checkpoints before). Checked after the memory estimate, so a model too large for memory is refused
+    as such whatever the disk holds."""
+    if plan.resume or plan.overwrite:
+        return
+    free = free_bytes(plan.out_dir)
+    need = checkpoint_bytes(config)
+    if free is not None and free < need:
+        raise UserError(f"{plan.out_dir} has {free / 2**20:,.1f} MiB free, and one checkpoint of this model takes "
+                        f"about {need / 2**20:,.1f} MiB; free some space or choose another --out_dir")
 
 
 def _inside(path: Path, directory: Path) -> bool:
