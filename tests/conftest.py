@@ -64,6 +64,25 @@ def prepared_model(config: Config, log: Callable[[str], None] = quiet, explicit:
     return prepare_model(resolve_config(config, CPU, False, explicit), CPU, log=log)
 
 
+def broken_swiglu_kernels() -> list[tuple[str, Callable, str]]:
+    """(a fused SwiGLU kernel of precision/swiglu_fp8.py, a broken stand-in for it, how check_kernels' report of
+    it begins): a wrong transposed copy (as the GPU's Triton once made one of ours), and values off."""
+    from cs336_basics.precision import swiglu_fp8 as S
+
+    right_forward, right_backward = S.swiglu_forward_fp8, S.swiglu_backward_fp8
+
+    def transposed_wrong(h1, h3, scale, config=None):  # noqa: ANN001, ANN202
+        g8, g8t, amax = right_forward(h1, h3, scale)
+        return g8, g8t.flip(0).contiguous(), amax
+
+    def values_wrong(dg, h1, h3, s1, s3, config=None):  # noqa: ANN001, ANN202
+        d1, d1t, d3, d3t, amax = right_backward(dg * 2, h1, h3, s1, s3)
+        return d1, d1t, d3, d3t, amax / 2
+
+    return [("swiglu_forward_fp8", transposed_wrong, "forward output 0: the transposed copy differs"),
+            ("swiglu_backward_fp8", values_wrong, "backward output 0: values more than one float8 step")]
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if "loss" in r}
@@ -136,5 +155,5 @@ def tiny_cli(cli_data):
     return run_train, base
 
 
-__all__ = ["CPU", "ROOT", "TEST", "TEST_FLAGS", "fp8_config", "losses", "make_config", "make_trainer",
+__all__ = ["CPU", "ROOT", "TEST", "TEST_FLAGS", "broken_swiglu_kernels", "fp8_config", "losses", "make_config", "make_trainer",
            "one_line_error", "prepared_model", "quiet", "run_train"]

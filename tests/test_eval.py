@@ -3,7 +3,6 @@ transformers directory on text files, checked against the model computed by hand
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch

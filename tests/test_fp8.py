@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from cs336_basics.config import Config, Fp8Config, read_toml
 from cs336_basics.errors import UserError
@@ -21,8 +20,7 @@ from cs336_basics.precision.fp8_head import Float8OutputHead
 from cs336_basics.precision.swiglu_fp8 import Float8DelayedSwiGLU
 from cs336_basics.training.prepare import PreparedModel, bf16_weight_cache_applies, prepare_model, resolve_config
 from cs336_basics.training.summary import format_summary, verdict, warnings_for
-from cs336_basics.training.trainer import Trainer
-from conftest import CPU, fp8_config, make_config, make_trainer, prepared_model
+from conftest import CPU, broken_swiglu_kernels, fp8_config, make_config, make_trainer, prepared_model
 
 CFG = ModelConfig(vocab_size=512, context_length=32, dim=64, n_layers=2, n_heads=4, intermediate_size=128)
 # A smaller model for the compiled runs: two blocks of width 32, 16-token windows
@@ -397,20 +395,9 @@ def test_a_run_checks_the_kernels_at_its_shape_and_refuses_wrong_ones(monkeypatc
     prepared = prepared_model(make_config(SMALL, fp8_config(), batch_size=2), log=seen.append)
     assert "fused SwiGLU kernels checked at 32 tokens x 64" in " ".join(seen)
     assert prepared.fp8_report.kernels_checked == "32 tokens x 64"  # what a bench row records
-    right_forward, right_backward = S.swiglu_forward_fp8, S.swiglu_backward_fp8
-
-    def transposed_wrong(h1, h3, scale, config=None):
-        g8, g8t, amax = right_forward(h1, h3, scale)
-        return g8, g8t.flip(0).contiguous(), amax
-
-    def values_wrong(dg, h1, h3, s1, s3, config=None):
-        d1, d1t, d3, d3t, amax = right_backward(dg * 2, h1, h3, s1, s3)
-        return d1, d1t, d3, d3t, amax / 2
-
-    for broken, what in ((transposed_wrong, "forward output 0: the transposed copy differs"),
-                         (values_wrong, "backward output 0: values more than one float8 step")):
+    for kernel, broken, what in broken_swiglu_kernels():
         with monkeypatch.context() as m:
-            m.setattr(S, "swiglu_forward_fp8" if broken is transposed_wrong else "swiglu_backward_fp8", broken)
+            m.setattr(S, kernel, broken)
             assert any(p.startswith(what) for p in S.check_kernels(64, 48, CPU))
             with pytest.raises(UserError, match=f"wrong results on this machine at 32 x 64 .*{what}.*train with "
                                r"--set fp8.merge_w13=false \(or fp8.fused_swiglu=false\)"):  # the default merges w1 | w3

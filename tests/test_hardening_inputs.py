@@ -9,7 +9,6 @@ import errno
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from cs336_basics.model.transformer import Transformer
 from cs336_basics.perf import memory
 from cs336_basics.training.divergence import divergence_message
 from cs336_basics.training.run_lock import LOCK_NAME, RunLock, holder_info
-from conftest import ROOT, TEST, run_train
+from conftest import ROOT, run_train
 
 CPU_ONLY = not torch.cuda.is_available()
 

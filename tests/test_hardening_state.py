@@ -21,7 +21,7 @@ import torch
 from cs336_basics.errors import UserError
 from cs336_basics.training import checkpoint as ckpt
 from cs336_basics.training.checkpoint import list_checkpoints, load_checkpoint, load_model_weights
-from conftest import ROOT, TEST, fp8_config, losses, make_config, make_trainer, one_line_error, run_train
+from conftest import TEST, fp8_config, losses, make_config, make_trainer, one_line_error, run_train
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process writing DCP
 MARKER_NAME = "payload-ran"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from cs336_basics.precision.float8 import E4M3_MAX, E5M2, E5M2_MAX
 from cs336_basics.precision.swiglu_fp8 import (swiglu_backward, swiglu_backward_fp8, swiglu_backward_fp8_reference,
                                                swiglu_forward_fp8, swiglu_forward_fp8_reference)
+from conftest import broken_swiglu_kernels
 
 
 def test_swiglu_backward_is_autograds():
@@ -66,20 +67,9 @@ def test_kernel_check_passes_the_references_and_names_a_wrong_kernel(monkeypatch
 
     assert S.check_kernels(64, 48, torch.device("cpu")) == []
     assert S.check_kernels(64, 48, torch.device("cpu"), merged=True) == []
-    right_forward, right_backward = S.swiglu_forward_fp8, S.swiglu_backward_fp8
-
-    def transposed_wrong(h1, h3, scale, config=None):
-        g8, g8t, amax = right_forward(h1, h3, scale)
-        return g8, g8t.flip(0).contiguous(), amax
-
-    def values_wrong(dg, h1, h3, s1, s3, config=None):
-        d1, d1t, d3, d3t, amax = right_backward(dg * 2, h1, h3, s1, s3)
-        return d1, d1t, d3, d3t, amax / 2
-
-    for broken, what in ((transposed_wrong, "forward output 0: the transposed copy differs"),
-                         (values_wrong, "backward output 0: values more than one float8 step")):
+    for kernel, broken, what in broken_swiglu_kernels():
         with monkeypatch.context() as m:
-            m.setattr(S, "swiglu_forward_fp8" if broken is transposed_wrong else "swiglu_backward_fp8", broken)
+            m.setattr(S, kernel, broken)
             assert any(p.startswith(what) for p in S.check_kernels(64, 48, torch.device("cpu")))
 
 

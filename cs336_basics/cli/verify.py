@@ -279,7 +279,7 @@ def check_swiglu_kernels(device: torch.device) -> Check:
                           f"{kernels}, {n} tokens, {d} -> {f} -> {d} (seed {seed}); as two products")
     layers = [relative_error(a, b) for a, b in zip(results[0], exact)]
     one = compare_results(name, results[2], exact, labels, tuple(MERGED_SLACK * e + 1e-3 for e in layers),
-                          f"w1 | w3 as one product (the default), to float32 (the three layers: "
+                          "w1 | w3 as one product (the default), to float32 (the three layers: "
                           + ", ".join(f"{e:.1e}" for e in layers) + f"; bounds {MERGED_SLACK}x theirs + 1e-3)")
     # one's figure whole: its bounds, and a NaN or inf if one came out
     return Check(name, one.passed and two.passed,
