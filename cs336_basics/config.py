@@ -29,6 +29,8 @@ KERNEL_CASTS = ("none", "inputs", "grads", "all")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FUSED_ATTENTION = ("auto", "flash", "cudnn")
 RESIDUAL_DTYPES = ("auto", "fp32", "bf16")
+PARALLELISMS = ("auto", "ddp", "fsdp", "hsdp")
+DASHBOARDS = ("tensorboard", "wandb")
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_FP8_MARGIN = 16
 
@@ -169,6 +171,7 @@ class DataConfig:
     tokenizer: str = ""  # a tokenizer.json to use; empty: train a byte-level BPE tokenizer on the training data
     cache_dir: str = "data_cache"  # tokenizers and token files, keyed by their inputs
     text_field: str = "text"  # the text of each .jsonl(.gz) line, .parquet and .arrow row (saved datasets too)
+    encode_workers: int = 0  # processes that encode the corpus; 0: one per CPU core
 
     def __post_init__(self) -> None:
         if not self.text_field.strip():
@@ -180,10 +183,16 @@ class DataConfig:
 class RunConfig:
     out_dir: str = ""  # empty: runs/<recipe>-<time>
     device: str = "auto"  # auto: cuda if available, else cpu
-    dp_replicate: int = 1  # under torchrun: replicate across this many groups, shard within each (HSDP)
+    # under torchrun: ddp replicates the model on every rank and all-reduces gradients; fsdp shards weights,
+    # gradients and optimizer state; hsdp replicates across dp_replicate groups and shards within each; auto:
+    # ddp when the model, its gradients and optimizer state fit in one GPU's memory, else fsdp
+    parallelism: str = "auto"
+    dp_replicate: int = 1  # hsdp: the number of replica groups (the ranks of one group share a shard set)
     sample_tokens: int = 80  # tokens sampled after training (0: none)
     prompt: str = "The "
     check_memory: bool = True  # refuse a run whose estimated memory exceeds what the device has free
+    dashboards: tuple[str, ...] = ()  # also log to: tensorboard, wandb (offline without a W&B key)
+    wandb_project: str = "cs336_basics"
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,11 @@ class Config:
             raise UserError(f"data.train_data holds an empty file name: {list(self.data.train_data)}")
         if self.run.dp_replicate < 1:
             raise UserError(f"run.dp_replicate must be >= 1, got {self.run.dp_replicate}")
+        _choice("run.parallelism", self.run.parallelism, PARALLELISMS)
+        for name in self.run.dashboards:
+            _choice("run.dashboards", name, DASHBOARDS)
+        if self.data.encode_workers < 0:
+            raise UserError(f"data.encode_workers must be >= 0 (0: one per CPU core), got {self.data.encode_workers}")
         if self.run.sample_tokens < 0:
             raise UserError(f"run.sample_tokens must be >= 0, got {self.run.sample_tokens}")
         if self.run.sample_tokens > 0 and not self.run.prompt:
