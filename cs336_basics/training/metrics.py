@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cs336_basics.files import write_text_atomic
 
@@ -14,15 +14,17 @@ from cs336_basics.files import write_text_atomic
 class MetricsLog:
     """One JSON object a line. A crash can leave the last line part-written: reading skips a line that is not
     a whole record, and a resumed run's truncate_after removes it. Non-finite numbers are written as null
-    (strict JSON, which every reader parses)."""
+    (strict JSON, which every reader parses). Each record written also goes to `sink` (the dashboards)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, sink: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path, self.sink = path, sink
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+        if self.sink is not None:
+            self.sink(record)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records past the checkpoint's step (written before a crash), which the resumed
