@@ -47,7 +47,7 @@ def main() -> None:
     from cs336_basics.config import load_recipe, parse_override, with_overrides
     from cs336_basics.data.batches import RandomWindows
     from cs336_basics.training.attention import attention_context
-    from cs336_basics.training.distributed import init_distributed, shutdown
+    from cs336_basics.training.distributed import choose_parallelism, init_distributed, shutdown
     from cs336_basics.training.prepare import prepare_model, resolve_config
     from cs336_basics.training.trainer import Trainer
 
@@ -59,7 +59,8 @@ def main() -> None:
     asked = dict(parse_override(item) for item in args.overrides)
     config = with_overrides(base, {**overrides, **asked})
     ctx, device = init_distributed(torch.device("cuda" if cuda else "cpu"))
-    config = resolve_config(config, device, ctx.enabled, recipe_keys | frozenset(asked))
+    parallelism = choose_parallelism(config.validate(), device, ctx)[0] if ctx.enabled else None
+    config = resolve_config(config, device, parallelism, recipe_keys | frozenset(asked))
     prepared = prepare_model(config, device, ctx, log=lambda s: None)
     model_cfg, train = config.model, config.train
     tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, size=1 << 22).astype(np.uint32)

@@ -42,8 +42,8 @@ class Fp8Config:
 
     enabled: bool = False
     # delayed: our layers (scales from the last steps' amaxes; precision/fp8_delayed.py). TorchAO's recipes
-    # scale each tensor by its own amax. auto: delayed in one process, tensorwise under torchrun or with
-    # filter = "auto" (whose per-layer timing uses TorchAO's layers)
+    # scale each tensor by its own amax. auto: delayed, or tensorwise with filter = "auto" (whose per-layer
+    # timing uses TorchAO's layers)
     recipe: str = "auto"
     filter: str = "all"  # all eligible layers, or "auto": only those timed faster in fp8 on this GPU
     emulate: bool = False  # float8 numerics computed in float32: any device, slow; for tests
@@ -71,9 +71,10 @@ class Fp8Config:
                             f"2^{self.margin} rounds every value to zero; got {self.margin}")
         return self
 
-    def resolve(self, distributed: bool, explicit: frozenset[str] = frozenset()) -> "Fp8Config":
-        """The recipe and its settings as they will run. `explicit`: the fp8 fields the user set on the command
-        line or in a recipe file; one that cannot apply is an error, never silently ignored."""
+    def resolve(self, sharded: bool = False, explicit: frozenset[str] = frozenset()) -> "Fp8Config":
+        """The recipe and its settings as they will run. `sharded`: under FSDP, whose weights live in shards
+        (the delayed recipe then casts each all-gathered weight in its forward). `explicit`: the fp8 fields the
+        user set on the command line or in a recipe file; one that cannot apply is an error, never ignored."""
         self.validate()
         asked = {name for name in explicit if name.startswith("fp8.")}
         if not self.enabled:
@@ -83,9 +84,7 @@ class Fp8Config:
             return self
         recipe = self.recipe
         if recipe == "auto":
-            recipe = "tensorwise" if distributed or self.filter == "auto" else "delayed"
-        if recipe == "delayed" and distributed:
-            raise UserError("fp8.recipe delayed runs in one process for now; under torchrun use --fp8_recipe tensorwise")
+            recipe = "tensorwise" if self.filter == "auto" else "delayed"
         if recipe == "delayed" and self.filter == "auto":
             raise UserError("fp8.filter auto times TorchAO's layers: use --fp8_recipe tensorwise, or fp8.filter=all")
         resolved = replace(self, recipe=recipe)
@@ -96,6 +95,11 @@ class Fp8Config:
                 raise UserError(f"{', '.join(wrong)} set the delayed recipe's layers, not {recipe}'s: drop "
                                 f"{'them' if len(wrong) > 1 else 'it'} or use --fp8_recipe delayed")
             return replace(resolved, **self.DELAYED_ONLY_OFF)
+        if sharded and self.weight_cache:
+            if "fp8.weight_cache" in asked:
+                raise UserError("fp8.weight_cache keeps whole float8 weights between micro-batches; under FSDP the "
+                                "weights are sharded: drop it, or use run.parallelism=ddp")
+            resolved = replace(resolved, weight_cache=False)
         if not self.fused_swiglu and self.merge_w13:
             if "fp8.merge_w13" in asked:
                 raise UserError("fp8.merge_w13 runs the fused SwiGLU's w1 and w3 as one product: it needs "

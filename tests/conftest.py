@@ -51,7 +51,7 @@ def make_trainer(config: Config, tokens: np.ndarray, out_dir: Path, val_tokens: 
     from cs336_basics.training.prepare import prepare_model, resolve_config
     from cs336_basics.training.trainer import Trainer
 
-    config = resolve_config(config, CPU, False, explicit)
+    config = resolve_config(config, CPU, None, explicit)
     prepared = prepare_model(config, CPU, log=log)
     sampler = RandomWindows(tokens, config.train.batch_size, config.model.context_length, config.train.seed)
     return Trainer(prepared, config, sampler, tokens if val_tokens is None else val_tokens, CPU, out_dir, log=log)
@@ -61,7 +61,7 @@ def prepared_model(config: Config, log: Callable[[str], None] = quiet, explicit:
     """prepare_model of the resolved `config` on CPU."""
     from cs336_basics.training.prepare import prepare_model, resolve_config
 
-    return prepare_model(resolve_config(config, CPU, False, explicit), CPU, log=log)
+    return prepare_model(resolve_config(config, CPU, None, explicit), CPU, log=log)
 
 
 def broken_swiglu_kernels() -> list[tuple[str, Callable, str]]:

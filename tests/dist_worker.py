@@ -32,6 +32,38 @@ def gather_loaded_state(run_dir: str, out_file: str) -> None:
     shutdown()
 
 
+def train_and_compare_scales(argv: list[str], reduce_amax: bool = True) -> None:
+    """The training command on this rank; afterwards rank 0 says whether the delayed-float8 amax histories (from
+    which the scales follow) are the same on every rank. reduce_amax=False: the ranks do not reduce their amaxes
+    (a control that shows the comparison can fail)."""
+    from cs336_basics.cli import train as cli
+    from cs336_basics.precision import converters
+    from cs336_basics.training.trainer import Trainer
+
+    if not reduce_amax:
+        converters.all_reduce_max = lambda amaxes: None
+    train = Trainer.train
+
+    def train_then_compare(self: Trainer) -> dict:
+        summary = train(self)
+        delayed = [c.scales for c in self.converters if getattr(c, "scales", None) is not None]
+        if not delayed:
+            return summary
+        history = delayed[0].history
+        gathered = [torch.empty_like(history) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, history)
+        same = all(torch.equal(h, gathered[0]) for h in gathered)
+        if dist.get_rank() == 0:
+            sys.__stdout__.write(f"fp8 amax histories {'identical' if same else 'DIFFER'} on {len(gathered)} ranks\n")
+        return summary
+
+    Trainer.train = train_then_compare
+    rc = cli.main(argv)
+    sys.stdout.flush()
+    sys.__stdout__.flush()
+    os._exit(rc)
+
+
 def fail_on_rank_1() -> None:
     """Rank 1 raises; rank 0 waits in a collective that can never complete. torchrun must end both."""
     ctx, _ = init_distributed(torch.device("cpu"))
@@ -42,7 +74,9 @@ def fail_on_rank_1() -> None:
 
 
 if __name__ == "__main__":
-    {"gather": lambda: gather_loaded_state(sys.argv[2], sys.argv[3]), "fail": fail_on_rank_1}[sys.argv[1]]()
+    {"gather": lambda: gather_loaded_state(sys.argv[2], sys.argv[3]), "fail": fail_on_rank_1,
+     "train": lambda: train_and_compare_scales(sys.argv[2:]),
+     "train-unreduced": lambda: train_and_compare_scales(sys.argv[2:], reduce_amax=False)}[sys.argv[1]]()
     # The work is done and the group destroyed. Skip interpreter finalization: there a gloo worker thread
     # still joinable aborts the process now and then ("terminate called without an active exception", about 1
     # run in 15 with 4 ranks on 2 cores; upstream discussion: pytorch/pytorch#179291).

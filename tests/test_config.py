@@ -1,4 +1,4 @@
-"""The one typed config: recipes, the command line over them (30 options, --set for the rest), errors for what
+"""The one typed config: recipes, the command line over them (31 options, --set for the rest), errors for what
 cannot apply, TOML round trips, config.toml in the run directory and --resume reading it, and what the
 package's source may and may not contain."""
 
@@ -43,10 +43,10 @@ def test_the_recipes_load_validate_and_resolve():
         m = config.model
         shapes[name] = (m.vocab_size, m.context_length, m.dim, m.n_layers, m.n_heads, m.intermediate_size)
         emulated = with_overrides(config, {"fp8.emulate": True}) if config.fp8.enabled else config
-        resolved = resolve_config(emulated, CPU, False, keys)
+        resolved = resolve_config(emulated, CPU, None, keys)
         assert resolved.fp8.recipe == ("delayed" if config.fp8.enabled else "auto")
-        if config.fp8.enabled:  # under torchrun the same recipe runs TorchAO's tensorwise
-            assert resolve_config(emulated, CPU, True, keys).fp8.recipe == "tensorwise"
+        if config.fp8.enabled:  # under FSDP the same recipe runs, without the weight cache
+            assert resolve_config(emulated, CPU, "fsdp", keys).fp8.weight_cache is False
     assert shapes == {"tiny": (2048, 128, 128, 4, 4, 384), "small": (8192, 512, 384, 6, 6, 1024),
                       "seed": (50304, 1024, 896, 24, 14, 3584), "1b": (50304, 2048, 2048, 16, 16, 5632)}
     seed = load_recipe("seed")[0]
@@ -63,12 +63,12 @@ def test_the_seeds_command_line_is_the_seed_recipe():
     assert parse([])[0] == Config()
 
 
-def test_help_lists_at_most_30_options_and_the_seeds_flags():
+def test_help_lists_at_most_31_options_and_the_seeds_flags():
     out = subprocess.run([sys.executable, "train_h100.py", "--help"], capture_output=True, text=True, cwd=ROOT,
                          check=True, timeout=120).stdout
     options = [line.split()[0].rstrip(",") for line in out.splitlines() if re.match(r"^  -", line)]
     assert "--set" in options and "--config" in options and "--resume" in options
-    assert len(options) <= 30, options
+    assert len(options) <= 31, options
     for flag in SEED_FLAGS[::2][:5] + SEED_FLAGS[10:]:  # --dim ... --gradient_accumulation_steps, then the switches
         assert re.search(rf"^  {flag}\b", out, re.M), flag
     for gone in ("--preset", "--max_tokens", "--fp8_emulate", "--cache_dir", "--sample_tokens", "--prompt"):
@@ -150,7 +150,7 @@ def test_fp8_settings_need_use_fp8_and_delayed_ones_the_delayed_recipe(tmp_path)
     setting away from its off value with a TorchAO recipe. Their off values, and the recipe's defaults, are fine."""
     def resolved(argv: list) -> Config:
         config, explicit = parse(argv)
-        return resolve_config(config, CPU, False, explicit)
+        return resolve_config(config, CPU, None, explicit)
 
     fp8 = ["--use_fp8", "--set", "fp8.emulate=true"]
     with pytest.raises(UserError, match="fp8.margin only apply to float8 training: add --use_fp8"):

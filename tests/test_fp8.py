@@ -95,17 +95,22 @@ def test_unknown_recipe_and_devices_without_fp8():
 
 # ----------------------------------------------------------------------------- the config's float8 settings
 def test_auto_recipe_resolves_to_what_runs_and_delayed_only_settings_resolve_off_elsewhere():
-    """auto: delayed in one process, tensorwise under torchrun or with the auto filter; a TorchAO recipe turns the
-    delayed layers' settings off (kernel casts none, no fused SwiGLU, no weight cache, ...), and refuses them only
-    when they were set explicitly to something other than off."""
+    """auto: delayed (under torchrun too), tensorwise with the auto filter; under FSDP the delayed recipe keeps no
+    weight cache (the weights are sharded); a TorchAO recipe turns the delayed layers' settings off (kernel casts
+    none, no fused SwiGLU, no weight cache, ...), and refuses them only when they were set explicitly to something
+    other than off."""
     on = Fp8Config(enabled=True)
-    assert on.resolve(distributed=False).recipe == "delayed"
-    assert on.resolve(distributed=True).recipe == "tensorwise"
-    assert replace(on, filter="auto").resolve(distributed=False).recipe == "tensorwise"
-    delayed = on.resolve(False)
+    assert on.resolve().recipe == "delayed"
+    assert on.resolve(sharded=True).recipe == "delayed"
+    assert replace(on, filter="auto").resolve().recipe == "tensorwise"
+    delayed = on.resolve()
     assert (delayed.kernel_casts, delayed.fused_swiglu, delayed.merge_w13, delayed.weight_cache, delayed.fast_accum) == (
         "all", True, True, True, True)
-    tensorwise = replace(on, recipe="tensorwise").resolve(False)
+    sharded = on.resolve(sharded=True)
+    assert (sharded.kernel_casts, sharded.fused_swiglu, sharded.merge_w13, sharded.weight_cache) == ("all", True, True, False)
+    with pytest.raises(UserError, match="fp8.weight_cache keeps whole float8 weights"):
+        on.resolve(True, frozenset({"fp8.weight_cache"}))
+    tensorwise = replace(on, recipe="tensorwise").resolve()
     assert {k: getattr(tensorwise, k) for k in Fp8Config.DELAYED_ONLY_OFF} == Fp8Config.DELAYED_ONLY_OFF
     # set to their off values explicitly: nothing to refuse
     assert replace(on, recipe="tensorwise", fused_swiglu=False).resolve(False, frozenset({"fp8.fused_swiglu"})).recipe == "tensorwise"
@@ -113,8 +118,6 @@ def test_auto_recipe_resolves_to_what_runs_and_delayed_only_settings_resolve_off
                        ("weight_cache", True), ("margin", 1)):
         with pytest.raises(UserError, match=f"fp8.{key} set the delayed recipe's layers, not tensorwise's"):
             replace(on, recipe="tensorwise", **{key: value}).resolve(False, frozenset({f"fp8.{key}"}))
-    with pytest.raises(UserError, match="fp8.recipe delayed runs in one process"):
-        replace(on, recipe="delayed").resolve(distributed=True)
     with pytest.raises(UserError, match="fp8.filter auto times TorchAO's layers"):
         replace(on, recipe="delayed", filter="auto").resolve(False)
     # float8 off: its settings given explicitly are errors, the recipe alone is not
@@ -144,7 +147,7 @@ def test_prepare_model_converts_then_checkpoints_then_compiles_then_shards(monke
         spy(name)
     logs = []
     config = resolve_config(make_config(CFG, fp8_config("tensorwise"), compile_model=True, gradient_checkpointing=True),
-                            CPU, False)
+                            CPU)
     prepared = prepare_model(config, CPU, log=logs.append)
     assert logs[-1] == Float8Converter.MODE_MESSAGE and "converted 10 of 11 linear layers to Float8Linear" in logs[-2]
     # conversion happened before both transformations, and the eval model (a plain view) is compiled after them
@@ -157,7 +160,8 @@ def test_prepare_model_converts_then_checkpoints_then_compiles_then_shards(monke
                       for n, p in prepared.model.named_parameters()}
 
     order.clear()  # under torchrun (here a pretend world of two): sharded last, and evaluated with its own model
-    sharded = prepare_model(config, CPU, DistributedContext(rank=0, world_size=2), log=lambda s: None)
+    sharded = prepare_model(resolve_config(config, CPU, "fsdp"), CPU, DistributedContext(0, 2, launched=True),
+                            log=lambda s: None)
     assert [name for name, _ in order] == ["apply_activation_checkpointing", "compile_model", "apply_fsdp"]
     assert sharded.eval_model is sharded.model
 
@@ -574,19 +578,19 @@ def test_delayed_settings_where_they_cannot_apply_are_one_line_errors(tmp_path, 
 
 # --------------------------------------------------------------------------------------- bf16 weight cache
 def test_bf16_cache_is_on_where_it_applies_and_refused_elsewhere():
-    """On for bf16 on one GPU, off for float8, CPU (float32, no autocast) and torchrun; set off: off; set on
-    explicitly where it does not apply: an error, not ignored."""
+    """On for bf16 on GPUs with whole weights (one process, DDP), off for float8, CPU (float32, no autocast) and
+    FSDP; set off: off; set on explicitly where it does not apply: an error, not ignored."""
     from cs336_basics.precision.bf16_cache import Bf16WeightCache
 
     cuda = torch.device("cuda")
     bf16, fp8 = make_config(CFG), make_config(CFG, Fp8Config(enabled=True))
-    assert bf16_weight_cache_applies(bf16, cuda, distributed=False)
-    for config, device, distributed in ((fp8, cuda, False), (bf16, CPU, False), (bf16, cuda, True)):
-        assert not bf16_weight_cache_applies(config, device, distributed)
+    assert bf16_weight_cache_applies(bf16, cuda, None) and bf16_weight_cache_applies(bf16, cuda, "ddp")
+    for config, device, parallelism in ((fp8, cuda, None), (bf16, CPU, None), (bf16, cuda, "fsdp"), (bf16, cuda, "hsdp")):
+        assert not bf16_weight_cache_applies(config, device, parallelism)
     assert prepared_model(bf16).converters == []  # CPU: nothing to cache
-    with pytest.raises(UserError, match="train.bf16_weight_cache applies to bf16 training on one GPU"):
-        resolve_config(bf16, CPU, False, frozenset({"train.bf16_weight_cache"}))
-    resolve_config(replace(bf16, train=replace(bf16.train, bf16_weight_cache=False)), CPU, False,
+    with pytest.raises(UserError, match="train.bf16_weight_cache applies to bf16 training on GPUs with whole weights"):
+        resolve_config(bf16, CPU, None, frozenset({"train.bf16_weight_cache"}))
+    resolve_config(replace(bf16, train=replace(bf16.train, bf16_weight_cache=False)), CPU, None,
                    frozenset({"train.bf16_weight_cache"}))  # set off: fine anywhere
     with pytest.raises(ValueError, match="no CachedCastLinear"):
         Bf16WeightCache(Transformer(CFG))

@@ -576,7 +576,7 @@ def test_the_memory_estimate_grows_with_what_takes_memory():
     assert bigger_batch.activation_bytes > 3 * est.activation_bytes and bigger_batch.state_bytes == est.state_bytes
     no_ckpt = memory.estimate_training_memory(with_overrides(base, {"train.gradient_checkpointing": False}), "cpu")
     assert no_ckpt.activation_bytes > est.activation_bytes
-    sharded = memory.estimate_training_memory(base, "cuda", world_size=4)
+    sharded = memory.estimate_training_memory(base, "cuda", shards=4)
     assert sharded.state_bytes == 18 * memory.parameter_count(base) // 4
     seed = memory.estimate_training_memory(load_recipe("seed")[0], "cuda")
     assert 25 * 2**30 < seed.total < 45 * 2**30  # measured peaks on an H100: 22-33 GiB

@@ -147,7 +147,7 @@ def test_checkpoints_keep_last_k_and_corrupt_file_is_reported(tmp_path):
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
     (["--set", "train.residual_dtype=fp16"], "train.residual_dtype must be one of auto, fp32, bf16"),
     (["--set", "train.residual_dtype=bf16"], "train.residual_dtype bf16 needs bf16 autocast"),
-    (["--set", "train.bf16_weight_cache=true"], "train.bf16_weight_cache applies to bf16 training on one GPU"),
+    (["--set", "train.bf16_weight_cache=true"], "train.bf16_weight_cache applies to bf16 training on GPUs with whole weights"),
 ])
 def test_bad_flags(tmp_path, small_corpus, capsys, extra, pattern):
     one_line_error(capsys, train(base_args(tmp_path, small_corpus) + extra), pattern)
@@ -308,17 +308,17 @@ def test_clipping_inside_the_fused_optimizer_matches_clip_then_step(tmp_path, gr
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("fp8, device, distributed, expected", [
-    (True, "cuda", False, "reduce-overhead"),
+@pytest.mark.parametrize("fp8, device, sharded, expected", [
+    (True, "cuda", False, "reduce-overhead"),  # one process or DDP
     (False, "cuda", False, "default"),  # bf16 steps are GPU-bound: CUDA graphs measured no gain
-    (True, "cuda", True, "default"),  # FSDP: not run with CUDA graphs here
+    (True, "cuda", True, "default"),  # FSDP: its hooks run inside every block
     (True, "cpu", False, "default"),
 ])
-def test_auto_compile_mode(fp8, device, distributed, expected):
+def test_auto_compile_mode(fp8, device, sharded, expected):
     from cs336_basics.training.transforms import resolve_compile_mode
 
-    assert resolve_compile_mode("auto", fp8, torch.device(device), distributed) == expected
-    assert resolve_compile_mode("max-autotune", fp8, torch.device(device), distributed) == "max-autotune"
+    assert resolve_compile_mode("auto", fp8, torch.device(device), sharded) == expected
+    assert resolve_compile_mode("max-autotune", fp8, torch.device(device), sharded) == "max-autotune"
 
 
 _NORM_WARNING_SCRIPT = """
@@ -452,19 +452,19 @@ def test_residual_dtype_is_what_the_run_trains_with():
     from cs336_basics.training.transforms import resolve_residual_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_residual_dtype("auto", cuda, distributed=False, asked=False) == "bf16"
-    assert resolve_residual_dtype("auto", cuda, distributed=True, asked=False) == "bf16"
-    assert resolve_residual_dtype("auto", cpu, distributed=False, asked=False) == "fp32"
-    assert resolve_residual_dtype("auto", cpu, distributed=True, asked=True) == "fp32"
-    assert resolve_residual_dtype("fp32", cpu, distributed=False, asked=False) == "fp32"
-    assert resolve_residual_dtype("bf16", cuda, distributed=False, asked=True) == "bf16"
-    assert resolve_residual_dtype("fp32", cuda, distributed=False, asked=True) == "fp32"
-    assert resolve_residual_dtype("fp32", cuda, distributed=True, asked=False) == "bf16"  # e.g. resumed, under FSDP
-    assert resolve_residual_dtype("fp32", cpu, distributed=True, asked=True) == "fp32"  # gloo on CPU: float32 throughout
+    assert resolve_residual_dtype("auto", cuda, sharded=False, asked=False) == "bf16"
+    assert resolve_residual_dtype("auto", cuda, sharded=True, asked=False) == "bf16"
+    assert resolve_residual_dtype("auto", cpu, sharded=False, asked=False) == "fp32"
+    assert resolve_residual_dtype("auto", cpu, sharded=True, asked=True) == "fp32"
+    assert resolve_residual_dtype("fp32", cpu, sharded=False, asked=False) == "fp32"
+    assert resolve_residual_dtype("bf16", cuda, sharded=False, asked=True) == "bf16"
+    assert resolve_residual_dtype("fp32", cuda, sharded=False, asked=True) == "fp32"
+    assert resolve_residual_dtype("fp32", cuda, sharded=True, asked=False) == "bf16"  # e.g. resumed, under FSDP
+    assert resolve_residual_dtype("fp32", cpu, sharded=True, asked=True) == "fp32"  # gloo on CPU: float32 throughout
     with pytest.raises(UserError, match="drop train.residual_dtype=fp32"):
-        resolve_residual_dtype("fp32", cuda, distributed=True, asked=True)
+        resolve_residual_dtype("fp32", cuda, sharded=True, asked=True)
     with pytest.raises(UserError, match="CUDA GPUs only"):
-        resolve_residual_dtype("bf16", cpu, distributed=False, asked=True)
+        resolve_residual_dtype("bf16", cpu, sharded=False, asked=True)
 
 
 def test_an_evaluation_reports_the_train_loss_of_its_step(tmp_path, cli_data, capsys):

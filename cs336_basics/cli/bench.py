@@ -215,7 +215,7 @@ def row_spec(base: Config, mode: str, steps: int, device: torch.device, tune_ker
     tuned = overrides["train.compile_model"] and (tune_kernels or base.train.tune_kernels)
     try:
         config = resolve_config(with_overrides(base, {**overrides, "train.tune_kernels": tuned}), device,
-                                distributed=False, explicit=frozenset(overrides))
+                                explicit=frozenset(overrides))
     except UserError as e:
         raise UserError(f"mode {mode}: {e}") from None
     return BenchSpec(name=mode, config=config.to_dict(), steps=steps, inductor=inductor or {})

@@ -54,7 +54,7 @@ def device_of(config: Config) -> torch.device:
 def run(spec: BenchSpec) -> dict[str, Any]:
     config = Config.from_dict(spec.config)
     device = device_of(config)
-    config = resolve_config(config, device, distributed=False)
+    config = resolve_config(config, device)
     train, cfg = config.train, config.model
     torch.manual_seed(train.seed)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731 (stdout carries the RESULT line)

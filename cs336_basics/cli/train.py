@@ -35,7 +35,7 @@ from cs336_basics.cli import run_main
 from cs336_basics.config import (COMPILE_MODES, FP8_RECIPES, TORCHAO_RECIPES, Config, Fp8Config, load_recipe, parse_override,
                                  with_overrides)
 from cs336_basics.data.batches import RandomWindows
-from cs336_basics.data.prepare import prepare_data
+from cs336_basics.data.prepare import fit_vocab_size, prepare_data
 from cs336_basics.data.tokenizer import eot_id, token_bytes
 from cs336_basics.errors import UserError
 from cs336_basics.files import describe_write_failure, is_write_failure, remove_stray_temps, write_text_atomic
@@ -44,8 +44,9 @@ from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.perf.memory import check_training_memory, parameter_count
 from cs336_basics.training.attention import probe_backend
 from cs336_basics.training.checkpoint import config_from_checkpoint, load_checkpoint
-from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, init_distributed,
-                                               shutdown)
+from cs336_basics.training.dashboards import check_dashboards
+from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, choose_parallelism,
+                                               init_distributed, shutdown)
 from cs336_basics.training.metrics import dumps_strict
 from cs336_basics.training.prepare import prepare_model, resolve_config
 from cs336_basics.training.run_dir import (RunDirPlan, check_checkpoint_space, check_inputs, clean_up_failed_start,
@@ -80,6 +81,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "tokenizer": ("data.tokenizer", Path, "a tokenizer.json to use instead of training one"),
     "out_dir": ("run.out_dir", Path, "run directory (default runs/<recipe>-<time>)"),
     "device": ("run.device", str, "cpu, cuda, cuda:N (default: cuda if available)"),
+    "dashboard": ("run.dashboards", str, "also log the metrics to tensorboard, wandb or both (comma-separated)"),
 }
 SWITCHES = {"use_fp8": ("fp8.enabled", "float8 training for the blocks' linear layers and the head"),
             "compile_model": ("train.compile_model", "torch.compile each block and the loss"),
@@ -167,7 +169,8 @@ def load_config(args: argparse.Namespace, resumed: dict[str, Any] | None) -> tup
         check_resumable(config, saved, resumed, explicit)
         return config, explicit
     base, recipe_keys = load_recipe(args.config) if args.config else (Config(), frozenset())
-    return with_overrides(base, overrides), explicit | recipe_keys
+    config = fit_vocab_size(with_overrides(base, overrides), explicit, recipe_keys, log=print_on_rank0)
+    return config, explicit | recipe_keys
 
 
 def check_resumable(config: Config, saved: Config, resumed: dict[str, Any], explicit: frozenset[str]) -> None:
@@ -267,11 +270,17 @@ def train(args: argparse.Namespace, config: Config, explicit: frozenset[str], re
           ctx: DistributedContext, device: torch.device) -> int:
     """Check everything, claim the run directory, train; the old run of --overwrite is replaced only once the
     new one can start, and a failure leaves no staging directory or temporary file behind."""
-    config = resolve_config(config, device, ctx.enabled, explicit)
+    parallelism = None
+    if ctx.enabled:
+        parallelism, why = choose_parallelism(config.validate(), device, ctx)
+        print(f"parallelism: {parallelism} over {ctx.world_size} process{'es' if ctx.world_size > 1 else ''} ({why})")
+    config = resolve_config(config, device, parallelism, explicit)
     check_default_model(args, explicit, resumed, config, device)
+    rank0_checked(ctx, lambda: check_dashboards(config.run.dashboards))  # a missing package, before the run dir
     plan = rank0_checked(ctx, lambda: prepare_out_dir(args, config))
     rank0_checked(ctx, lambda: check_inputs(config, plan))
-    check_training_memory(config, device, ctx.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    shards = {"fsdp": ctx.world_size, "hsdp": ctx.dp_shard}.get(parallelism or "", 1)  # what FSDP divides the state by
+    check_training_memory(config, device, shards, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
     rank0_checked(ctx, lambda: check_checkpoint_space(config, plan))
     lock = RunLock(plan.out_dir) if ctx.is_main else None
     rank0_checked(ctx, lambda: lock.acquire() and None)

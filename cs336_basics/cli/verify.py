@@ -98,7 +98,7 @@ def check_config(device: torch.device, fp8: Fp8Config, steps: int = TRAIN_STEPS)
     train = TrainConfig(batch_size=8, max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=5, compile_model=True,
                         gradient_checkpointing=False, use_flash_attn=device.type == "cuda", eval_steps=2)
     config = Config(model=check_model(device), train=train, fp8=fp8, run=RunConfig(device=str(device)))
-    return resolve_config(config, device, distributed=False)
+    return resolve_config(config, device)
 
 
 def byte_corpus(tmp_dir) -> np.ndarray:

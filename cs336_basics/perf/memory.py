@@ -3,7 +3,7 @@ check that refuses a run that cannot fit (rather than letting the kernel kill it
 
 The estimate is a generous upper bound, per process:
 - state: fp32 weights, fp32 gradients and AdamW's two fp32 moments (16 bytes a parameter), plus on a GPU the
-  bf16 / float8 copies of the weights (2 bytes); under torchrun FSDP shards all of it over the processes;
+  bf16 / float8 copies of the weights (2 bytes); under FSDP all of it is sharded over the processes;
 - activations kept for backward, per token and block: about 12 x dim + 4 x intermediate_size values (the
   norms, q, k, v, the attention output, the SwiGLU's three products), in bf16 on a GPU and float32 on a CPU;
   with gradient checkpointing only each block's input is kept, plus one block's worth while it is recomputed;
@@ -57,14 +57,15 @@ def _size(n: int) -> str:
     return f"{n / GiB:,.1f} GiB" if n >= GiB / 10 else f"{n / 2**20:,.1f} MiB"
 
 
-def estimate_training_memory(config: Config, device_type: str, world_size: int = 1) -> MemoryEstimate:
-    """The memory one process of a training run of `config` on a `device_type` device takes (an upper bound)."""
+def estimate_training_memory(config: Config, device_type: str, shards: int = 1) -> MemoryEstimate:
+    """The memory one process of a training run of `config` on a `device_type` device takes (an upper bound);
+    `shards`: the processes FSDP spreads the weights, gradients and optimizer state over (1: whole on each)."""
     m, t = config.model, config.train
     d, f, L, V, T, B, h = m.dim, m.intermediate_size, m.n_layers, m.vocab_size, m.context_length, t.batch_size, m.n_heads
     gpu = device_type == "cuda"
     act = 2 if gpu else 4  # bytes of an activation: bf16 under autocast on a GPU, float32 on a CPU
     params = parameter_count(config)
-    state = params * (16 + (2 if gpu else 0)) // max(world_size, 1)
+    state = params * (16 + (2 if gpu else 0)) // max(shards, 1)
     tokens = B * T
     block = tokens * (12 * d + 4 * f) * act  # one block's saved activations
     if not t.use_flash_attn:  # the math path materialises every head's T x T scores and probabilities
@@ -115,11 +116,11 @@ def memory_fix(config: Config, estimate: MemoryEstimate, device_type: str) -> st
     return fix
 
 
-def check_training_memory(config: Config, device: torch.device, world_size: int = 1,
+def check_training_memory(config: Config, device: torch.device, shards: int = 1,
                           processes_here: int = 1) -> MemoryEstimate:
     """Refuse a run whose estimate exceeds the memory this device has free (on a CPU: the host's available
     memory shared by `processes_here` processes). run.check_memory = false starts it anyway."""
-    estimate = estimate_training_memory(config, device.type, world_size)
+    estimate = estimate_training_memory(config, device.type, shards)
     if not config.run.check_memory:
         return estimate
     available, where = available_memory(device)

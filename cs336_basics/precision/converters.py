@@ -90,11 +90,14 @@ class Float8Converter(Converter):
     DELAYED_MODE_MESSAGE = "FP8 mode enabled - model contains Float8 modules (Float8DelayedLinear, delayed scaling)"
 
     def __init__(self, config: Fp8Config, device: torch.device, micro_batch_tokens: int = 0,
-                 fsdp_all_gather: bool = False, log: Log = print) -> None:
+                 fsdp_all_gather: bool = False, distributed: bool = False, log: Log = print) -> None:
+        """fsdp_all_gather: TorchAO's tensorwise weights all-gathered in float8 under FSDP. distributed: under
+        torchrun, the delayed recipe's amaxes are reduced over the ranks every step (identical scales)."""
         if config.recipe == "auto":
             raise ValueError("resolve the fp8 config first (Fp8Config.resolve)")
         self.config, self.device, self.tokens, self.log = config, device, micro_batch_tokens, log
         self.fsdp_all_gather = fsdp_all_gather and config.recipe == "tensorwise"
+        self.distributed = distributed
         self.report = None
         self.scales = None  # DelayedScaling, with the delayed recipe
         self._saturated, self._overflow_max = 0, 0.0
@@ -147,7 +150,8 @@ class Float8Converter(Converter):
                 report.kernels_checked = check_fused_swiglu_kernels(
                     self.tokens, model.cfg.intermediate_size, self.device, self.log, report.merge_w13)
         if layers:
-            self.scales = DelayedScaling(model, cache_weights=cfg.weight_cache, margin=cfg.margin)
+            self.scales = DelayedScaling(model, cache_weights=cfg.weight_cache, margin=cfg.margin,
+                                         reduce_amax=all_reduce_max if self.distributed else None)
 
     def compile(self) -> None:
         if self.scales is not None and self.scales.cache_weights:
@@ -212,6 +216,12 @@ class Float8Converter(Converter):
         if self.scales is None:
             return {}
         return {"fp8_saturated": self._saturated, "fp8_overflow_max": self._overflow_max}
+
+
+def all_reduce_max(amaxes: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    dist.all_reduce(amaxes, op=dist.ReduceOp.MAX)
 
 
 def _refuse_if_wrong(kernel: str, problems: list[str], way_around: str, where: str = "") -> None:

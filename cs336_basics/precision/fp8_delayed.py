@@ -20,6 +20,10 @@ cast_weights()` writes each layer's float8 weight, its column-major copy and its
 read. The weights do not change between micro-batches, so the numbers are the same; the casts' time is
 divided by the gradient accumulation steps.
 
+Under torchrun every rank must cast with the same scales (else the ranks' replicas drift apart): `reduce_amax`
+takes this step's (layer, input/gradient) amaxes to their max over the ranks, one all-reduce of a few hundred
+bytes per step, so every rank's history, scales and saturation counts are the same.
+
 The history is saved in checkpoints (`state_dict`), so a resumed run scales as the uninterrupted one would
 have. `emulate=True` computes each product as a float32 matmul of the dequantised fp8 values (exact fp8
 numerics on any device, for tests).
@@ -188,8 +192,10 @@ class Float8DelayedLinear(nn.Module):
 class DelayedScaling:
     """The amax histories and scales of every Float8DelayedLinear of a model, updated in a few batched ops."""
 
-    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False, margin: int = 0) -> None:
-        """margin: 2^margin of headroom above each history's max, for inputs and gradients alike."""
+    def __init__(self, model: nn.Module, history: int = 16, cache_weights: bool = False, margin: int = 0,
+                 reduce_amax: Callable[[torch.Tensor], None] | None = None) -> None:
+        """margin: 2^margin of headroom above each history's max, for inputs and gradients alike. reduce_amax:
+        sets a tensor of amaxes, in place, to its max over the processes of a distributed run."""
         named = [(n, m) for n, m in model.named_modules() if isinstance(m, Float8DelayedLinear)]
         if not named:
             raise ValueError("the model has no Float8DelayedLinear layers")
@@ -197,7 +203,7 @@ class DelayedScaling:
             raise ValueError(f"margin must be >= 0 (powers of two of headroom), got {margin}")
         self.names = [n for n, _ in named]
         self.layers = [m for _, m in named]
-        self.margin = margin
+        self.margin, self.reduce_amax = margin, reduce_amax
         device = self.layers[0].weight.device
         self._headroom = torch.tensor([2.0**margin, 2.0**margin], device=device)  # (input, gradient)
         self.cache_weights = cache_weights
@@ -268,6 +274,8 @@ class DelayedScaling:
         A handful of batched kernels over all layers (the host is on the critical path at small sizes)."""
         self.after_backward()  # the last (or only) micro-batch
         now = torch.stack([torch.stack(self._x_amax), self._g_amax], dim=1)  # (layer, 2)
+        if self.reduce_amax is not None:
+            self.reduce_amax(now)
         if self.calibrated:  # this step's casts saturated at the range the scales gave them
             ratio = now / self._ranges()
             torch.maximum(self._overflow, ratio, out=self._overflow)

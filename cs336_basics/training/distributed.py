@@ -1,10 +1,15 @@
 """Several processes (one per GPU) under torchrun, on PyTorch's own engine: torch.distributed initialised
-from torchrun's environment (NCCL on CUDA, gloo on CPU), FSDP2 `fully_shard` per block then the root, HSDP
-through a 2-D device mesh, and sharded checkpoints through torch.distributed.checkpoint.
+from torchrun's environment (NCCL on CUDA, gloo on CPU), and one of three ways to split the work:
 
-DDP is not offered: DDP + torch.compile + TorchAO float8 has been broken upstream (DDP's bucketing hooks
-and compiled float8 graphs), while FSDP2 with per-block compile is the combination TorchAO and torchtitan
-test, and it also gives float8 all-gathers for the tensorwise recipe.
+- ddp: every rank holds the whole model; gradients are all-reduced in buckets while backward still runs
+  (PyTorch's DistributedDataParallel, through the composable `replicate`, which keeps the model's own class
+  and state-dict keys). For models whose weights, gradients and optimizer state fit in one GPU.
+- fsdp: FSDP2 `fully_shard` per block then the root: weights, gradients and optimizer state sharded, each
+  block's weights all-gathered before it runs. For models that do not fit.
+- hsdp: FSDP2 over a 2-D mesh: replicated across `dp_replicate` groups, sharded within each.
+
+Checkpoints: ddp writes the one-process format from rank 0 (every rank holds the same state); fsdp and hsdp
+write torch.distributed.checkpoint directories. Either resumes in any mode and at any world size.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from cs336_basics.config import Config
 from cs336_basics.errors import UserError
+
+
+SHARDED = ("fsdp", "hsdp")
 
 
 @dataclass(frozen=True)
@@ -30,22 +39,28 @@ class DistributedContext:
     local_rank: int = 0
     dp_replicate: int = 1
     dp_shard: int = 1
+    launched: bool = False  # started by torchrun (a process group exists), even with one process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def init_distributed(device: torch.device, dp_replicate: int | None = None) -> tuple[DistributedContext, torch.device]:
-    """Read torchrun's environment; a plain `python` launch is a world of one."""
+    """Read torchrun's environment; a plain `python` launch is a world of one with no process group. torchrun
+    with one process gets a process group of one: it runs the same code as N processes do."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if not launched_by_torchrun():
         if dp_replicate not in (None, 1):
-            raise UserError("--dp_replicate needs several processes: launch with torchrun --nproc_per_node N")
+            raise UserError("run.dp_replicate needs several processes: launch with torchrun --nproc_per_node N")
         return DistributedContext(), device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     replicate = dp_replicate or 1
@@ -58,7 +73,47 @@ def init_distributed(device: torch.device, dp_replicate: int | None = None) -> t
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    return DistributedContext(rank, world_size, local_rank, replicate, world_size // replicate), device
+    return DistributedContext(rank, world_size, local_rank, replicate, world_size // replicate, launched=True), device
+
+
+def choose_parallelism(config: Config, device: torch.device, ctx: DistributedContext) -> tuple[str, str]:
+    """(the mode a torchrun job runs, why). `auto`: hsdp with run.dp_replicate > 1; otherwise ddp when one
+    process's share of a replicated run (weights, gradients, AdamW state and activations: perf/memory.py's
+    estimate) fits in the memory this device has free, fsdp when it does not."""
+    from cs336_basics.perf.memory import _size, available_memory, estimate_training_memory
+
+    mode = config.run.parallelism
+    if mode == "hsdp" and ctx.dp_replicate < 2:
+        raise UserError("run.parallelism hsdp replicates over run.dp_replicate groups: set run.dp_replicate to "
+                        "2 or more (a divisor of the number of processes), or use fsdp")
+    if mode in ("ddp", "fsdp") and ctx.dp_replicate > 1:
+        raise UserError(f"run.dp_replicate {ctx.dp_replicate} sets up hsdp, not {mode}: drop it or use "
+                        "run.parallelism=hsdp")
+    if mode != "auto":
+        return mode, "as configured"
+    if ctx.dp_replicate > 1:
+        return "hsdp", f"run.dp_replicate = {ctx.dp_replicate}"
+    needed = estimate_training_memory(config, device.type).total
+    available, where = available_memory(device)
+    if available is None:
+        return "fsdp", f"the free memory of {device} cannot be read"
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)) if device.type == "cpu" else 1
+    share = available // processes_here
+    if needed <= share:
+        return "ddp", (f"the whole model's training state and activations (about {_size(needed)}) fit in the "
+                       f"{_size(share)} {where}" + (f" per process" if processes_here > 1 else ""))
+    return "fsdp", f"about {_size(needed)} a replica would need exceeds the {_size(share)} {where}"
+
+
+def apply_ddp(model: nn.Module, device: torch.device) -> None:
+    """Replicate `model` on every rank (DistributedDataParallel under the composable `replicate`, which leaves its
+    class and state-dict keys as they are). Gradients land in DDP's buckets (gradient_as_bucket_view: .grad is a
+    view of the bucket, no copy) and each bucket is all-reduced as soon as backward has filled it; the Trainer
+    keeps the gradients between steps (zeroed, not freed), so they stay those views."""
+    from torch.distributed._composable.replicate import replicate
+
+    where = {"device_id": device} if device.type == "cuda" else {}
+    replicate(model, gradient_as_bucket_view=True, **where)
 
 
 def shutdown() -> None:

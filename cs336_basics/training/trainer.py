@@ -26,8 +26,9 @@ from cs336_basics.perf.flops import mfu, roofline_tokens_per_second
 from cs336_basics.perf.hardware import current_device_peaks
 from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, attention_context
 from cs336_basics.training.checkpoint import TOKENIZER, prune_checkpoints, save_checkpoint, step_path
-from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, load_sharded,
-                                               save_sharded)
+from cs336_basics.training.dashboards import Dashboards
+from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, barrier,
+                                               load_sharded, save_sharded)
 from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
@@ -105,18 +106,23 @@ class Trainer:
         # previous one's outputs are dead, and the blocks' graphs, chained within one forward pass, keep theirs.
         self._cuda_graphs = self.compile_mode in CUDA_GRAPH_MODES
         self._grad_sums: list[torch.Tensor] | None = None  # with CUDA graphs and accumulation: see _move_grads_out
+        # DDP: gradients are views of DDP's all-reduce buckets, kept between steps (zeroed, never freed); every
+        # micro-batch adds into them, and only the last one's backward all-reduces them.
+        self._ddp = prepared.parallelism == "ddp"
         self._params = list(self.model.parameters())
         self.n_params = sum(p.numel() for p in self._params)
         self.optimizer = self._build_optimizer()
         # On one device the fused AdamW kernel applies the clipping factor as it reads each gradient (the
         # grad_scale contract GradScaler uses), saving a separate read-and-write pass over all gradients.
         # Sharded gradients (DTensors) are clipped by PyTorch's own clip_grads_with_norm_.
-        self._clip_in_optimizer = bool(self.optimizer.defaults.get("fused")) and not ctx.enabled
+        self._clip_in_optimizer = bool(self.optimizer.defaults.get("fused")) and not prepared.sharded
         self._prepared_hooks = False
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         )
-        self.metrics = MetricsLog(out_dir / "metrics.jsonl")
+        self.dashboards = Dashboards(config.run.dashboards if ctx.is_main else (), config, out_dir,
+                                     self.run_info.get("run_name", out_dir.name))
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl", sink=self.dashboards.log)
         self.peaks = current_device_peaks(device)
         self.step = 0
         self.summary: dict[str, Any] = {}
@@ -145,7 +151,16 @@ class Trainer:
         if not self._prepared_hooks:
             for converter in self.converters:
                 converter.prepare(self._first_pass, self._params)
+            if self._ddp:  # gradients of our own from the start: backward adds into them (see _zero_grads)
+                for p in self._params:
+                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
             self._prepared_hooks = True
+
+    def _zero_grads(self) -> None:
+        """Freed after each step (the next backward allocates them), or under DDP zeroed in place: there they are
+        views of DDP's buckets, and a missing .grad would be taken from backward's own output, which under CUDA
+        graphs the next replay overwrites (pytorch/pytorch#169545)."""
+        self.optimizer.zero_grad(set_to_none=not self._ddp)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         decay = [p for p in self.model.parameters() if p.dim() >= 2]  # matrices and embeddings
@@ -194,7 +209,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """From either checkpoint kind, into this run's (possibly sharded) model, whatever the old world size."""
-        options = StateDictOptions(full_state_dict=self.ctx.enabled)
+        options = StateDictOptions(full_state_dict=self.prepared.sharded)
         if "sharded_path" in state:
             load_sharded(Path(state["sharded_path"]), self.model,
                          self.optimizer if state.get("optimizer_saved", True) else None)
@@ -222,7 +237,7 @@ class Trainer:
         return {TOKENIZER: tokenizer.read_text(encoding="utf-8")} if tokenizer.is_file() else {}
 
     def save(self) -> Path:
-        if self.ctx.enabled:
+        if self.prepared.sharded:
             path = step_path(self.out_dir, self.step)
             if self.ctx.is_main:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +245,12 @@ class Trainer:
                          self._checkpoint_files() if self.ctx.is_main else None)
             if self.ctx.is_main:
                 prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        elif self.ctx.enabled:  # DDP: every rank holds the same state; rank 0 writes it in the one-process format
+            path = step_path(self.out_dir, self.step)
+            if self.ctx.is_main:
+                save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints,
+                                self._checkpoint_files())
+            barrier()
         else:
             path = save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints,
                                    self._checkpoint_files())
@@ -345,7 +366,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Train to cfg.max_steps. A Ctrl-C or SIGTERM writes a checkpoint first, of the steps done: one
         interrupted part-way is not counted, and the resumed run takes it whole (resume is exact)."""
-        with attention_context(self.cfg.use_flash_attn, self.cfg.fused_attention), self._signals_handled():
+        with (attention_context(self.cfg.use_flash_attn, self.cfg.fused_attention), self._signals_handled(),
+              self.dashboards):  # closed on the way out, an interrupt or a failure too: what was logged is kept
             try:
                 self._train_loop()
             except KeyboardInterrupt:
@@ -364,7 +386,7 @@ class Trainer:
     def _abandon_step(self) -> None:
         """An interrupted step: its gradients are dropped (the checkpoint takes the step's start state)."""
         if self._step_start is not None:
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grads()
 
     def train_step(self, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns (summed micro-batch
@@ -381,6 +403,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         accumulation = self.cfg.gradient_accumulation_steps
         for micro_batch in range(accumulation):
+            if self._ddp:  # gradients all-reduced in the last micro-batch's backward only
+                self.model.set_requires_gradient_sync(micro_batch == accumulation - 1)
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             x, y = self.train_data.next_batch(self.device)
@@ -391,9 +415,9 @@ class Trainer:
             if micro_batch < accumulation - 1:
                 for converter in self.converters:
                     converter.between_micro_batches()
-                if self._cuda_graphs:
+                if self._cuda_graphs and not self._ddp:
                     self._move_grads_out(first=micro_batch == 0)
-        if self._cuda_graphs and accumulation > 1:
+        if self._cuda_graphs and accumulation > 1 and not self._ddp:
             torch._foreach_add_([p.grad for p in self._params], self._grad_sums)
         for converter in self.converters:
             converter.before_optimizer_step()
@@ -407,7 +431,7 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         with self._uninterruptible():
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grads()
             for converter in self.converters:
                 converter.after_optimizer_step()
             self.step += 1

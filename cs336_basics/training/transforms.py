@@ -19,13 +19,14 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # these replay each comp
 TUNED_KERNELS = {"coordinate_descent_tuning": True, "triton.prefer_nd_tiling": True}
 
 
-def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, distributed: bool) -> str:
-    """The torch.compile mode a run uses. "auto": CUDA graphs ("reduce-overhead") for float8 on one GPU, whose
-    thousands of small kernel launches a step make the host the bottleneck at small widths; "default"
-    otherwise: bf16 steps are GPU-bound and gain nothing, and CUDA graphs are not used under FSDP."""
+def resolve_compile_mode(mode: str, fp8: bool, device: torch.device, sharded: bool) -> str:
+    """The torch.compile mode a run uses. "auto": CUDA graphs ("reduce-overhead") for float8 on GPUs with whole
+    weights (one process or DDP, whose gradient all-reduces run outside the graphed blocks), whose thousands of
+    small kernel launches a step make the host the bottleneck at small widths; "default" otherwise: bf16 steps
+    are GPU-bound and gain nothing, and FSDP's hooks inside every block keep CUDA graphs out."""
     if mode != "auto":
         return mode
-    return "reduce-overhead" if fp8 and device.type == "cuda" and not distributed else "default"
+    return "reduce-overhead" if fp8 and device.type == "cuda" and not sharded else "default"
 
 
 def cast_residual_stream(model: Transformer) -> None:
@@ -37,16 +38,16 @@ def cast_residual_stream(model: Transformer) -> None:
     model.embed.register_forward_hook(lambda module, args, out: out.to(torch.bfloat16))
 
 
-def resolve_residual_dtype(dtype: str, device: torch.device, distributed: bool, asked: bool) -> str:
+def resolve_residual_dtype(dtype: str, device: torch.device, sharded: bool, asked: bool) -> str:
     """The residual stream's dtype a run trains with. "auto": bf16 on CUDA (bf16 autocast), float32 elsewhere; on
     one device an explicit `dtype` as given (bf16 needs CUDA). Under FSDP on CUDA the parameters compute in bf16
     and every block's input is cast to bf16 (apply_fsdp's MixedPrecisionPolicy), so the stream is bf16 whatever
     the config says; fp32 asked for there (`asked`: given as a flag) is refused rather than ignored."""
     if dtype == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    if distributed and device.type == "cuda":
+    if sharded and device.type == "cuda":
         if dtype == "fp32" and asked:
-            raise UserError("under torchrun FSDP computes with bf16 parameters and casts every block's input to bf16, "
+            raise UserError("under FSDP the model computes with bf16 parameters and casts every block's input to bf16, "
                             "so the residual stream is bf16: drop train.residual_dtype=fp32")
         return "bf16"
     if dtype == "bf16" and device.type != "cuda":
