@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from cs336_basics.data.corpus import check_text_file, iter_chunks
-from cs336_basics.data.tokenizer import token_bytes
+from cs336_basics.data.tokenizer import end_token, token_bytes, tokenizer_vocab_size
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import Transformer
 from cs336_basics.training.checkpoint import load_model_weights, model_from_weights, tokenizer_from_json
@@ -106,8 +106,9 @@ def load_hf_dir(hf_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- bytes
 # ----------------------------------------------------------------------------------------------- evaluation
 def iter_token_blocks(path: Path, tokenizer) -> Any:  # noqa: ANN001
-    """The token ids of a file, a block of chunks at a time (bounded memory), encoded as training encodes it."""
-    chunks = iter_chunks(path)
+    """The token ids of a file, a block of chunks at a time (bounded memory), encoded as training encodes it (the
+    documents of a JSON Lines file joined by the tokenizer's end-of-document token)."""
+    chunks = iter_chunks(path, separator=end_token(tokenizer))
     while batch := list(islice(chunks, CHUNKS_PER_BATCH)):
         for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
             if enc.ids:
@@ -152,8 +153,8 @@ def evaluate(model: Transformer, tokenizer, paths: list[Path], batch_size: int, 
              device: torch.device) -> dict[str, Any]:
     """{"files": [summary of each file evaluated], and the summary over all of them}."""
     T = model.cfg.context_length
-    if tokenizer.get_vocab_size(with_added_tokens=True) > model.cfg.vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than the model's vocabulary "
+    if tokenizer_vocab_size(tokenizer) > model.cfg.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer_vocab_size(tokenizer)} tokens, more than the model's vocabulary "
                         f"({model.cfg.vocab_size}); the model and its tokenizer do not belong together")
     sizes = token_bytes(tokenizer)
     files, budget = [], max_tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,10 +56,10 @@ def check_utf8_file(path: Path, what: str = "data file") -> None:
             ) from None
 
 
-def iter_chunks(path: Path, text_field: str = "text") -> Iterator[str]:
+def iter_chunks(path: Path, text_field: str = "text", separator: str = EOT) -> Iterator[str]:
     """Yield pieces of about CHUNK_CHARS characters that end at a line boundary. A source of other documents
     (JSON Lines, Parquet, Arrow, a saved dataset, a directory or glob pattern of them) yields its documents
-    separated by <|endoftext|>, its files too, as training encodes them."""
+    separated by `separator` (the tokenizer's end-of-document token), its files too, as training encodes them."""
     from cs336_basics.data.sources import file_format, iter_file_chunks, resolve_source
 
     path = Path(path)
@@ -67,8 +68,8 @@ def iter_chunks(path: Path, text_field: str = "text") -> Iterator[str]:
         return
     for i, file in enumerate(resolve_source(path)):
         if i > 0:
-            yield EOT
-        for chunk, _ in iter_file_chunks(file, text_field):
+            yield separator
+        for chunk, _ in iter_file_chunks(file, text_field, separator):
             if chunk:
                 yield chunk
 
@@ -97,16 +98,19 @@ def file_key(path: Path) -> str:
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def write_default_corpus(directory: Path) -> tuple[Path, Path]:
+def write_default_corpus(directory: Path, separator: str = EOT) -> tuple[Path, Path]:
     """CPython's bundled documentation topics (`pydoc_data.topics`, ~460 KB of English technical prose,
-    shipped with every Python) as one document per topic; every tenth topic goes to validation."""
+    shipped with every Python) as one document per topic, joined by `separator` (the end-of-document token of
+    the tokenizer that will read them: another one names its own pair of files); every tenth topic goes to
+    validation."""
     from pydoc_data.topics import topics
 
     directory.mkdir(parents=True, exist_ok=True)
-    train_path, val_path = directory / "pydoc_topics_train.txt", directory / "pydoc_topics_val.txt"
+    tag = "" if separator == EOT else "-" + hashlib.sha256(separator.encode()).hexdigest()[:8]
+    train_path, val_path = directory / f"pydoc_topics_train{tag}.txt", directory / f"pydoc_topics_val{tag}.txt"
     if not (train_path.exists() and val_path.exists()):
         names = sorted(topics)
         val_names = set(names[5::10])
         for path, selected in ((train_path, [n for n in names if n not in val_names]), (val_path, sorted(val_names))):
-            write_text_atomic(path, EOT.join(topics[n] for n in selected))
+            write_text_atomic(path, separator.join(topics[n] for n in selected))
     return train_path, val_path

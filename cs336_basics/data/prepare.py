@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from cs336_basics.config import DataConfig
+from cs336_basics.config import Config, DataConfig
 from cs336_basics.data.batches import check_length
 from cs336_basics.data.corpus import iter_chunks, write_default_corpus
 from cs336_basics.data.sources import check_source, source_key
-from cs336_basics.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
+from cs336_basics.data.tokenizer import (EOT, end_token, load_tokenizer, save_tokenizer, tokenizer_fingerprint,
+                                         tokenizer_vocab_size, train_tokenizer)
 from cs336_basics.data.tokens import encode_files
 from cs336_basics.errors import UserError
+
+VOCAB_MULTIPLE = 64  # a given tokenizer's vocabulary is rounded up to this for the model (fit_vocab_size)
 
 
 @dataclass
@@ -30,20 +34,39 @@ class PreparedData:
     info: dict[str, Any]  # what a checkpoint records of the data: files and the tokenizer's fingerprint
 
 
+def fit_vocab_size(config: Config, command_line: frozenset[str], recipe: frozenset[str],
+                   log: Callable[[str], None] = print) -> Config:
+    """With a given tokenizer (data.tokenizer), the model's vocab_size becomes the tokenizer's, unless it was set
+    on the command line or by the recipe that names the tokenizer too (a recipe's vocab_size is otherwise the size
+    of the tokenizer it would train). It is rounded up to a multiple of 64: the embedding and the head are then
+    matrices whose dimensions tensor cores and float8 kernels take whole (GPT-2's 50,257 -> 50,304 trains
+    measurably faster), for a few rows of ids that never occur. A vocab_size set too small is refused later, by
+    the data preparation, with the fix."""
+    set_by_user = "model.vocab_size" in command_line or {"model.vocab_size", "data.tokenizer"} <= recipe
+    if not config.data.tokenizer or set_by_user:
+        return config
+    n_tokens = tokenizer_vocab_size(load_tokenizer(Path(config.data.tokenizer)))
+    rounded = -(-n_tokens // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    log(f"model.vocab_size {rounded:,}: the tokenizer's {n_tokens:,} tokens, rounded up to a multiple of "
+        f"{VOCAB_MULTIPLE} (set --vocab_size to choose another)")
+    return replace(config, model=replace(config.model, vocab_size=rounded))
+
+
 def prepare_tokenizer(data: DataConfig, train_paths: list[Path], vocab_size: int, out_dir: Path,
-                      resumed_fingerprint: str | None) -> Tokenizer:
-    """The given tokenizer, the run's own on resume, or one trained on the training data (cached by its inputs);
-    written into the run directory as tokenizer.json, replacing whatever an earlier attempt left there."""
+                      resumed_fingerprint: str | None, given: Tokenizer | None = None) -> Tokenizer:
+    """The given tokenizer (data.tokenizer, loaded), the run's own on resume, or one trained on the training data
+    (cached by its inputs); written into the run directory as tokenizer.json, replacing whatever an earlier attempt
+    left there."""
     saved = out_dir / "tokenizer.json"
     cache_dir = Path(data.cache_dir)
     key = "|".join(source_key(p, data.text_field) for p in train_paths) + f"|{vocab_size}"
     cached = cache_dir / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if data.tokenizer:
-        tokenizer = load_tokenizer(Path(data.tokenizer))
+        tokenizer = given if given is not None else load_tokenizer(Path(data.tokenizer))
     elif resumed_fingerprint is not None:
         tokenizer = resumed_tokenizer(out_dir, resumed_fingerprint, cached)
     elif cached.exists():
-        tokenizer = load_tokenizer(cached)
+        tokenizer = load_tokenizer(cached, "the cached tokenizer")
     else:
         names = ", ".join(map(str, train_paths[:3]))
         names += f" and {len(train_paths) - 3:,} more files" if len(train_paths) > 3 else ""
@@ -54,8 +77,8 @@ def prepare_tokenizer(data: DataConfig, train_paths: list[Path], vocab_size: int
     if resumed_fingerprint is not None and tokenizer_fingerprint(tokenizer) != resumed_fingerprint:
         raise UserError("this tokenizer is not the one the checkpoint was trained with; resume with the run's own "
                         f"{saved} (drop --tokenizer)")
-    if tokenizer.get_vocab_size() > vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab_size is "
+    if tokenizer_vocab_size(tokenizer) > vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer_vocab_size(tokenizer)} tokens but the model's vocab_size is "
                         f"{vocab_size}; raise --vocab_size or use a smaller tokenizer")
     if not saved.exists() or _fingerprint_or_none(_read_or_none(saved)) != tokenizer_fingerprint(tokenizer):
         save_tokenizer(tokenizer, saved)  # a new run's, or the checkpoint's where the run's file was another
@@ -96,8 +119,10 @@ def _fingerprint_or_none(tokenizer: Tokenizer | None) -> str | None:
 def prepare_data(data: DataConfig, vocab_size: int, context_length: int, out_dir: Path,
                  resumed_fingerprint: str | None = None) -> PreparedData:
     cache_dir = Path(data.cache_dir)
-    if not data.train_data:
-        default_train, default_val = write_default_corpus(cache_dir / "default_corpus")
+    given = load_tokenizer(Path(data.tokenizer)) if data.tokenizer else None
+    if not data.train_data:  # its documents are joined by the end token of the tokenizer that will encode them
+        separator = end_token(given) if given is not None else EOT
+        default_train, default_val = write_default_corpus(cache_dir / "default_corpus", separator)
         train_names, val_name = [default_train], default_val
         print(f"data: CPython's bundled documentation topics (pydoc_data.topics), written to {default_train.parent}")
     else:
@@ -107,10 +132,10 @@ def prepare_data(data: DataConfig, vocab_size: int, context_length: int, out_dir
     val_paths = check_source(val_name, "validation file", data.text_field) if val_name else None
     if len(train_paths) > len(train_names):
         print(f"data: {len(train_paths):,} training files")
-    tokenizer = prepare_tokenizer(data, train_paths, vocab_size, out_dir, resumed_fingerprint)
-    train_file = encode_files(train_paths, tokenizer, cache_dir, "train", data.text_field)
+    tokenizer = prepare_tokenizer(data, train_paths, vocab_size, out_dir, resumed_fingerprint, given)
+    train_file = encode_files(train_paths, tokenizer, cache_dir, "train", data.text_field, data.encode_workers)
     if val_paths is not None:
-        val_file = encode_files(val_paths, tokenizer, cache_dir, "val", data.text_field)
+        val_file = encode_files(val_paths, tokenizer, cache_dir, "val", data.text_field, data.encode_workers)
         train_tokens, val_tokens = train_file.tokens, val_file.tokens
         max_id = max(train_file.max_id, val_file.max_id)
     else:  # hold out the tail of the training tokens; training never samples it
@@ -127,7 +152,7 @@ def prepare_data(data: DataConfig, vocab_size: int, context_length: int, out_dir
     check_length(train_tokens, context_length, "the training data")
     check_length(val_tokens, context_length, "the validation data")
     print(f"data: {len(train_tokens):,} training tokens, {len(val_tokens):,} validation tokens "
-          f"(vocabulary {tokenizer.get_vocab_size():,})")
+          f"(vocabulary {tokenizer_vocab_size(tokenizer):,})")
     info = {"train_data": [str(p) for p in train_names], "val_data": str(val_name) if val_name else None,
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
     return PreparedData(tokenizer, train_tokens, val_tokens, info)

@@ -1,9 +1,10 @@
 """Corpus sources beyond UTF-8 text files: JSON Lines (plain or gzip), Parquet, Arrow record batch streams and
 Hugging Face datasets written by `save_to_disk`, named one by one, as a directory or as a glob pattern.
 
-Each JSON line, Parquet row or Arrow row is one document; documents are separated by <|endoftext|>, as files
-are. Everything is read as a stream (line by line, by record batches) so memory stays bounded whatever the
-size of the corpus; only pyarrow is needed, not `datasets`.
+Each JSON line, Parquet row or Arrow row is one document; documents are separated by the tokenizer's
+end-of-document token (<|endoftext|> for this project's tokenizers), as files are. Everything is read as a stream
+(line by line, by record batches) so memory stays bounded whatever the size of the corpus; only pyarrow is needed,
+not `datasets`.
 """
 
 from __future__ import annotations
@@ -163,9 +164,9 @@ def source_key(path: Path, text_field: str) -> str:
     return key if file_format(path) == "text" else f"{key}:{text_field}"
 
 
-def iter_file_chunks(path: Path, text_field: str = "text") -> Iterator[tuple[str, int]]:
+def iter_file_chunks(path: Path, text_field: str = "text", separator: str = EOT) -> Iterator[tuple[str, int]]:
     """(text chunk, bytes of the file on disk read since the last chunk) of a structured file: documents
-    separated by <|endoftext|>, about CHUNK_CHARS characters a chunk, a document never split."""
+    separated by `separator`, about CHUNK_CHARS characters a chunk, a document never split."""
     kind = file_format(path)
     if kind == "text":
         for chunk in corpus.iter_text_chunks(path):
@@ -177,7 +178,7 @@ def iter_file_chunks(path: Path, text_field: str = "text") -> Iterator[tuple[str
     size, first, reported = 0, True, 0
     for doc, position in reader(path, text_field):
         if not first:
-            pieces.append(EOT)
+            pieces.append(separator)
         first = False
         pieces.append(doc)
         size += len(doc)
