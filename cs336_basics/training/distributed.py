@@ -112,6 +112,9 @@ def apply_ddp(model: nn.Module, device: torch.device) -> None:
     keeps the gradients between steps (zeroed, not freed), so they stay those views."""
     from torch.distributed._composable.replicate import replicate
 
+    # The blocks are compiled one by one, each a bucket-sized unit already: dynamo's DDP optimizer would split
+    # every block's graph at DDP's bucket boundaries, into more graphs and more CUDA-graph replays per block.
+    torch._dynamo.config.optimize_ddp = False
     where = {"device_id": device} if device.type == "cuda" else {}
     replicate(model, gradient_as_bucket_view=True, **where)
 
