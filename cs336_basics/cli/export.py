@@ -9,8 +9,9 @@
     cs336-export --from-hf HF_DIR OUT_RUN_DIR
         writes a run directory OUT_RUN_DIR (new or empty) with one checkpoint, checkpoints/step_0000000, from a
         transformers Llama directory (config.json, model.safetensors or its sharded index, tokenizer.json with an
-        <|endoftext|> token); `cs336-generate OUT_RUN_DIR` samples from it. Configs this project's model cannot
-        represent (grouped-query attention, biases, rope scaling, another activation) are refused.
+        end-of-document token: <|endoftext|>, </s>, ...); `cs336-generate OUT_RUN_DIR` samples from it. Configs
+        this project's model cannot represent (grouped-query attention, biases, rope scaling, another activation)
+        are refused.
 """
 
 from __future__ import annotations

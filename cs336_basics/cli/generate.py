@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     model = model_from_weights(state, device)
     generator = torch.Generator(device).manual_seed(args.seed)
     texts = [text for text in args.prompt for _ in range(args.num_samples)]
-    outputs = generate_batch(model, [tokenizer.encode(text).ids for text in texts], args.max_new_tokens,
-                             args.temperature, args.top_k, args.top_p, stop_id=eot_id(tokenizer), generator=generator,
-                             use_cache=not args.no_cache)
+    # as training encodes its text: no <s> or other post-processor token the model never saw before a document
+    prompts = [tokenizer.encode(text, add_special_tokens=False).ids for text in texts]
+    outputs = generate_batch(model, prompts, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                             stop_id=eot_id(tokenizer), generator=generator, use_cache=not args.no_cache)
     for i, (text, ids) in enumerate(zip(texts, outputs)):
         print(f"--- sample {i + 1} (step {state['step']}) ---\n{text}{tokenizer.decode(ids)}")
     return 0

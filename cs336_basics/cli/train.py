@@ -346,7 +346,8 @@ def train_in(args: argparse.Namespace, config: Config, resumed: dict[str, Any] |
         report_results(summary, out_dir, resumed=resumed is not None)
     sample_tokens = config.run.sample_tokens
     if sample_tokens > 0 and not ctx.enabled:  # (sharded runs: sample with generate.py afterwards)
-        ids = generate(trainer.eval_model, data.tokenizer.encode(config.run.prompt).ids, sample_tokens, temperature=0.8,
+        prompt = data.tokenizer.encode(config.run.prompt, add_special_tokens=False).ids  # no <s>: as training encodes
+        ids = generate(trainer.eval_model, prompt, sample_tokens, temperature=0.8,
                        top_k=50, stop_id=eot_id(data.tokenizer),
                        generator=torch.Generator(device).manual_seed(config.train.seed))
         print(f"sample: {config.run.prompt}{data.tokenizer.decode(ids)}")

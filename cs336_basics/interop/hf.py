@@ -2,8 +2,9 @@
 
 Export (`export_hf`): config.json (a LlamaConfig), model.safetensors and the tokenizer files that
 `AutoTokenizer.from_pretrained` reads without custom code (tokenizer.json, tokenizer_config.json,
-special_tokens_map.json), plus generation_config.json. Import (`import_hf`): a run directory with one checkpoint,
-checkpoints/step_0000000/ (meta.json, model.safetensors, tokenizer.json), that generate samples from.
+special_tokens_map.json), plus generation_config.json; their eos token is the run's end-of-document token
+(<|endoftext|>, </s>, ...). Import (`import_hf`): a run directory with one checkpoint, checkpoints/step_0000000/
+(meta.json, model.safetensors, tokenizer.json with such an end token), that generate samples from.
 
 The two models compute the same function, name for name:
 
@@ -43,11 +44,14 @@ from cs336_basics.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+BEGIN_TOKENS = ("<s>", "<|begin_of_text|>")  # SentencePiece's (Llama 1-2, Mistral) and Llama 3's beginning of text
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def hf_config(model_config: dict[str, Any], dtype: str = "float32", eot: int | None = None) -> dict[str, Any]:
-    """config.json of a LlamaForCausalLM with our model's shape (model_config: ModelConfig.to_dict())."""
+def hf_config(model_config: dict[str, Any], dtype: str = "float32", eot: int | None = None,
+              bos: int | None = None) -> dict[str, Any]:
+    """config.json of a LlamaForCausalLM with our model's shape (model_config: ModelConfig.to_dict()); eot is the
+    end-of-document token's id (eos), bos the beginning-of-text one's (default: eot)."""
     from cs336_basics.model.transformer import ModelConfig
 
     cfg = ModelConfig(**model_config).validate()
@@ -73,7 +77,7 @@ def hf_config(model_config: dict[str, Any], dtype: str = "float32", eot: int | N
         "initializer_range": 0.02,
         "tie_word_embeddings": cfg.tie_embeddings,
         "use_cache": True,
-        "bos_token_id": eot,
+        "bos_token_id": eot if bos is None else bos,
         "eos_token_id": eot,
         "torch_dtype": dtype,
         "dtype": dtype,
@@ -235,12 +239,24 @@ def _check_shapes(state: dict[str, torch.Tensor], cfg, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
+def bos_eos_tokens(tokenizer) -> tuple[str, str]:  # noqa: ANN001  (tokenizers.Tokenizer)
+    """(bos, eos) of the exported model: eos is the run's end-of-document token (data.tokenizer.end_token), which
+    ends every document it was trained on; bos is the tokenizer's own beginning-of-text token (BEGIN_TOKENS) when
+    it has one as a special token, else the end token too (GPT-2's convention)."""
+    from cs336_basics.data.tokenizer import end_token
+
+    eos = end_token(tokenizer)
+    added = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+    return next((token for token in BEGIN_TOKENS if token in added), eos), eos
+
+
 def hf_tokenizer_files(tokenizer_json: str, context_length: int) -> dict[str, str]:
     """tokenizer.json (as the run holds it), tokenizer_config.json and special_tokens_map.json: a
-    PreTrainedTokenizerFast with <|endoftext|> as its bos and eos token."""
-    from cs336_basics.data.tokenizer import EOT
+    PreTrainedTokenizerFast with the bos and eos tokens of bos_eos_tokens."""
+    from tokenizers import Tokenizer
 
-    special = {"bos_token": EOT, "eos_token": EOT}
+    bos, eos = bos_eos_tokens(Tokenizer.from_str(tokenizer_json))
+    special = {"bos_token": bos, "eos_token": eos}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": False,
               "add_eos_token": False, "clean_up_tokenization_spaces": False, "model_max_length": context_length}
     return {"tokenizer.json": tokenizer_json, "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
@@ -274,10 +290,8 @@ def export_hf(source: Path, out_dir: Path, dtype: str = "float32", log=print) ->
     """A run directory, checkpoint (one-process or sharded) or `generate --export` file as a transformers Llama
     directory `out_dir` (new or empty)."""
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer
 
-    from cs336_basics.data.tokenizer import EOT
-    from cs336_basics.training.checkpoint import load_model_weights
+    from cs336_basics.training.checkpoint import load_model_weights, tokenizer_from_json
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -286,9 +300,10 @@ def export_hf(source: Path, out_dir: Path, dtype: str = "float32", log=print) ->
     state = load_model_weights(Path(source), log=log)
     model_config = state["model_config"]
     tensors = to_hf_state_dict(state["model"], model_config, DTYPES[dtype], where=state["path"])
-    eot = Tokenizer.from_str(state["tokenizer"]).token_to_id(EOT)
-    config = hf_config(model_config, dtype, eot)
-    generation = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    tokenizer = tokenizer_from_json(state["tokenizer"], state["path"])
+    bos_id, eos_id = (tokenizer.token_to_id(token) for token in bos_eos_tokens(tokenizer))
+    config = hf_config(model_config, dtype, eos_id, bos_id)
+    generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
 
     def write(tmp: Path) -> None:
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -358,7 +373,7 @@ def import_hf(hf_dir: Path, out_run_dir: Path) -> Path:
 
     hf_dir, out_run_dir = Path(hf_dir), Path(out_run_dir)
     model_config, tokenizer_text = read_hf_header(hf_dir, "generate")
-    tokenizer = tokenizer_from_json(tokenizer_text, str(hf_dir))  # refuses one without <|endoftext|>
+    tokenizer = tokenizer_from_json(tokenizer_text, str(hf_dir))  # refuses one without an end-of-document token
     _fresh_dir(out_run_dir, "the run directory")
     weights = from_hf_state_dict(read_hf_weights(hf_dir), model_config, where=str(hf_dir))
     meta = {"step": 0, "world_size": 1, "model_config": model_config,

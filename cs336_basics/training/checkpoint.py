@@ -401,15 +401,18 @@ def config_from_checkpoint(state: dict[str, Any]):  # -> Config
 
 
 def tokenizer_from_json(text: str, where: str):  # -> tokenizers.Tokenizer
-    """A tokenizer from the JSON a checkpoint or an exported file holds (load_model_weights' "tokenizer")."""
+    """A tokenizer from the JSON a checkpoint or an exported file holds (load_model_weights' "tokenizer"), with an
+    end-of-document token as training requires (data.tokenizer.end_token: <|endoftext|>, </s>, ...)."""
     from tokenizers import Tokenizer
 
-    from cs336_basics.data.tokenizer import EOT
+    from cs336_basics.data.tokenizer import end_token
 
     try:
         tokenizer = Tokenizer.from_str(text)
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
         raise UserError(f"the tokenizer of {where} cannot be read ({_first_line(e)})") from None
-    if tokenizer.token_to_id(EOT) is None:
-        raise UserError(f"the tokenizer of {where} has no {EOT} token; it was not written by cs336_basics")
+    try:
+        end_token(tokenizer)
+    except UserError as e:
+        raise UserError(f"the tokenizer of {where} has {e}") from None
     return tokenizer
