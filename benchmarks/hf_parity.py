@@ -49,7 +49,7 @@ def main() -> int:
 
     T = ours.cfg.context_length
     text = next(iter_text_chunks(args.data))
-    ids = tokenizer.encode(text).ids[: args.windows * T]
+    ids = tokenizer.encode(text, add_special_tokens=False).ids[: args.windows * T]
     hf_ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"][: args.windows * T]
     if len(ids) < args.windows * T:
         raise SystemExit(f"error: the first chunk of {args.data} holds {len(ids)} tokens, fewer than "
