@@ -73,7 +73,7 @@ class Fp8Config:
 
     def resolve(self, sharded: bool = False, explicit: frozenset[str] = frozenset()) -> "Fp8Config":
         """The recipe and its settings as they will run. `sharded`: under FSDP, whose weights live in shards
-        (the delayed recipe then casts each all-gathered weight in its forward). `explicit`: the fp8 fields the
+        (the delayed recipe's weights are then all-gathered in float8, each with its own scale). `explicit`: the fp8 fields the
         user set on the command line or in a recipe file; one that cannot apply is an error, never ignored."""
         self.validate()
         asked = {name for name in explicit if name.startswith("fp8.")}
@@ -95,11 +95,13 @@ class Fp8Config:
                 raise UserError(f"{', '.join(wrong)} set the delayed recipe's layers, not {recipe}'s: drop "
                                 f"{'them' if len(wrong) > 1 else 'it'} or use --fp8_recipe delayed")
             return replace(resolved, **self.DELAYED_ONLY_OFF)
-        if sharded and self.weight_cache:
-            if "fp8.weight_cache" in asked:
-                raise UserError("fp8.weight_cache keeps whole float8 weights between micro-batches; under FSDP the "
-                                "weights are sharded: drop it, or use run.parallelism=ddp")
-            resolved = replace(resolved, weight_cache=False)
+        if sharded:  # FSDP all-gathers each weight in float8 with its own scale instead (precision/fp8_fsdp.py)
+            for name, why in (("weight_cache", "keeps whole float8 weights between micro-batches"),
+                              ("merge_w13", "casts w1 and w3 with one scale")):
+                if getattr(self, name) and f"fp8.{name}" in asked:
+                    raise UserError(f"fp8.{name} {why}; under FSDP each weight is all-gathered in float8 with a "
+                                    "scale of its own: drop it, or use run.parallelism=ddp")
+            resolved = replace(resolved, weight_cache=False, merge_w13=False)
         if not self.fused_swiglu and self.merge_w13:
             if "fp8.merge_w13" in asked:
                 raise UserError("fp8.merge_w13 runs the fused SwiGLU's w1 and w3 as one product: it needs "

@@ -55,6 +55,7 @@ def train_and_compare_scales(argv: list[str], reduce_amax: bool = True) -> None:
         same = all(torch.equal(h, gathered[0]) for h in gathered)
         if dist.get_rank() == 0:
             sys.__stdout__.write(f"fp8 amax histories {'identical' if same else 'DIFFER'} on {len(gathered)} ranks\n")
+        check_fp8_all_gather(delayed[0].layers)
         return summary
 
     Trainer.train = train_then_compare
@@ -62,6 +63,21 @@ def train_and_compare_scales(argv: list[str], reduce_amax: bool = True) -> None:
     sys.stdout.flush()
     sys.__stdout__.flush()
     os._exit(rc)
+
+
+def check_fp8_all_gather(layers: list) -> None:
+    """Under FSDP: each layer's weight is a parameter FSDP all-gathers in float8, and the scale its shards were
+    last cast with is that of the whole weight (448 / its amax)."""
+    from torch.distributed.tensor import DTensor
+    from torchao.float8.fsdp_utils import WeightWithDynamicFloat8CastTensor
+
+    if not isinstance(layers[0].weight, DTensor):
+        return
+    right = all(isinstance(m.weight._local_tensor, WeightWithDynamicFloat8CastTensor)
+                and torch.allclose(m.weight._local_tensor._precomputed_scale, 448 / m.weight.full_tensor().abs().max())
+                for m in layers)
+    if dist.get_rank() == 0:
+        sys.__stdout__.write(f"fp8 all-gather: {'whole-weight scales' if right else 'WRONG scales'}\n")
 
 
 def fail_on_rank_1() -> None:

@@ -96,6 +96,7 @@ def test_two_ranks_train_what_one_process_trains_with_a_doubled_micro_batch(tmp_
     assert all(b[s] == pytest.approx(a[s], rel=rel) for s in a), (a, b)
     if precision == "delayed":
         assert "FP8 mode enabled" in proc.stdout and "fp8 amax histories identical on 2 ranks" in proc.stdout
+        assert ("fp8 all-gather: whole-weight scales" in proc.stdout) == (mode != "ddp")
         assert read_toml(tmp_path / "two" / "config.toml")["fp8"]["recipe"] == "delayed"
 
 

@@ -96,7 +96,7 @@ def test_unknown_recipe_and_devices_without_fp8():
 # ----------------------------------------------------------------------------- the config's float8 settings
 def test_auto_recipe_resolves_to_what_runs_and_delayed_only_settings_resolve_off_elsewhere():
     """auto: delayed (under torchrun too), tensorwise with the auto filter; under FSDP the delayed recipe keeps no
-    weight cache (the weights are sharded); a TorchAO recipe turns the delayed layers' settings off (kernel casts
+    weight cache and no merged w1/w3 (each weight is all-gathered in float8 with its own scale); a TorchAO recipe turns the delayed layers' settings off (kernel casts
     none, no fused SwiGLU, no weight cache, ...), and refuses them only when they were set explicitly to something
     other than off."""
     on = Fp8Config(enabled=True)
@@ -106,10 +106,11 @@ def test_auto_recipe_resolves_to_what_runs_and_delayed_only_settings_resolve_off
     delayed = on.resolve()
     assert (delayed.kernel_casts, delayed.fused_swiglu, delayed.merge_w13, delayed.weight_cache, delayed.fast_accum) == (
         "all", True, True, True, True)
-    sharded = on.resolve(sharded=True)
-    assert (sharded.kernel_casts, sharded.fused_swiglu, sharded.merge_w13, sharded.weight_cache) == ("all", True, True, False)
-    with pytest.raises(UserError, match="fp8.weight_cache keeps whole float8 weights"):
-        on.resolve(True, frozenset({"fp8.weight_cache"}))
+    sharded = on.resolve(sharded=True)  # FSDP all-gathers each weight in float8 with its own scale instead
+    assert (sharded.kernel_casts, sharded.fused_swiglu, sharded.merge_w13, sharded.weight_cache) == ("all", True, False, False)
+    for key in ("weight_cache", "merge_w13"):
+        with pytest.raises(UserError, match=f"fp8.{key} .* under FSDP each weight is all-gathered in float8"):
+            on.resolve(True, frozenset({f"fp8.{key}"}))
     tensorwise = replace(on, recipe="tensorwise").resolve()
     assert {k: getattr(tensorwise, k) for k in Fp8Config.DELAYED_ONLY_OFF} == Fp8Config.DELAYED_ONLY_OFF
     # set to their off values explicitly: nothing to refuse

@@ -91,12 +91,13 @@ class Float8Converter(Converter):
 
     def __init__(self, config: Fp8Config, device: torch.device, micro_batch_tokens: int = 0,
                  fsdp_all_gather: bool = False, distributed: bool = False, log: Log = print) -> None:
-        """fsdp_all_gather: TorchAO's tensorwise weights all-gathered in float8 under FSDP. distributed: under
-        torchrun, the delayed recipe's amaxes are reduced over the ranks every step (identical scales)."""
+        """fsdp_all_gather: the weights all-gathered in float8 under FSDP (TorchAO's tensorwise layers, or ours:
+        precision/fp8_fsdp.py). distributed: under torchrun, the delayed recipe's amaxes are reduced over the ranks
+        every step (identical scales)."""
         if config.recipe == "auto":
             raise ValueError("resolve the fp8 config first (Fp8Config.resolve)")
         self.config, self.device, self.tokens, self.log = config, device, micro_batch_tokens, log
-        self.fsdp_all_gather = fsdp_all_gather and config.recipe == "tensorwise"
+        self.fsdp_all_gather = fsdp_all_gather and config.recipe in ("tensorwise", "delayed")
         self.distributed = distributed
         self.report = None
         self.scales = None  # DelayedScaling, with the delayed recipe
@@ -124,6 +125,7 @@ class Float8Converter(Converter):
             for (k, n), s in speedups.items():
                 self.log(f"  Linear({k}, {n}): fp8 is {s:.2f}x bf16")
         report = convert_model_to_fp8(model, cfg.recipe, cfg.emulate, speedups, self.fsdp_all_gather, cfg.head)
+        report.fsdp_all_gather = self.fsdp_all_gather
         self.report, self._model = report, model  # fully_shard later shards this same module in place
         if self.delayed:
             self._shape_delayed_layers(model, report)
@@ -149,6 +151,10 @@ class Float8Converter(Converter):
             if report.fused_swiglu and self.tokens:
                 report.kernels_checked = check_fused_swiglu_kernels(
                     self.tokens, model.cfg.intermediate_size, self.device, self.log, report.merge_w13)
+        if self.fsdp_all_gather:
+            from cs336_basics.precision.fp8_fsdp import gather_weights_in_fp8
+
+            gather_weights_in_fp8(layers)
         if layers:
             self.scales = DelayedScaling(model, cache_weights=cfg.weight_cache, margin=cfg.margin,
                                          reduce_amax=all_reduce_max if self.distributed else None)
@@ -175,7 +181,14 @@ class Float8Converter(Converter):
             self.scales.update()
 
     def after_optimizer_step(self) -> None:
-        if self.fsdp_all_gather:  # one all-reduce for every layer's weight scale, for the next fp8 all-gather
+        if not self.fsdp_all_gather:
+            return
+        # one all-reduce for every layer's weight scale, for the next float8 all-gathers
+        if self.scales is not None:
+            from cs336_basics.precision.fp8_fsdp import precompute_weight_scales
+
+            precompute_weight_scales(self.scales.layers)
+        else:
             from cs336_basics.precision.fp8 import precompute_float8_dynamic_scale_for_fsdp
 
             precompute_float8_dynamic_scale_for_fsdp(self._model)

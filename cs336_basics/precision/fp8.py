@@ -43,6 +43,7 @@ class ConversionReport:
     fast_accum: bool = False  # the delayed layers' forward products with cuBLAS's fast accumulation
     merge_w13: bool = False  # the fused SwiGLUs run w1 and w3 as one product (fp8.merge_w13)
     kernels_checked: str = ""  # where the fused SwiGLU's kernels were checked before training ("16384 tokens x 3584")
+    fsdp_all_gather: bool = False  # FSDP all-gathers the layers' weights in float8 (fp8_fsdp.py), not bf16
 
     @property
     def total(self) -> int:
@@ -64,6 +65,8 @@ class ConversionReport:
                          f"(fp8.kernel_casts = {self.kernel_casts})")
         if self.fast_accum:
             lines.append("  the layers' forward products: cuBLAS's fast accumulation on a GPU, as TorchAO's")
+        if self.fsdp_all_gather:
+            lines.append("  weights all-gathered by FSDP in float8, each shard cast with the whole weight's scale")
         reasons: dict[str, list[str]] = {}
         for fqn, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(fqn)

@@ -39,6 +39,7 @@ import torch.nn as nn
 from cs336_basics.precision.float8 import (E4M3, E4M3_MAX, E5M2, E5M2_MAX, amax, cast_to, column_major, scaled_mm,
                                            to_fp8)
 from cs336_basics.precision.fp8_cast import KERNEL_CASTS, cast_both_layouts
+from cs336_basics.precision.fp8_fsdp import gathered_weight
 
 
 # A weight cast to float8: (w8 (N, K) e4m3 row-major, the same column-major, 1 / its scale).
@@ -73,11 +74,16 @@ def cast_buffers(module: nn.Module, names: tuple[str, str, str] = LAYER_CAST) ->
     return tuple(getattr(module, name) for name in names)  # type: ignore[return-value]
 
 
-def weight_fp8(cast: WeightCast | None, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def weight_fp8(cast: WeightCast | None, weight: torch.Tensor, gathered: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w8, 1 / scale, what backward keeps): from the cast made once this step, whose column-major copy backward
-    keeps, or cast here, keeping w8 for backward to copy (ctx.weights_cached says which)."""
+    keeps, or cast here, keeping w8 for backward to copy (ctx.weights_cached says which). gathered: the weight
+    arrives in float8 already, all-gathered so by FSDP (fp8_fsdp.py)."""
     if cast is not None:
         return cast[0], cast[2], cast[1]
+    if gathered:
+        w8, inv_w = gathered_weight(weight)
+        return w8, inv_w, w8
     w8, inv_w = to_fp8(weight)
     return w8, inv_w, w8
 
@@ -109,16 +115,17 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, weight_cast: WeightCast | None, x_scale: torch.Tensor,
                 g_scale: torch.Tensor, g_sink: torch.Tensor, emulate: bool, calibrating: bool, kernel_x: bool,
-                kernel_g: bool, fast_accum: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                kernel_g: bool, fast_accum: bool, gathered: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """weight_cast: the weight cast once this step (DelayedScaling.cast_weights), or None to cast it here.
         kernel_x, kernel_g: x, and in backward the output gradient, cast by our kernel (fp8_cast.py).
-        fast_accum: the forward product with cuBLAS's fast accumulation (the gradients' products never)."""
+        fast_accum: the forward product with cuBLAS's fast accumulation (the gradients' products never).
+        gathered: `weight` is float8 already (all-gathered so by FSDP)."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, K)
         if calibrating:  # no history yet: scale by this tensor's own amax (dynamic scaling)
             x_scale = E4M3_MAX / amax(x2).clamp(min=1e-12)
         x8, x8_kept, x_amax = cast_input(x2, x_scale, kernel_x, out_dtype)
-        w8, inv_w, w_kept = weight_fp8(weight_cast, weight)  # (N, K), dynamic scale
+        w8, inv_w, w_kept = weight_fp8(weight_cast, weight, gathered)  # (N, K), dynamic scale
         y = scaled_mm(x8, w8.t(), x_scale.reciprocal(), inv_w, out_dtype, emulate, fast_accum)  # (M, N)
         ctx.save_for_backward(x8_kept, w_kept, x_scale, inv_w, g_scale)
         ctx.weights_cached = weight_cast is not None
@@ -139,7 +146,7 @@ class _DelayedFloat8Matmul(torch.autograd.Function):
         grad_x = scaled_mm(g8, w_columns, inv_g, inv_w, ctx.x_dtype, ctx.emulate)  # (M, N) @ (N, K)
         grad_w = scaled_mm(g8_t, column_major(x8), inv_g, x_scale.reciprocal(), ctx.w_dtype,
                            ctx.emulate)  # (N, M) @ (M, K)
-        return grad_x.reshape(ctx.x_shape), grad_w, None, None, None, g_amax, None, None, None, None, None
+        return grad_x.reshape(ctx.x_shape), grad_w, None, None, None, g_amax, None, None, None, None, None, None
 
 
 class Float8DelayedLinear(nn.Module):
@@ -157,6 +164,7 @@ class Float8DelayedLinear(nn.Module):
         self.calibrating = False  # set by DelayedScaling.calibrate(): scale each tensor by its own amax
         self.cache_weights = False  # set by DelayedScaling(cache_weights=True): read the weight cast once per step
         self.fast_accum = False  # set from fp8.fast_accum: the forward product's accumulation
+        self.gathered_fp8 = False  # set by fp8_fsdp.gather_weights_in_fp8: FSDP all-gathers the weight in float8
         self.weight = linear.weight
         device = linear.weight.device
         for name in ("x_scale", "g_scale"):
@@ -175,7 +183,7 @@ class Float8DelayedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, x_amax = _DelayedFloat8Matmul.apply(x, self.weight, self.weight_cast(), self.x_scale, self.g_scale,
                                                   self.g_amax_sink, self.emulate, self.calibrating, *self.kernel_cast_flags,
-                                                  self.fast_accum)
+                                                  self.fast_accum, self.gathered_fp8)
         self.x_amax.copy_(torch.maximum(self.x_amax, x_amax))
         return y
 

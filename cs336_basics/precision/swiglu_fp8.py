@@ -247,12 +247,14 @@ class _Float8SwiGLU(torch.autograd.Function):
                 casts: tuple[WeightCast | None, WeightCast | None, WeightCast | None], x_scale: torch.Tensor,
                 g_scale: torch.Tensor, d1_scale: torch.Tensor, d3_scale: torch.Tensor, dy_scale: torch.Tensor,
                 sink1: torch.Tensor, sink3: torch.Tensor, sink2: torch.Tensor, emulate: bool, kernel_x: bool,
-                kernel_g: bool, fast_accum: bool, merged: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                kernel_g: bool, fast_accum: bool, merged: bool, gathered: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """casts: w1's, w3's and w2's weights cast once this step (all or none), or None to cast them here (merged:
         [w1; w3]'s cast, None, w2's); x_scale: w1's (and w3's) input scale; g_scale: w2's input scale; d1, d3, dy:
         the scales of the gradients of w1's, w3's and w2's outputs; kernel_x, kernel_g: x, and w2's output
         gradient, cast by our kernel (fp8_cast.py) instead of inductor's code; fast_accum: the forward products
-        with cuBLAS's fast accumulation (as Float8DelayedLinear)."""
+        with cuBLAS's fast accumulation (as Float8DelayedLinear); gathered: the weights arrive in float8, all-gathered
+        so by FSDP (fp8_fsdp.py; never merged)."""
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # (M, D)
         x8, x8_kept, x_amax = cast_input(x2, x_scale, kernel_x, out_dtype)
@@ -263,12 +265,12 @@ class _Float8SwiGLU(torch.autograd.Function):
             g8, g8_t, g_amax = _swiglu_forward_fp8_merged_op(h13, g_scale)  # (M, F), (F, M)
             up = (h13, w13_kept, inv_w13, torch.minimum(d1_scale, d3_scale))
         else:
-            (w1_8, inv_w1, w1_kept), (w3_8, inv_w3, w3_kept) = (weight_fp8(c, w) for c, w in zip(casts, (w1, w3)))
+            (w1_8, inv_w1, w1_kept), (w3_8, inv_w3, w3_kept) = (weight_fp8(c, w, gathered) for c, w in zip(casts, (w1, w3)))
             h1 = scaled_mm(x8, w1_8.t(), inv_x, inv_w1, out_dtype, emulate, fast_accum)  # (M, F)
             h3 = scaled_mm(x8, w3_8.t(), inv_x, inv_w3, out_dtype, emulate, fast_accum)
             g8, g8_t, g_amax = _swiglu_forward_fp8_op(h1, h3, g_scale)  # (M, F), (F, M)
             up = (h1, h3, w1_kept, w3_kept, inv_w1, inv_w3, d1_scale, d3_scale)
-        w2_8, inv_w2, w2_kept = weight_fp8(casts[2], w2)
+        w2_8, inv_w2, w2_kept = weight_fp8(casts[2], w2, gathered)
         y = scaled_mm(g8, w2_8.t(), g_scale.reciprocal(), inv_w2, out_dtype, emulate, fast_accum)  # (M, D)
         ctx.save_for_backward(x8_kept, g8_t, w2_kept, inv_w2, x_scale, g_scale, dy_scale, *up)
         ctx.emulate, ctx.kernel_g, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = emulate, kernel_g, x.shape, x.dtype, w1.dtype
@@ -304,7 +306,7 @@ class _Float8SwiGLU(torch.autograd.Function):
             grad_w1 = mm(dh1_t, x8_columns, d1_scale.reciprocal(), inv_x, ctx.w_dtype)  # (F, M) @ (M, D)
             grad_w3 = mm(dh3_t, x8_columns, d3_scale.reciprocal(), inv_x, ctx.w_dtype)
         return (grad_x.reshape(ctx.x_shape), grad_w1, grad_w3, grad_w2, None, None, None, None, None, None,
-                grad_amaxes[0], grad_amaxes[1], d_amax, None, None, None, None, None)
+                grad_amaxes[0], grad_amaxes[1], d_amax, None, None, None, None, None, None)
 
 
 class Float8DelayedSwiGLU(nn.Module):
@@ -344,7 +346,7 @@ class Float8DelayedSwiGLU(nn.Module):
         y, amaxes = _Float8SwiGLU.apply(x, w1.weight, w3.weight, w2.weight, self._casts(), w1.x_scale, w2.x_scale,
                                         w1.g_scale, w3.g_scale, w2.g_scale, w1.g_amax_sink, w3.g_amax_sink,
                                         w2.g_amax_sink, w1.emulate, *w1.kernel_cast_flags, w1.fast_accum,
-                                        self.merge_w13)
+                                        self.merge_w13, w1.gathered_fp8)
         for m, seen in ((w1, amaxes[0]), (w3, amaxes[0]), (w2, amaxes[1])):
             m.x_amax.copy_(torch.maximum(m.x_amax, seen))
         return y

@@ -96,7 +96,7 @@ def prepare_model(config: Config, device: torch.device, ctx: DistributedContext 
     converters: list[Converter] = []
     if config.fp8.enabled:
         converters.append(Float8Converter(config.fp8, device, train.batch_size * model_cfg.context_length,
-                                          fsdp_all_gather=sharded and device.type == "cuda",
+                                          fsdp_all_gather=sharded,
                                           distributed=ctx.enabled, log=log))
     elif train.bf16_weight_cache and bf16_weight_cache_applies(config, device, parallelism):
         converters.append(Bf16WeightCacheConverter(log))
