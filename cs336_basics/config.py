@@ -177,7 +177,7 @@ class DataConfig:
     tokenizer: str = ""  # a tokenizer.json to use; empty: train a byte-level BPE tokenizer on the training data
     cache_dir: str = "data_cache"  # tokenizers and token files, keyed by their inputs
     text_field: str = "text"  # the text of each .jsonl(.gz) line, .parquet and .arrow row (saved datasets too)
-    encode_workers: int = 0  # processes that encode the corpus; 0: one per CPU core
+    encode_workers: int = 0  # processes that encode the corpus; 0: one per CPU core from 64 MB of corpus, else none
 
     def __post_init__(self) -> None:
         if not self.text_field.strip():
@@ -232,7 +232,7 @@ class Config:
         for name in self.run.dashboards:
             _choice("run.dashboards", name, DASHBOARDS)
         if self.data.encode_workers < 0:
-            raise UserError(f"data.encode_workers must be >= 0 (0: one per CPU core), got {self.data.encode_workers}")
+            raise UserError(f"data.encode_workers must be >= 0 (0: chosen by the corpus size), got {self.data.encode_workers}")
         if self.run.sample_tokens < 0:
             raise UserError(f"run.sample_tokens must be >= 0, got {self.run.sample_tokens}")
         if self.run.sample_tokens > 0 and not self.run.prompt:
