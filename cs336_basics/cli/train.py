@@ -385,7 +385,8 @@ def report_results(summary: dict[str, Any], out_dir: Path, resumed: bool = False
     if "fp8_saturated" in summary:
         parts.append(f"{summary['fp8_saturated']} fp8 casts clipped")
     print("; ".join(parts))
-    print(f"run directory: {out_dir} ({CONFIG_FILE}, metrics.jsonl, loss.png, checkpoints/, tokenizer.json)")
+    dashboards = "".join(f", {name}/" for name in ("tensorboard", "wandb") if (out_dir / name).is_dir())
+    print(f"run directory: {out_dir} ({CONFIG_FILE}, metrics.jsonl, loss.png, checkpoints/, tokenizer.json{dashboards})")
 
 
 def cli() -> int:

@@ -32,7 +32,7 @@ STAGING = ".new-run"
 ASIDE = ".old-run"
 # What a run writes into its directory; a new run replaces these when an earlier run left them without a config.
 RUN_FILES = frozenset({CONFIG_FILE, "run.json", "summary.json", "metrics.jsonl", "loss.png", "tokenizer.json",
-                       "checkpoints"})
+                       "checkpoints", "tensorboard", "wandb"})
 
 
 @dataclass
