@@ -241,17 +241,21 @@ def test_bad_sources_are_one_line_errors_naming_the_file(tokenizer, tmp_path):
         Config.from_dict({"data": {"text_field": " "}})
 
 
+SHARDS, HEADROOM = 12, 40  # ~4 MB a shard; the address space allowed above the loaded libraries, in MB
+
+
 def test_a_corpus_larger_than_the_memory_limit_streams(tmp_path):
-    """~24 MB of JSON Lines in 6 shards (plain and gzip) encoded under an address-space limit of 20 MB above what
-    the interpreter, numpy, tokenizers and pyarrow take (the finished token file is not mapped) (smaller chunks, so that encoding's own working set
-    fits): the corpus could not be read whole, only streamed."""
+    """~48 MB of JSON Lines in 12 shards (plain and gzip) encoded under an address-space limit of 40 MB above what
+    the interpreter, numpy, tokenizers and pyarrow take (the finished token file is not mapped; smaller chunks, so
+    that encoding's own working set fits: it needs about 20-28 MB, and 20 failed now and then): the corpus could
+    not be read whole, only streamed."""
     text = "the quick brown fox jumps over the lazy dog. " * 40
     tok = tmp_path / "tok.json"
     train_tokenizer(iter([text] * 10), 400).save(str(tok))
     shards = tmp_path / "shards"
     shards.mkdir()
     body = ((json.dumps({"text": text}) + "\n") * 2200).encode()  # ~4 MB each
-    for i in range(6):
+    for i in range(SHARDS):
         if i % 2:
             (shards / f"{i:02d}.jsonl.gz").write_bytes(gzip.compress(body, compresslevel=1))
         else:
@@ -268,7 +272,7 @@ def test_a_corpus_larger_than_the_memory_limit_streams(tmp_path):
         tokenizer = load_tokenizer(Path({str(tok)!r}))
         tokenizer.encode_batch(["warm up the thread pool"] * 8)
         used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
-        limit = used + 20 * 2**20
+        limit = used + {HEADROOM} * 2**20
         try:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ValueError, OSError) as e:
@@ -282,8 +286,8 @@ def test_a_corpus_larger_than_the_memory_limit_streams(tmp_path):
     if result.stdout.startswith("SKIP"):
         pytest.skip(f"cannot limit the address space here: {result.stdout.strip()}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert 6 * len(body) > 20 * 2**20
+    assert SHARDS * len(body) > HEADROOM * 2**20
     n_tokens, size = map(int, result.stdout.split()[1:3])
     assert size == 2 * n_tokens
     per_doc = len(train_tokenizer(iter([text] * 10), 400).encode(text).ids)
-    assert n_tokens == 6 * 2200 * (per_doc + 1) - 1  # every document of every shard, one <|endoftext|> between each
+    assert n_tokens == SHARDS * 2200 * (per_doc + 1) - 1  # every document of every shard, one <|endoftext|> between each
