@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from cs336_basics.data.corpus import check_text_file, iter_chunks
+from cs336_basics.data.encode_workers import cpu_cores, encode_texts
 from cs336_basics.data.tokenizer import end_token, token_bytes, tokenizer_vocab_size
+from cs336_basics.data.tokens import CHUNKS_PER_BATCH
 from cs336_basics.errors import UserError
 from cs336_basics.model.transformer import Transformer
 from cs336_basics.training.checkpoint import load_model_weights, model_from_weights, tokenizer_from_json
 
-CHUNKS_PER_BATCH = 16  # text chunks encoded together by the tokenizer's thread pool (as data/tokens.py does)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,16 +104,15 @@ def load_hf_dir(hf_dir: Path) -> dict[str, Any]:
     return {"model": weights, "model_config": model_config, "step": None, "path": str(hf_dir), "tokenizer": tokenizer}
 
 
-# ----------------------------------------------------------------------------------------------- bytes
 # ----------------------------------------------------------------------------------------------- evaluation
 def iter_token_blocks(path: Path, tokenizer) -> Any:  # noqa: ANN001
     """The token ids of a file, a block of chunks at a time (bounded memory), encoded as training encodes it (the
-    documents of a JSON Lines file joined by the tokenizer's end-of-document token)."""
+    documents of a JSON Lines file joined by the tokenizer's end-of-document token, one chunk per core a batch)."""
     chunks = iter_chunks(path, separator=end_token(tokenizer))
-    while batch := list(islice(chunks, CHUNKS_PER_BATCH)):
-        for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
-            if enc.ids:
-                yield np.asarray(enc.ids, dtype=np.int64)
+    while batch := list(islice(chunks, min(CHUNKS_PER_BATCH, cpu_cores()))):
+        ids, _ = encode_texts(tokenizer, batch, np.int64)
+        if ids.size:
+            yield ids
 
 
 def iter_windows(blocks, T: int, budget: int | None):  # noqa: ANN001

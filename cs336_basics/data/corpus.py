@@ -37,15 +37,7 @@ def check_utf8_file(path: Path, what: str = "data file") -> None:
     if not path.exists():
         hint = "check the path or omit --train_data for the default corpus" if what == "data file" else "check the path"
         raise UserError(f"{what} {path} does not exist; {hint}")
-    if not path.is_file():
-        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket); give a UTF-8 text file")
-    try:
-        if path.stat().st_size == 0:
-            raise UserError(f"{what} {path} is empty; give a UTF-8 text file with content")
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path} ({e.strerror.lower()}); fix its permissions") from None
+    head = read_head(path, what, 1 << 16, "; give a UTF-8 text file", "; give a UTF-8 text file with content")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -54,6 +46,20 @@ def check_utf8_file(path: Path, what: str = "data file") -> None:
                 f"{what} {path} is not UTF-8 text (bad byte at offset {e.start}); convert it with "
                 f"`iconv -f <encoding> -t utf-8`"
             ) from None
+
+
+def read_head(path: Path, what: str, n: int, not_regular: str = "", empty: str = "") -> bytes:
+    """The first `n` bytes of an existing file, or a one-line error (with the fix suffixes given) for a device,
+    pipe or socket, an empty file or one that cannot be read."""
+    if not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket){not_regular}")
+    try:
+        if path.stat().st_size == 0:
+            raise UserError(f"{what} {path} is empty{empty}")
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path} ({e.strerror.lower()}); fix its permissions") from None
 
 
 def iter_chunks(path: Path, text_field: str = "text", separator: str = EOT) -> Iterator[str]:

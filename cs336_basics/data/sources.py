@@ -114,15 +114,7 @@ def check_file(path: Path, what: str = "data file", text_field: str | None = Non
     if kind in ("text", "jsonl") or path.is_dir() or not path.exists():
         corpus.check_utf8_file(path, what)
         return
-    if not path.is_file():
-        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket)")
-    try:
-        if path.stat().st_size == 0:
-            raise UserError(f"{what} {path} is empty")
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path} ({e.strerror.lower()}); fix its permissions") from None
+    head = corpus.read_head(path, what, 8)
     if kind == "jsonl.gz" and head[:2] != b"\x1f\x8b":
         raise UserError(f"{what} {path} is not gzip-compressed, as its name .jsonl.gz says")
     if kind == "parquet":
