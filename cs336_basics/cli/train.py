@@ -45,8 +45,8 @@ from cs336_basics.perf.memory import check_training_memory, parameter_count
 from cs336_basics.training.attention import probe_backend
 from cs336_basics.training.checkpoint import config_from_checkpoint, load_checkpoint
 from cs336_basics.training.dashboards import check_dashboards
-from cs336_basics.training.distributed import (DistributedContext, barrier, broadcast_from_rank0, choose_parallelism,
-                                               init_distributed, shutdown)
+from cs336_basics.training.distributed import (SHARDED, DistributedContext, barrier, broadcast_from_rank0,
+                                               choose_parallelism, init_distributed, shutdown)
 from cs336_basics.training.metrics import dumps_strict
 from cs336_basics.training.prepare import prepare_model, resolve_config
 from cs336_basics.training.run_dir import (RunDirPlan, check_checkpoint_space, check_inputs, clean_up_failed_start,
@@ -279,7 +279,7 @@ def train(args: argparse.Namespace, config: Config, explicit: frozenset[str], re
     rank0_checked(ctx, lambda: check_dashboards(config.run.dashboards))  # a missing package, before the run dir
     plan = rank0_checked(ctx, lambda: prepare_out_dir(args, config))
     rank0_checked(ctx, lambda: check_inputs(config, plan))
-    shards = {"fsdp": ctx.world_size, "hsdp": ctx.dp_shard}.get(parallelism or "", 1)  # what FSDP divides the state by
+    shards = ctx.dp_shard if parallelism in SHARDED else 1  # what FSDP divides the state by (fsdp: all ranks)
     check_training_memory(config, device, shards, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
     rank0_checked(ctx, lambda: check_checkpoint_space(config, plan))
     lock = RunLock(plan.out_dir) if ctx.is_main else None
