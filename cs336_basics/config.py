@@ -194,6 +194,11 @@ class RunConfig:
     # ddp when the model, its gradients and optimizer state fit in one GPU's memory, else fsdp
     parallelism: str = "auto"
     dp_replicate: int = 1  # hsdp: the number of replica groups (the ranks of one group share a shard set)
+    # fsdp/hsdp with gradient accumulation: gather each block's weights once per optimizer step and keep them,
+    # and the float32 gradients, whole through the step's micro-batches (one all-gather and one reduce-scatter
+    # a step instead of two all-gathers and one reduce-scatter a micro-batch), for a replica's bf16 weights and
+    # float32 gradients more memory per process
+    fsdp_gather_once: bool = False
     sample_tokens: int = 80  # tokens sampled after training (0: none)
     prompt: str = "The "
     check_memory: bool = True  # refuse a run whose estimated memory exceeds what the device has free

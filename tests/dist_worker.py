@@ -1,5 +1,6 @@
 """Helper processes for tests/test_distributed.py, started with torchrun (CPU, gloo)."""
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ def train_and_compare_scales(argv: list[str], reduce_amax: bool = True) -> None:
 
     if not reduce_amax:
         converters.all_reduce_max = lambda amaxes: None
+    gathers = count_fp8_all_gathers()
     train = Trainer.train
 
     def train_then_compare(self: Trainer) -> dict:
@@ -56,6 +58,8 @@ def train_and_compare_scales(argv: list[str], reduce_amax: bool = True) -> None:
         if dist.get_rank() == 0:
             sys.__stdout__.write(f"fp8 amax histories {'identical' if same else 'DIFFER'} on {len(gathered)} ranks\n")
         check_fp8_all_gather(delayed[0].layers)
+        if gathers and dist.get_rank() == 0:
+            sys.__stdout__.write(f"fp8 all-gathers per weight: {sum(gathers) / len(delayed[0].layers):g}\n")
         return summary
 
     Trainer.train = train_then_compare
@@ -63,6 +67,22 @@ def train_and_compare_scales(argv: list[str], reduce_amax: bool = True) -> None:
     sys.stdout.flush()
     sys.__stdout__.flush()
     os._exit(rc)
+
+
+def count_fp8_all_gathers() -> list[int]:
+    """Every float8 all-gather of a weight (FSDP2's pre-all-gather hook of TorchAO's weight type) appends a 1."""
+    from torchao.float8.fsdp_utils import WeightWithDynamicFloat8CastTensor
+
+    calls: list[int] = []
+    hook = WeightWithDynamicFloat8CastTensor.fsdp_pre_all_gather
+
+    @functools.wraps(hook)  # FSDP2 checks the hook's signature
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(1)
+        return hook(self, *args, **kwargs)
+
+    WeightWithDynamicFloat8CastTensor.fsdp_pre_all_gather = counted
+    return calls
 
 
 def check_fp8_all_gather(layers: list) -> None:

@@ -79,11 +79,14 @@ ACCUMULATE = ("--gradient_accumulation_steps", 2)  # two micro-batches a step: D
 
 @pytest.mark.parametrize("mode, precision", [("ddp", "fp32"), ("fsdp", "fp32"), ("hsdp", "fp32"), ("ddp", "delayed"),
                                              ("fsdp", "delayed"), ("hsdp", "delayed"), ("ddp", "tensorwise"),
-                                             ("fsdp", "tensorwise")])
+                                             ("fsdp", "tensorwise"), ("fsdp+gather_once", "delayed")])
 def test_two_ranks_train_what_one_process_trains_with_a_doubled_micro_batch(tmp_path, corpus, single, mode, precision):
+    mode, _, gather_once = mode.partition("+")
     flags = PRECISIONS[precision] + ACCUMULATE + ("--set", f"run.parallelism={mode}")
     if mode == "hsdp":
         flags += ("--set", "run.dp_replicate=2")
+    if gather_once:
+        flags += ("--set", "run.fsdp_gather_once=true")
     proc = run(TORCHRUN + ["--nproc_per_node", 2, "tests/dist_worker.py", "train"]
                + train_args(tmp_path, corpus, "two", 2, 4, flags)[1:])
     assert proc.returncode == 0, why(proc)
@@ -97,6 +100,11 @@ def test_two_ranks_train_what_one_process_trains_with_a_doubled_micro_batch(tmp_
     if precision == "delayed":
         assert "FP8 mode enabled" in proc.stdout and "fp8 amax histories identical on 2 ranks" in proc.stdout
         assert ("fp8 all-gather: whole-weight scales" in proc.stdout) == (mode != "ddp")
+    if precision == "delayed" and mode == "fsdp":
+        # Each weight's float8 all-gathers: with gather_once one a step, plus the calibrating first pass and
+        # the evaluation at the end; else each micro-batch's forward and backward gather (the last block's once).
+        gathers = float(proc.stdout.split("fp8 all-gathers per weight: ")[1].split()[0])
+        assert gathers == 4 + 2 if gather_once else gathers > 4 * 2 + 2
         assert read_toml(tmp_path / "two" / "config.toml")["fp8"]["recipe"] == "delayed"
 
 
@@ -151,6 +159,18 @@ def test_parallelism_without_torchrun_is_an_error(tmp_path, corpus):
     proc = run([sys.executable] + train_args(tmp_path, corpus, "one", 2, 2, ("--set", "run.parallelism=ddp")))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: run.parallelism ddp splits a run over processes: launch with torchrun")
+
+
+@pytest.mark.parametrize("parallelism", [None, "ddp"])
+def test_fsdp_gather_once_without_sharding_is_an_error(parallelism):
+    from cs336_basics.config import Config
+    from cs336_basics.errors import UserError
+    from cs336_basics.training.prepare import resolve_config
+
+    config = with_overrides(Config(), {"run.fsdp_gather_once": True})
+    with pytest.raises(UserError, match="run.fsdp_gather_once applies to sharded runs"):
+        resolve_config(config, torch.device("cpu"), parallelism, frozenset({"run.fsdp_gather_once"}))
+    assert resolve_config(config, torch.device("cpu"), "fsdp", frozenset({"run.fsdp_gather_once"})).run.fsdp_gather_once
 
 
 def test_save_on_two_ranks_resume_on_one_and_four(tmp_path, corpus):

@@ -578,6 +578,9 @@ def test_the_memory_estimate_grows_with_what_takes_memory():
     assert no_ckpt.activation_bytes > est.activation_bytes
     sharded = memory.estimate_training_memory(base, "cuda", shards=4)
     assert sharded.state_bytes == 18 * memory.parameter_count(base) // 4
+    once = with_overrides(base, {"run.parallelism": "fsdp", "run.fsdp_gather_once": True})  # + whole bf16 weights
+    assert memory.estimate_training_memory(once, "cuda", shards=4).state_bytes == (   # and float32 gradients
+        sharded.state_bytes + 6 * memory.parameter_count(base))
     seed = memory.estimate_training_memory(load_recipe("seed")[0], "cuda")
     assert 25 * 2**30 < seed.total < 45 * 2**30  # measured peaks on an H100: 22-33 GiB
 

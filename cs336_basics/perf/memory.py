@@ -3,7 +3,8 @@ check that refuses a run that cannot fit (rather than letting the kernel kill it
 
 The estimate is a generous upper bound, per process:
 - state: fp32 weights, fp32 gradients and AdamW's two fp32 moments (16 bytes a parameter), plus on a GPU the
-  bf16 / float8 copies of the weights (2 bytes); under FSDP all of it is sharded over the processes;
+  bf16 / float8 copies of the weights (2 bytes); under FSDP all of it is sharded over the processes, and
+  run.fsdp_gather_once adds the whole gathered weights and float32 gradients it keeps through a step;
 - activations kept for backward, per token and block: about 12 x dim + 4 x intermediate_size values (the
   norms, q, k, v, the attention output, the SwiGLU's three products), in bf16 on a GPU and float32 on a CPU;
   with gradient checkpointing only each block's input is kept, plus one block's worth while it is recomputed;
@@ -22,6 +23,7 @@ import torch
 
 from cs336_basics.config import Config
 from cs336_basics.errors import UserError
+from cs336_basics.training.distributed import SHARDED
 
 GiB = 2**30
 
@@ -66,6 +68,8 @@ def estimate_training_memory(config: Config, device_type: str, shards: int = 1) 
     act = 2 if gpu else 4  # bytes of an activation: bf16 under autocast on a GPU, float32 on a CPU
     params = parameter_count(config)
     state = params * (16 + (2 if gpu else 0)) // max(shards, 1)
+    if config.run.fsdp_gather_once and config.run.parallelism in SHARDED:
+        state += params * ((2 if gpu else 4) + 4)
     tokens = B * T
     block = tokens * (12 * d + 4 * f) * act  # one block's saved activations
     if not t.use_flash_attn:  # the math path materialises every head's T x T scores and probabilities

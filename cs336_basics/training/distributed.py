@@ -153,9 +153,11 @@ def all_reduce_sum(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor
     return value
 
 
-def apply_fsdp(model: nn.Module, ctx: DistributedContext, device: torch.device) -> None:
+def apply_fsdp(model: nn.Module, ctx: DistributedContext, device: torch.device, gather_once: bool = False) -> None:
     """fully_shard each transformer block, then the root: bf16 parameters and fp32 gradient reduction on
-    CUDA, fp32 throughout on CPU. With dp_replicate > 1 the mesh is 2-D and FSDP2 runs as HSDP."""
+    CUDA, fp32 throughout on CPU. With dp_replicate > 1 the mesh is 2-D and FSDP2 runs as HSDP.
+    `gather_once` (run.fsdp_gather_once): no block frees its weights after forward; the Trainer keeps them, and
+    the gradients, unsharded until the last micro-batch's backward (set_gradient_sync_for)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -169,8 +171,15 @@ def apply_fsdp(model: nn.Module, ctx: DistributedContext, device: torch.device) 
     for i, block in enumerate(model.layers):
         # The last block's parameters are needed again as soon as backward starts: keeping them gathered
         # saves one all-gather per step (torchtitan does the same); the root is never resharded after forward.
-        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < last)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < last and not gather_once)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def set_gradient_sync_for(model: nn.Module, last_micro_batch: bool) -> None:
+    """run.fsdp_gather_once: before a micro-batch, whether its backward reduce-scatters the gradients and frees
+    the gathered weights (the last of a step) or adds into the whole float32 gradients and keeps them."""
+    model.set_requires_gradient_sync(last_micro_batch)
+    model.set_reshard_after_backward(last_micro_batch)
 
 
 # ------------------------------------------------------------------------------------- checkpoints

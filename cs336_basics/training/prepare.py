@@ -77,6 +77,9 @@ def resolve_config(config: Config, device: torch.device, parallelism: str | None
         if not bf16_weight_cache_applies(replace(config, fp8=fp8), device, parallelism):
             raise UserError("train.bf16_weight_cache applies to bf16 training on GPUs with whole weights (one process "
                             "or ddp; FSDP keeps bf16 copies of its own; CPU training is float32): drop it")
+    if "run.fsdp_gather_once" in explicit and config.run.fsdp_gather_once and not sharded:
+        raise UserError("run.fsdp_gather_once applies to sharded runs (torchrun with run.parallelism fsdp or hsdp): "
+                        "drop it" + (f" ({parallelism} keeps whole weights and gradients already)" if parallelism else ""))
     # one process: "auto" (a resumed run's saved mode applies to torchrun launches only)
     run = replace(config.run, parallelism=parallelism or "auto")
     return replace(config, fp8=fp8, run=run)
@@ -127,7 +130,7 @@ def prepare_model(config: Config, device: torch.device, ctx: DistributedContext 
     if parallelism == "ddp":
         apply_ddp(model, device)
     elif sharded:
-        apply_fsdp(model, ctx, device)
+        apply_fsdp(model, ctx, device, gather_once=config.run.fsdp_gather_once)
     return PreparedModel(model, eval_model, converters, compile_mode, residual_dtype, parallelism)
 
 

@@ -28,7 +28,7 @@ from cs336_basics.training.attention import FUSED_ORDERS, AttentionKernels, atte
 from cs336_basics.training.checkpoint import TOKENIZER, prune_checkpoints, save_checkpoint, step_path
 from cs336_basics.training.dashboards import Dashboards
 from cs336_basics.training.distributed import (DistributedContext, all_reduce_mean, all_reduce_sum, barrier,
-                                               load_sharded, save_sharded)
+                                               load_sharded, save_sharded, set_gradient_sync_for)
 from cs336_basics.training.garbage import ScheduledGC
 from cs336_basics.training.lr_schedule import lr_at
 from cs336_basics.training.metrics import MetricsLog, plot_losses
@@ -109,6 +109,7 @@ class Trainer:
         # DDP: gradients are views of DDP's all-reduce buckets, kept between steps (zeroed, never freed); every
         # micro-batch adds into them, and only the last one's backward all-reduces them.
         self._ddp = prepared.parallelism == "ddp"
+        self._gather_once = prepared.sharded and config.run.fsdp_gather_once  # see apply_fsdp
         self._params = list(self.model.parameters())
         self.n_params = sum(p.numel() for p in self._params)
         self.optimizer = self._build_optimizer()
@@ -405,6 +406,8 @@ class Trainer:
         for micro_batch in range(accumulation):
             if self._ddp:  # gradients all-reduced in the last micro-batch's backward only
                 self.model.set_requires_gradient_sync(micro_batch == accumulation - 1)
+            elif self._gather_once:
+                set_gradient_sync_for(self.model, micro_batch == accumulation - 1)
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             x, y = self.train_data.next_batch(self.device)
