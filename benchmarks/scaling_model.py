@@ -1,11 +1,12 @@
 """A scaling model on paper: per step and per GPU, the bytes each data-parallel mode moves, the time they take
 at NVLink and InfiniBand rates, and the per-GPU efficiency that leaves against the measured one-GPU step.
 
-    python benchmarks/scaling_model.py --config seed --step_seconds 0.558 --ddp_factor 1.01 --fsdp_factor 1.6
+    python benchmarks/scaling_model.py --config seed --step_seconds 0.558 --ddp_factor 1.01 --fsdp_factor 1.6 \
+        --fsdp_gather_once_factor 1.2
 
 Inputs that are measurements (pass them from a report): `--step_seconds`, the plain one-process optimizer step
-on one GPU; `--ddp_factor` and `--fsdp_factor`, the step of torchrun with one process in that mode over the
-plain step (what the mode costs before any byte crosses a link: hooks, CUDA graphs off under FSDP, ...).
+on one GPU; `--ddp_factor`, `--fsdp_factor` and `--fsdp_gather_once_factor`, the step of torchrun with one
+process in that mode over the plain step (what the mode costs before any byte crosses a link: hooks, CUDA graphs off under FSDP, ...).
 Everything else follows from the recipe (parameters, micro-batches a step) and the assumptions below; the
 output is a Markdown table and, with --json, the same numbers as JSON. docs/scaling.md explains the model.
 """
@@ -68,6 +69,14 @@ def predict(config: str, params: int, micro_batches: int, step: float, mode: str
         window = BACKWARD_SHARE * micro
         exposed = (max(0.0, comm - window) + 2 * ring(n) * DDP_BUCKET / bandwidth
                    + CONTENTION * min(comm, window))
+    elif mode == "fsdp_gather_once":  # run.fsdp_gather_once: one all-gather of the weights, prefetched behind the
+        # first micro-batch's forward, and one reduce-scatter of the whole gradients behind the last one's backward
+        weight = 1 if fp8_all_gather else 2
+        gather, scatter = ring(n) * params * weight / bandwidth, ring(n) * params * GRAD_BYTES / bandwidth
+        sent = ring(n) * params * (weight + GRAD_BYTES)
+        comm = gather + scatter
+        exposed = sum(max(0.0, c - w) + CONTENTION * min(c, w)
+                      for c, w in ((gather, (1 - BACKWARD_SHARE) * micro), (scatter, BACKWARD_SHARE * micro)))
     else:  # fsdp: every micro-batch all-gathers the weights twice (forward, backward) and reduce-scatters the
         # gradients; prefetching hides them behind that micro-batch's compute when they are shorter
         weight = 1 if fp8_all_gather else 2
@@ -77,7 +86,7 @@ def predict(config: str, params: int, micro_batches: int, step: float, mode: str
         exposed = micro_batches * (max(0.0, per_micro / bandwidth - micro) + CONTENTION * min(per_micro / bandwidth, micro))
     exposed += 2 * LATENCY[link]  # the amax all-reduce and the stop flag, once a step each
     total = base + exposed
-    return Row(config, mode + (" (fp8 all-gather)" if mode == "fsdp" and fp8_all_gather else ""), n, link, sent,
+    return Row(config, mode + (" (fp8 all-gather)" if mode != "ddp" and fp8_all_gather else ""), n, link, sent,
                comm, exposed, total, step / total)
 
 
@@ -87,6 +96,8 @@ def main() -> int:
     p.add_argument("--step_seconds", type=float, required=True, help="measured plain one-GPU optimizer step")
     p.add_argument("--ddp_factor", type=float, default=1.0, help="measured: torchrun ddp (1 process) step / plain")
     p.add_argument("--fsdp_factor", type=float, default=1.0, help="measured: torchrun fsdp (1 process) step / plain")
+    p.add_argument("--fsdp_gather_once_factor", type=float, default=1.0,
+                   help="measured: torchrun fsdp with run.fsdp_gather_once (1 process) step / plain")
     p.add_argument("--gpus", default="2,8,64")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -96,7 +107,8 @@ def main() -> int:
     rows = [predict(args.config, params, micro, args.step_seconds, mode, factor, int(n), fp8)
             for n in args.gpus.split(",")
             for mode, factor, fp8 in (("ddp", args.ddp_factor, False), ("fsdp", args.fsdp_factor, False),
-                                      ("fsdp", args.fsdp_factor, True))]
+                                      ("fsdp", args.fsdp_factor, True), ("fsdp_gather_once", args.fsdp_gather_once_factor, False),
+                                      ("fsdp_gather_once", args.fsdp_gather_once_factor, True))]
     print(f"{args.config}: {params / 1e6:,.0f}M parameters, {micro} micro-batches a step, plain one-GPU step "
           f"{args.step_seconds * 1e3:.0f} ms")
     print("| mode | GPUs | link | GB sent per GPU per step | comm ms | exposed ms | step ms | per-GPU efficiency |")
