@@ -79,7 +79,8 @@ ACCUMULATE = ("--gradient_accumulation_steps", 2)  # two micro-batches a step: D
 
 @pytest.mark.parametrize("mode, precision", [("ddp", "fp32"), ("fsdp", "fp32"), ("hsdp", "fp32"), ("ddp", "delayed"),
                                              ("fsdp", "delayed"), ("hsdp", "delayed"), ("ddp", "tensorwise"),
-                                             ("fsdp", "tensorwise"), ("fsdp+gather_once", "delayed")])
+                                             ("fsdp", "tensorwise"), ("fsdp+gather_once", "delayed"),
+                                             ("hsdp+gather_once", "fp32")])
 def test_two_ranks_train_what_one_process_trains_with_a_doubled_micro_batch(tmp_path, corpus, single, mode, precision):
     mode, _, gather_once = mode.partition("+")
     flags = PRECISIONS[precision] + ACCUMULATE + ("--set", f"run.parallelism={mode}")
