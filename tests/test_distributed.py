@@ -92,6 +92,7 @@ def test_two_ranks_train_what_one_process_trains_with_a_doubled_micro_batch(tmp_
                + train_args(tmp_path, corpus, "two", 2, 4, flags)[1:])
     assert proc.returncode == 0, why(proc)
     assert f"parallelism: {mode} over 2 processes" in proc.stdout
+    assert ("weights gathered once per optimizer step" in proc.stdout) == bool(gather_once)
     assert read_toml(tmp_path / "two" / "config.toml")["run"]["parallelism"] == mode
     a, b = single[precision], losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
