@@ -6,9 +6,10 @@ at NVLink and InfiniBand rates, and the per-GPU efficiency that leaves against t
 
 Inputs that are measurements (pass them from a report): `--step_seconds`, the plain one-process optimizer step
 on one GPU; `--ddp_factor`, `--fsdp_factor` and `--fsdp_gather_once_factor`, the step of torchrun with one
-process in that mode over the plain step (what the mode costs before any byte crosses a link: hooks, CUDA graphs off under FSDP, ...).
-Everything else follows from the recipe (parameters, micro-batches a step) and the assumptions below; the
-output is a Markdown table and, with --json, the same numbers as JSON. docs/scaling.md explains the model.
+process in that mode over the plain step (what the mode costs before any byte crosses a link: hooks, CUDA
+graphs off under FSDP, ...). Everything else follows from the recipe (parameters, micro-batches a step) and the
+assumptions below; the output is a Markdown table and, with --json, the same numbers as JSON. docs/scaling.md
+explains the model.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def main() -> int:
     rows = [predict(args.config, params, micro, args.step_seconds, mode, factor, int(n), fp8)
             for n in args.gpus.split(",")
             for mode, factor, fp8 in (("ddp", args.ddp_factor, False), ("fsdp", args.fsdp_factor, False),
-                                      ("fsdp", args.fsdp_factor, True), ("fsdp_gather_once", args.fsdp_gather_once_factor, False),
+                                      ("fsdp", args.fsdp_factor, True),
+                                      ("fsdp_gather_once", args.fsdp_gather_once_factor, False),
                                       ("fsdp_gather_once", args.fsdp_gather_once_factor, True))]
     print(f"{args.config}: {params / 1e6:,.0f}M parameters, {micro} micro-batches a step, plain one-GPU step "
           f"{args.step_seconds * 1e3:.0f} ms")

@@ -273,8 +273,9 @@ def train(args: argparse.Namespace, config: Config, explicit: frozenset[str], re
     parallelism = None
     if ctx.enabled:
         parallelism, why = choose_parallelism(config.validate(), device, ctx)
-        once = ", weights gathered once per optimizer step" if parallelism in SHARDED and config.run.fsdp_gather_once else ""
-        print(f"parallelism: {parallelism} over {ctx.world_size} process{'es' if ctx.world_size > 1 else ''} ({why}){once}")
+        once = parallelism in SHARDED and config.run.fsdp_gather_once
+        print(f"parallelism: {parallelism} over {ctx.world_size} process{'es' if ctx.world_size > 1 else ''} ({why})"
+              + (", weights gathered once per optimizer step" if once else ""))
     config = resolve_config(config, device, parallelism, explicit)
     check_default_model(args, explicit, resumed, config, device)
     rank0_checked(ctx, lambda: check_dashboards(config.run.dashboards))  # a missing package, before the run dir

@@ -6,8 +6,8 @@ a Float8TrainingTensor (its e4m3 data and scale); the layer then reads that inst
 itself (fp8_delayed.weight_fp8). Every shard must cast with the same scale, the scale of the whole weight:
 after each optimizer step `precompute_weight_scales` takes every layer's shard amax, reduces them over the
 ranks in one all-reduce, and gives each weight its scale, so each all-gather in the step (forward and backward,
-every micro-batch; once a step with run.fsdp_gather_once) casts only its 1/N shard with no collective of its own. Before the first of them (no scale
-yet) TorchAO's hook reduces each weight's amax itself.
+every micro-batch; once a step with run.fsdp_gather_once) casts only its 1/N shard with no collective of its
+own. Before the first of them (no scale yet) TorchAO's hook reduces each weight's amax itself.
 """
 
 from __future__ import annotations

@@ -78,8 +78,9 @@ def resolve_config(config: Config, device: torch.device, parallelism: str | None
             raise UserError("train.bf16_weight_cache applies to bf16 training on GPUs with whole weights (one process "
                             "or ddp; FSDP keeps bf16 copies of its own; CPU training is float32): drop it")
     if "run.fsdp_gather_once" in explicit and config.run.fsdp_gather_once and not sharded:
+        whole = f" ({parallelism} keeps whole weights and gradients already)" if parallelism else ""
         raise UserError("run.fsdp_gather_once applies to sharded runs (torchrun with run.parallelism fsdp or hsdp): "
-                        "drop it" + (f" ({parallelism} keeps whole weights and gradients already)" if parallelism else ""))
+                        f"drop it{whole}")
     # one process: "auto" (a resumed run's saved mode applies to torchrun launches only)
     run = replace(config.run, parallelism=parallelism or "auto")
     return replace(config, fp8=fp8, run=run)
