@@ -246,15 +246,12 @@ class Trainer:
                          self._checkpoint_files() if self.ctx.is_main else None)
             if self.ctx.is_main:
                 prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
-        elif self.ctx.enabled:  # DDP: every rank holds the same state; rank 0 writes it in the one-process format
+        else:  # one process, or DDP: every rank holds the same state, and rank 0 writes it in the one-process format
             path = step_path(self.out_dir, self.step)
             if self.ctx.is_main:
                 save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints,
                                 self._checkpoint_files())
-            barrier()
-        else:
-            path = save_checkpoint(self.out_dir, self.step, self.state_dict(), self.cfg.keep_checkpoints,
-                                   self._checkpoint_files())
+            barrier()  # (no process group in one process: nothing to wait for)
         self._saved_step = self.step
         self.log(f"checkpoint: {path}")
         return path
