@@ -146,7 +146,7 @@ def test_export_writes_the_runs_own_eos_and_bos_and_transformers_loads_it(llama_
 def test_exported_bos_and_eos_follow_the_tokenizer(specials, bos, eos):
     tokenizer = llama_like(specials=specials)
     assert bos_eos_tokens(tokenizer) == (bos, eos)
-    files = hf_tokenizer_files(tokenizer.to_str(), 32)
+    files = hf_tokenizer_files(tokenizer.to_str(), 32, *bos_eos_tokens(tokenizer))
     assert json.loads(files["special_tokens_map.json"]) == {"bos_token": bos, "eos_token": eos}
     assert bos_eos_tokens(gpt2_like()) == (EOT, EOT)
 

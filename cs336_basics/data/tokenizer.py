@@ -69,10 +69,15 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
 
 
+def special_tokens(tokenizer: Tokenizer) -> set[str]:
+    """The contents of the tokenizer's special (added) tokens, which text names literally and encodes to one id."""
+    return {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+
+
 def end_token(tokenizer: Tokenizer) -> str:
     """The tokenizer's end-of-document token: the first of END_TOKENS that it has as a special (added) token, which
     the text of a corpus can name (documents are joined by it as text, and it encodes to its one id)."""
-    added = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+    added = special_tokens(tokenizer)
     for token in END_TOKENS:
         if token in added:
             return token

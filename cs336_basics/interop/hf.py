@@ -243,19 +243,16 @@ def bos_eos_tokens(tokenizer) -> tuple[str, str]:  # noqa: ANN001  (tokenizers.T
     """(bos, eos) of the exported model: eos is the run's end-of-document token (data.tokenizer.end_token), which
     ends every document it was trained on; bos is the tokenizer's own beginning-of-text token (BEGIN_TOKENS) when
     it has one as a special token, else the end token too (GPT-2's convention)."""
-    from cs336_basics.data.tokenizer import end_token
+    from cs336_basics.data.tokenizer import end_token, special_tokens
 
     eos = end_token(tokenizer)
-    added = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+    added = special_tokens(tokenizer)
     return next((token for token in BEGIN_TOKENS if token in added), eos), eos
 
 
-def hf_tokenizer_files(tokenizer_json: str, context_length: int) -> dict[str, str]:
+def hf_tokenizer_files(tokenizer_json: str, context_length: int, bos: str, eos: str) -> dict[str, str]:
     """tokenizer.json (as the run holds it), tokenizer_config.json and special_tokens_map.json: a
-    PreTrainedTokenizerFast with the bos and eos tokens of bos_eos_tokens."""
-    from tokenizers import Tokenizer
-
-    bos, eos = bos_eos_tokens(Tokenizer.from_str(tokenizer_json))
+    PreTrainedTokenizerFast with the bos and eos tokens given (bos_eos_tokens)."""
     special = {"bos_token": bos, "eos_token": eos}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "add_bos_token": False,
               "add_eos_token": False, "clean_up_tokenization_spaces": False, "model_max_length": context_length}
@@ -301,7 +298,8 @@ def export_hf(source: Path, out_dir: Path, dtype: str = "float32", log=print) ->
     model_config = state["model_config"]
     tensors = to_hf_state_dict(state["model"], model_config, DTYPES[dtype], where=state["path"])
     tokenizer = tokenizer_from_json(state["tokenizer"], state["path"])
-    bos_id, eos_id = (tokenizer.token_to_id(token) for token in bos_eos_tokens(tokenizer))
+    bos, eos = bos_eos_tokens(tokenizer)
+    bos_id, eos_id = tokenizer.token_to_id(bos), tokenizer.token_to_id(eos)
     config = hf_config(model_config, dtype, eos_id, bos_id)
     generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
 
@@ -309,7 +307,7 @@ def export_hf(source: Path, out_dir: Path, dtype: str = "float32", log=print) ->
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})
-        for name, text in hf_tokenizer_files(state["tokenizer"], model_config["context_length"]).items():
+        for name, text in hf_tokenizer_files(state["tokenizer"], model_config["context_length"], bos, eos).items():
             (tmp / name).write_text(text, encoding="utf-8")
 
     _write_dir(out_dir, write)
