@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cs336_basics.data.tokenizer import eot_id
+from cs336_basics.data.tokenizer import encode_prompt, eot_id
 from cs336_basics.errors import UserError
 from cs336_basics.files import check_writable_dir
 from cs336_basics.generation import generate_batch
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     model = model_from_weights(state, device)
     generator = torch.Generator(device).manual_seed(args.seed)
     texts = [text for text in args.prompt for _ in range(args.num_samples)]
-    # as training encodes its text: no <s> or other post-processor token the model never saw before a document
-    prompts = [tokenizer.encode(text, add_special_tokens=False).ids for text in texts]
+    prompts = [encode_prompt(tokenizer, text) for text in texts]
     outputs = generate_batch(model, prompts, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                              stop_id=eot_id(tokenizer), generator=generator, use_cache=not args.no_cache)
     for i, (text, ids) in enumerate(zip(texts, outputs)):

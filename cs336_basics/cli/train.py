@@ -36,7 +36,7 @@ from cs336_basics.config import (COMPILE_MODES, FP8_RECIPES, TORCHAO_RECIPES, Co
                                  with_overrides)
 from cs336_basics.data.batches import RandomWindows
 from cs336_basics.data.prepare import fit_vocab_size, prepare_data
-from cs336_basics.data.tokenizer import eot_id, token_bytes
+from cs336_basics.data.tokenizer import encode_prompt, eot_id, token_bytes
 from cs336_basics.errors import UserError
 from cs336_basics.files import describe_write_failure, is_write_failure, remove_stray_temps, write_text_atomic
 from cs336_basics.generation import generate
@@ -348,9 +348,8 @@ def train_in(args: argparse.Namespace, config: Config, resumed: dict[str, Any] |
         report_results(summary, out_dir, resumed=resumed is not None)
     sample_tokens = config.run.sample_tokens
     if sample_tokens > 0 and not ctx.enabled:  # (sharded runs: sample with generate.py afterwards)
-        prompt = data.tokenizer.encode(config.run.prompt, add_special_tokens=False).ids  # no <s>: as training encodes
-        ids = generate(trainer.eval_model, prompt, sample_tokens, temperature=0.8,
-                       top_k=50, stop_id=eot_id(data.tokenizer),
+        prompt = encode_prompt(data.tokenizer, config.run.prompt)
+        ids = generate(trainer.eval_model, prompt, sample_tokens, temperature=0.8, top_k=50, stop_id=eot_id(data.tokenizer),
                        generator=torch.Generator(device).manual_seed(config.train.seed))
         print(f"sample: {config.run.prompt}{data.tokenizer.decode(ids)}")
     return 0

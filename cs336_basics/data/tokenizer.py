@@ -85,6 +85,12 @@ def end_token(tokenizer: Tokenizer) -> str:
                     f"with tokenizer.add_special_tokens(['{EOT}']) and save it again")
 
 
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """A prompt's ids as training encodes its text: without the post-processor's tokens (a Llama tokenizer's <s>),
+    which the model never saw before a document."""
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
 def eot_id(tokenizer: Tokenizer) -> int:
     return tokenizer.token_to_id(end_token(tokenizer))
 
