@@ -72,9 +72,10 @@ class Fp8Config:
         return self
 
     def resolve(self, sharded: bool = False, explicit: frozenset[str] = frozenset()) -> "Fp8Config":
-        """The recipe and its settings as they will run. `sharded`: under FSDP, whose weights live in shards
-        (the delayed recipe's weights are then all-gathered in float8, each with its own scale). `explicit`: the fp8 fields the
-        user set on the command line or in a recipe file; one that cannot apply is an error, never ignored."""
+        """The recipe and its settings as they will run. `sharded`: under FSDP, whose weights live in shards (the
+        delayed recipe's weights are then all-gathered in float8, each with its own scale). `explicit`: the fp8
+        fields the user set on the command line or in a recipe file; one that cannot apply is an error, never
+        ignored."""
         self.validate()
         asked = {name for name in explicit if name.startswith("fp8.")}
         if not self.enabled:
