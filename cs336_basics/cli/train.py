@@ -282,7 +282,7 @@ def train(args: argparse.Namespace, config: Config, explicit: frozenset[str], re
     plan = rank0_checked(ctx, lambda: prepare_out_dir(args, config))
     rank0_checked(ctx, lambda: check_inputs(config, plan))
     shards = ctx.dp_shard if parallelism in SHARDED else 1  # what FSDP divides the state by (fsdp: all ranks)
-    check_training_memory(config, device, shards, int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    check_training_memory(config, device, shards, ctx.processes_on_host)
     rank0_checked(ctx, lambda: check_checkpoint_space(config, plan))
     lock = RunLock(plan.out_dir) if ctx.is_main else None
     rank0_checked(ctx, lambda: lock.acquire() and None)

@@ -49,6 +49,11 @@ class DistributedContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def processes_on_host(self) -> int:
+        """This job's processes on this machine (torchrun's LOCAL_WORLD_SIZE): on a CPU they share its memory."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -97,7 +102,7 @@ def choose_parallelism(config: Config, device: torch.device, ctx: DistributedCon
     available, where = available_memory(device)
     if available is None:
         return "fsdp", f"the free memory of {device} cannot be read"
-    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)) if device.type == "cpu" else 1
+    processes_here = ctx.processes_on_host if device.type == "cpu" else 1
     share = available // processes_here
     if needed <= share:
         return "ddp", (f"the whole model's training state and activations (about {_size(needed)}) fit in the "
