@@ -255,9 +255,7 @@ def string_constants(path: Path) -> list[tuple[int, str]]:
 
 
 # (file, line's text) of reads allowed despite the rule below: none
-# The benchmark matrix's --compare-reference runs the repository's stock-TorchAO yardstick (an application in cli/,
-# by design: the yardstick imports nothing from the package, so the package cannot move the bar).
-ALLOWED_OUTSIDE_READS: tuple[tuple[str, str], ...] = (("cs336_basics/cli/bench.py:", "benchmarks"),)
+ALLOWED_OUTSIDE_READS: tuple[tuple[str, str], ...] = ()
 
 
 def test_nothing_in_the_package_reads_benchmarks_or_outside_the_repository():

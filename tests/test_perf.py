@@ -174,7 +174,7 @@ def test_matrix_on_cpu_writes_every_output_survives_a_failing_configuration_and_
 
 
 def test_a_missing_yardstick_is_an_error_before_the_matrix_runs(tmp_path, monkeypatch):
-    assert bench.REFERENCE_SCRIPT == ROOT / "benchmarks" / "stock_torchao.py"  # the repository's own yardstick
+    assert bench.REFERENCE_SCRIPT == ROOT / "cs336_basics" / "perf" / "stock_torchao.py"  # in every install
     monkeypatch.setattr(bench, "REFERENCE_SCRIPT", tmp_path / "benchmarks" / "stock_torchao.py")
     monkeypatch.setattr(bench, "run_child", lambda *a: pytest.fail("a configuration ran"))
     with pytest.raises(UserError, match="stock_torchao.py, which is missing"):

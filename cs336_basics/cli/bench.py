@@ -3,7 +3,7 @@
 Every configuration (a mode, e.g. fp8-delayed-compile) runs in a fresh process (cli/bench_run.py), built as
 training builds it from the recipe (--config) with the mode's settings on top; then the per-layer fp8
 microbenchmark and, with --compare-reference, the project's stock-TorchAO yardstick
-(benchmarks/stock_torchao.py) at the same shape. Results: a console table, matrix.json, matrix.md and PNG
+(perf/stock_torchao.py) at the same shape. Results: a console table, matrix.json, matrix.md and PNG
 charts in --out.
 
 Modes: <precision>-<eager|compile>[-suffix...]. The precision and eager/compile always set fp8.enabled (and
@@ -54,7 +54,7 @@ REFERENCE_MODES = {"bf16-eager": "bf16-eager", "bf16-compile": "bf16-compile", "
                    "fp8-tensorwise-eager": "fp8-eager", "fp8-delayed-compile": "fp8-compile",
                    "fp8-delayed-compile-bf16head": "fp8-compile", "fp8-delayed-compile-unfused": "fp8-compile"}
 BASELINE = "bf16-compile"
-REFERENCE_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "stock_torchao.py"
+REFERENCE_SCRIPT = Path(__file__).resolve().parents[1] / "perf" / "stock_torchao.py"
 # Without --config on a machine without a GPU: a model small enough to time every mode in seconds.
 CPU_TEST_SHAPE = {"model.vocab_size": 512, "model.context_length": 32, "model.dim": 32, "model.n_layers": 2,
                   "model.n_heads": 2, "model.intermediate_size": 64, "train.batch_size": 4}
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "coordinate_descent_tuning=True,triton.prefer_nd_tiling=True (recorded in the results)")
     p.add_argument("--no_layers", action="store_true", help="skip the per-layer microbenchmark")
     p.add_argument("--compare-reference", dest="compare_reference", action="store_true",
-                   help="also run the stock-TorchAO yardstick (benchmarks/stock_torchao.py) at the same shape")
+                   help="also run the stock-TorchAO yardstick (cs336_basics/perf/stock_torchao.py) at the same shape")
     p.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
     p.add_argument("--out", type=Path, default=Path("bench_results/latest"), help="results directory")
     return p
@@ -288,8 +288,8 @@ def run_child(module: str, payload: dict[str, Any], timeout: int) -> dict[str, A
 
 def check_reference(script: Path) -> None:
     if not script.is_file():
-        raise UserError(f"--compare-reference runs the yardstick {script}, which is missing: restore it from the "
-                        "repository (git checkout -- benchmarks/stock_torchao.py) or drop --compare-reference")
+        raise UserError(f"--compare-reference runs the yardstick {script}, which is missing: reinstall the package "
+                        "(in a checkout: git checkout -- cs336_basics/perf/stock_torchao.py) or drop --compare-reference")
 
 
 def run_reference(script: Path, cfg: ModelConfig, batch_size: int, modes: list[str], steps: int, out: Path,

@@ -1,6 +1,6 @@
 """FLOPs of one training token and the roofline bound on tokens/s that follows from a device's peaks.
 
-Conventions (the same as benchmarks/stock_torchao.py's, so our figures and the yardstick's compare):
+Conventions (the same as perf/stock_torchao.py's, so our figures and the yardstick's compare):
 - model FLOPs/token = 6 * (matmul parameters, head included, embedding excluded) + 12 * L * d * T,
   i.e. PaLM's formula, whose attention term counts the full (non-causal) T x T work;
 - the roofline instead counts the causal attention a fused kernel really does (half of that term), the

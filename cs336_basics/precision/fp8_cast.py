@@ -17,7 +17,7 @@ output is rounded to bf16 first, as TorchAO's Float8Linear does); float32 inputs
 kernel, the only one that came out right with the H200's Triton.
 
 The `_reference` function is the same computation in PyTorch ops: the CPU path, and what the kernel is
-checked against on the GPU (benchmarks/kernel_swiglu_fp8.py).
+checked against on the GPU (check_cast, before every run that uses it).
 """
 
 from __future__ import annotations

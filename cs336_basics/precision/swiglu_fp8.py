@@ -147,7 +147,7 @@ def swiglu_backward_fp8_merged(dg: torch.Tensor, h13: torch.Tensor, scale: torch
 
 def random_inputs(M: int, N: int, device: torch.device | str, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dg, h1, h3) (M, N) bf16 of a gradient's and activations' magnitudes: the kernels' test inputs, here and
-    in benchmarks/kernel_swiglu_fp8.py."""
+    in the repository's kernel benchmark."""
     g = torch.Generator(device=device).manual_seed(seed)
     return tuple((torch.randn(M, N, device=device, generator=g) * s).bfloat16() for s in (1e-3, 2.0, 2.0))
 

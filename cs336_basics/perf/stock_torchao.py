@@ -2,11 +2,11 @@
 training recipes, eager and compiled, one GPU. What a user would write after reading TorchAO's README, to measure
 this project's own training path against (run both in one job on one GPU: only ratios from one run compare).
 
-    python benchmarks/stock_torchao.py --dim 896 --heads 14 --layers 24 --ffn 3584 --vocab 50304 --seq 1024 \\
+    python -m cs336_basics.perf.stock_torchao --dim 896 --heads 14 --layers 24 --ffn 3584 --vocab 50304 --seq 1024 \\
         --batch 16 --steps 15 --modes bf16-eager,bf16-compile,fp8-compile,fp8rw-compile,fp8-eager --out stock.jsonl
-    python benchmarks/stock_torchao.py --dim 2048 --heads 16 --layers 16 --ffn 5632 --seq 2048 --batch 8 \\
+    python -m cs336_basics.perf.stock_torchao --dim 2048 --heads 16 --layers 16 --ffn 5632 --seq 2048 --batch 8 \\
         --modes bf16-compile,fp8-compile --out stock.jsonl                                      # the 1B shape
-    python benchmarks/stock_torchao.py --device cpu --dim 64 --heads 4 --layers 2 --ffn 128 --vocab 256 --seq 32 \\
+    python -m cs336_basics.perf.stock_torchao --device cpu --dim 64 --heads 4 --layers 2 --ffn 128 --vocab 256 --seq 32 \\
         --batch 2 --steps 2 --modes bf16-eager                                                  # CPU self-check
 
 The model: token embedding, blocks of RMSNorm -> fused qkv projection -> RoPE -> causal SDPA -> output projection
@@ -26,7 +26,8 @@ mode, tok_s (tokens per second over the timed steps), step_ms (the mean step), p
 over warm-up and timed steps), tflops (model FLOPs: 6 x non-embedding parameters + 12 x layers x dim x seq per
 token, attention counted as if not causal), and the shape, the number of float8 layers, the last loss, the
 warm-up seconds and the versions. A mode that fails prints a line with mode and error, and the next mode runs;
-the exit status is then 1. Imports nothing from this project's package.
+the exit status is then 1. Imports nothing else of this project's package (so the package cannot move the bar):
+it lives in the package so that `cs336-bench --compare-reference` finds it in any install.
 """
 
 from __future__ import annotations
